@@ -1,0 +1,3 @@
+"""attnexp: a config-driven experiment framework for attention mechanisms."""
+
+__version__ = "0.1.0"

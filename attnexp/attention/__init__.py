@@ -1,0 +1,5 @@
+"""Attention mechanisms, one module per file, all obeying the contract in ``base``."""
+
+from attnexp.attention.base import AttentionModule, Kind
+
+__all__ = ["AttentionModule", "Kind"]

@@ -1,0 +1,17 @@
+"""``none``: the identity, the baseline every ablation needs."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from attnexp.attention.base import AttentionModule, Kind, check_grid_input
+
+
+class Identity(AttentionModule):
+    """Returns its input unchanged; backbones drop the slot entirely for this kind."""
+
+    kind = Kind.IDENTITY
+
+    def forward(self, x: Tensor, return_weights: bool = False):
+        check_grid_input(x, self.dim)
+        return (x, {}) if return_weights else x
