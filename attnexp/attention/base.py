@@ -41,6 +41,13 @@ class AttentionModule(nn.Module):
     def forward(self, x: Tensor, return_weights: bool = False):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def flops(self, grid: tuple[int, ...]) -> int:
+        """Analytic forward FLOPs for one sample on ``grid`` (a multiply-add counts 2).
+
+        Counted by hand because FLOP counters see zero inside ``scaled_dot_product_attention``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
+
 
 def check_positive(name: str, value: int) -> None:
     """Refuse a size that is not a positive integer, naming the key."""

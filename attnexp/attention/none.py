@@ -15,3 +15,6 @@ class Identity(AttentionModule):
     def forward(self, x: Tensor, return_weights: bool = False):
         check_grid_input(x, self.dim)
         return (x, {}) if return_weights else x
+
+    def flops(self, grid: tuple[int, ...]) -> int:
+        return 0

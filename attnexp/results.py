@@ -1,0 +1,56 @@
+"""``results.json``: the one file per run that comparisons read.
+
+Written atomically (temp file + rename) so a crash never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+
+# Status values a results file may carry.
+COMPLETED = "completed"
+FAILED = "failed"
+RUNNING = "running"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """Write ``results`` as ``run_dir/results.json`` atomically; returns the path."""
+    path = Path(run_dir) / RESULTS_FILE
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Read one ``results.json`` (a path to the file or to its run dir)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    with open(path) as f:
+        return json.load(f)
+
+
+def find_results(root: str | os.PathLike) -> list[Path]:
+    """Every ``results.json`` below ``root``, sorted."""
+    return sorted(Path(root).rglob(RESULTS_FILE))
