@@ -1,0 +1,497 @@
+"""The design space of softmax-style attention, in one place.
+
+Attention weighs values by how well each query matches each key. Every choice along the way is a
+knob here, so ``mha`` (and ``muse``'s attention branch) expose them as config:
+
+``score``      how a query ``q_i`` and a key ``k_j`` (head dimension ``d``) are compared:
+    dot        s_ij = q_i . k_j / sqrt(d)
+    cosine     s_ij = t_h * (q_i / |q_i|) . (k_j / |k_j|)          t_h learnable, one per head
+    l2         s_ij = -|q_i - k_j|^2 / sqrt(d)
+    pearson    s_ij = t_h * cosine(q_i - mean(q_i), k_j - mean(k_j)), means over the d features
+    additive   s_ij = w . tanh(W_q q_i + W_k k_j + b) + c          one small MLP shared by heads
+``normalize``  how a row of scores ``s_i.`` over the allowed keys A_i (|A_i| = n_i) becomes weights:
+    softmax    a_ij = exp(s_ij) / sum_{l in A_i} exp(s_il)
+    sigmoid    a_ij = sigmoid(s_ij - log n_i)     (rows sum to n_i / (n_i + 1) ~ 1 at zero scores)
+    max        a_ij = (s_ij - min_l s_il) / (max_l s_il - min_l s_il), min/max over A_i; a_ij = 1
+               for every allowed key when the row is constant. Entries lie in [0, 1], the best key
+               gets exactly 1; rows do not sum to 1.
+    Every normalisation gives masked-out keys exactly zero weight.
+``window``, ``global_tokens``   which keys a query may see (a boolean mask, True = allowed):
+    window w   |i - j| <= w on a sequence; max(|r_i - r_j|, |c_i - c_j|) <= w (Chebyshev, a
+               (2w+1) x (2w+1) square) on an image. ``None`` (default) = no mask.
+    global g   the first g positions (raster order) attend to, and are attended by, every position.
+               The allowed set is the union (OR) of the window and global sets, so ``window=w``
+               is local, ``window=w, global_tokens=g`` local+global and ``window=0,
+               global_tokens=g`` global (each token sees itself and the g global tokens).
+``kv_stride``, ``kv_select``    which positions serve as keys and values (M = ceil(N / s)):
+    stride     positions 0, s, 2s, ... of the flattened (raster order) grid.
+    random     a random subset of size ceil(N / s), kept in grid order: a fresh subset per
+               sample in training; in eval one subset drawn once per forward call and shared by
+               the whole batch (drawn from torch's global RNG, so a seeded run is reproducible).
+``qk_conv``, ``qk_conv_padding``, ``qk_conv_target``   local features for queries and/or keys:
+    a depthwise convolution of odd width k over the grid (1-D, or k x k on a 2-D grid) applied
+    to the projected q (target ``q``), k (target ``k``, the default) or both (``qk``), initialised
+    at the identity so it starts as plain attention. ``same`` padding keeps every position;
+    ``valid`` padding shrinks the key grid by k - 1 along each axis (cheaper), and the values are
+    cropped to the same centre positions so key j and value j describe the same grid cell. Valid
+    padding applies to keys only: queries keep one row per output position.
+
+Fast path: ``dot`` + ``softmax`` (with or without a mask) runs through
+``scaled_dot_product_attention`` with a boolean ``attn_mask`` of the same meaning; everything else,
+and any call that asks for the weights, runs the explicit path, which computes the same numbers.
+
+Entry points: ``AttentionDesign`` (validated knobs), ``AttentionCore`` (the module a mixer calls with
+``(B, heads, N, d)`` q, k, v and the grid), and the pieces it is made of: ``Scorer``,
+``normalize_scores``, ``attention_mask``, ``select_kv``, ``GridDepthwiseConv``, ``attend``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+SCORES = ("dot", "cosine", "l2", "pearson", "additive")
+NORMALIZATIONS = ("softmax", "sigmoid", "max")
+KV_SELECTS = ("stride", "random")
+QK_CONV_TARGETS = ("k", "q", "qk")
+QK_CONV_PADDINGS = ("same", "valid")
+
+# Rough per-entry costs of the elementwise work, for analytic FLOP counts (one op = 1 FLOP).
+_NORMALIZE_FLOPS_PER_ENTRY = {"softmax": 4, "sigmoid": 4, "max": 4}  # e.g. sub, exp, sum, div
+
+
+def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_int(key: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AttentionDesign:
+    """One point of the design space; construction refuses invalid combinations.
+
+    ``window=None`` means no mask. ``qk_conv=0`` means no convolution. ``additive_dim`` is the
+    hidden width of the additive scorer (``None``: the head dimension).
+    """
+
+    score: str = "dot"
+    normalize: str = "softmax"
+    window: int | None = None
+    global_tokens: int = 0
+    kv_stride: int = 1
+    kv_select: str = "stride"
+    qk_conv: int = 0
+    qk_conv_padding: str = "same"
+    qk_conv_target: str = "k"
+    additive_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("score", self.score, SCORES)
+        _check_choice("normalize", self.normalize, NORMALIZATIONS)
+        _check_choice("kv_select", self.kv_select, KV_SELECTS)
+        _check_choice("qk_conv_padding", self.qk_conv_padding, QK_CONV_PADDINGS)
+        _check_choice("qk_conv_target", self.qk_conv_target, QK_CONV_TARGETS)
+        if self.window is not None:
+            _check_int("window", self.window, 0)
+        _check_int("global_tokens", self.global_tokens, 0)
+        _check_int("kv_stride", self.kv_stride, 1)
+        _check_int("qk_conv", self.qk_conv, 0)
+        if self.qk_conv and self.qk_conv % 2 == 0:
+            raise ValueError(
+                f"qk_conv must be 0 (off) or an odd width so each output has a centre position, "
+                f"got {self.qk_conv}"
+            )
+        if self.additive_dim is not None:
+            _check_int("additive_dim", self.additive_dim, 1)
+        if self.global_tokens and self.window is None:
+            raise ValueError(
+                "global_tokens only restricts attention together with window (without a window "
+                "every position already sees every other); use window=0 for a global-only pattern"
+            )
+        if self.qk_conv and self.qk_conv_padding == "valid" and self.qk_conv_target == "q":
+            raise ValueError(
+                "qk_conv_padding=valid shortens the keys, so it needs qk_conv_target k or qk; "
+                "queries keep one row per position"
+            )
+        if self.window is not None and self.shortens_keys:
+            raise ValueError(
+                "window needs keys aligned with queries (key j = position j), but "
+                f"kv_stride={self.kv_stride} / qk_conv_padding=valid drops positions; "
+                "use kv_stride=1 and qk_conv_padding=same with window"
+            )
+
+    @property
+    def shortens_keys(self) -> bool:
+        """Whether the keys are fewer than the positions (stride/random selection, valid conv)."""
+        return self.kv_stride > 1 or (self.qk_conv > 0 and self.qk_conv_padding == "valid")
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether attention can run through ``scaled_dot_product_attention``."""
+        return self.score == "dot" and self.normalize == "softmax"
+
+
+# --------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x, dim=-1, eps=1e-6)
+
+
+class Scorer(nn.Module):
+    """``(q (B, h, N, d), k (B, h, M, d)) -> scores (B, h, N, M)``; owns the score's parameters.
+
+    ``cosine`` and ``pearson`` own one temperature per head, stored as a log and clamped at 100
+    (as Swin v2 does) so it cannot blow up; initialised at ``temperature``. ``additive`` owns one
+    MLP shared by all heads (``W_q: d -> a``, ``W_k: d -> a`` with bias ``b``, ``w: a -> 1`` with
+    bias ``c``); its hidden tensor is ``(B, h, N, M, a)``, so it costs ``a`` times the memory of
+    the score matrix. Its score is a logit: ``normalize=sigmoid`` turns it into
+    ``sigmoid(MLP(q, k))``, the "alpha = sigmoid(MLP(a, b))" scorer (the ``-log n`` offset is a
+    shift of the learnable bias ``c``).
+    """
+
+    def __init__(
+        self,
+        kind: str = "dot",
+        *,
+        num_heads: int,
+        head_dim: int,
+        additive_dim: int | None = None,
+        temperature: float = 10.0,
+    ) -> None:
+        super().__init__()
+        _check_choice("score", kind, SCORES)
+        self.kind = kind
+        self.head_dim = head_dim
+        if kind in ("cosine", "pearson"):
+            self.log_temperature = nn.Parameter(
+                torch.full((num_heads, 1, 1), math.log(temperature))
+            )
+        if kind == "additive":
+            hidden = additive_dim or head_dim
+            self.w_q = nn.Linear(head_dim, hidden, bias=False)
+            self.w_k = nn.Linear(head_dim, hidden)
+            self.w = nn.Linear(hidden, 1)
+
+    def temperature(self) -> Tensor:
+        return self.log_temperature.clamp(max=math.log(100.0)).exp()
+
+    def forward(self, q: Tensor, k: Tensor) -> Tensor:
+        if self.kind == "dot":
+            return (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if self.kind == "cosine":
+            return self.temperature() * (_unit(q) @ _unit(k).transpose(-2, -1))
+        if self.kind == "pearson":
+            qc, kc = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
+            return self.temperature() * (_unit(qc) @ _unit(kc).transpose(-2, -1))
+        if self.kind == "l2":
+            # |q - k|^2 = |q|^2 - 2 q.k + |k|^2, without the (N, M, d) difference tensor.
+            sq = (
+                q.pow(2).sum(-1, keepdim=True)
+                - 2 * (q @ k.transpose(-2, -1))
+                + k.pow(2).sum(-1).unsqueeze(-2)
+            )
+            return -sq.clamp(min=0) / math.sqrt(self.head_dim)
+        # additive
+        hidden = torch.tanh(self.w_q(q).unsqueeze(-2) + self.w_k(k).unsqueeze(-3))
+        return self.w(hidden).squeeze(-1)
+
+    def flops(self, n: int, m: int, num_heads: int) -> int:
+        """Analytic FLOPs of the scores for one sample (a multiply-add counts 2)."""
+        d, pairs = self.head_dim, n * m * num_heads
+        if self.kind == "dot":
+            return 2 * pairs * d
+        if self.kind == "cosine":  # dot + normalising every q and k (square, sum, divide)
+            return 2 * pairs * d + 3 * (n + m) * d * num_heads + pairs
+        if self.kind == "pearson":  # cosine + centring (mean, subtract)
+            return 2 * pairs * d + 5 * (n + m) * d * num_heads + pairs
+        if self.kind == "l2":  # dot + squared norms + two adds per pair
+            return 2 * pairs * d + 2 * (n + m) * d * num_heads + 3 * pairs
+        a = self.w_k.out_features  # additive: projections, then add + tanh + dot per pair
+        return 2 * (n + m) * d * a * num_heads + 4 * pairs * a
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisations
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_scores(scores: Tensor, kind: str = "softmax", mask: Tensor | None = None) -> Tensor:
+    """Scores ``(..., N, M)`` -> weights over the key axis; formulas in the module docstring.
+
+    ``mask`` is boolean, broadcastable to ``scores``, True where a key may be attended; masked
+    entries get exactly zero weight under every normalisation.
+    """
+    _check_choice("normalize", kind, NORMALIZATIONS)
+    if kind == "softmax":
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+    elif kind == "sigmoid":
+        if mask is None:
+            allowed = torch.tensor(float(scores.shape[-1]), device=scores.device)
+        else:
+            allowed = mask.sum(-1, keepdim=True).clamp(min=1).to(scores.dtype)
+        weights = torch.sigmoid(scores - allowed.log())
+    else:  # max
+        if mask is None:
+            low, high = scores.amin(-1, keepdim=True), scores.amax(-1, keepdim=True)
+        else:
+            low = scores.masked_fill(~mask, float("inf")).amin(-1, keepdim=True)
+            high = scores.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True)
+        span = high - low
+        # A constant row has span 0: every allowed key is "the best" and gets weight 1. The clamp
+        # keeps the unused branch finite so gradients through torch.where stay finite too.
+        scaled = (scores - low) / span.clamp(min=torch.finfo(scores.dtype).tiny)
+        weights = torch.where(span > 0, scaled, torch.ones_like(scaled))
+    return weights if mask is None else weights.masked_fill(~mask, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+
+def grid_coordinates(grid: tuple[int, ...], device: torch.device | None = None) -> Tensor:
+    """``(N, len(grid))`` integer coordinates of the positions of ``grid`` in raster order."""
+    axes = [torch.arange(size, device=device) for size in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(grid))
+
+
+def window_mask(grid: tuple[int, ...], window: int, device: torch.device | None = None) -> Tensor:
+    """``(N, N)`` bool: positions within Chebyshev distance ``window`` (``|i - j|`` in 1-D)."""
+    coords = grid_coordinates(grid, device)
+    distance = (coords[:, None, :] - coords[None, :, :]).abs().amax(dim=-1)
+    return distance <= window
+
+
+def global_mask(n: int, global_tokens: int, device: torch.device | None = None) -> Tensor:
+    """``(N, N)`` bool: row or column among the first ``global_tokens`` positions."""
+    is_global = torch.arange(n, device=device) < global_tokens
+    return is_global[:, None] | is_global[None, :]
+
+
+def attention_mask(
+    grid: tuple[int, ...],
+    window: int | None = None,
+    global_tokens: int = 0,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """The allowed set (window OR global) as ``(N, N)`` bool, or ``None`` when nothing is masked."""
+    if window is None:
+        return None
+    mask = window_mask(grid, window, device)
+    if global_tokens:
+        mask = mask | global_mask(mask.shape[0], global_tokens, device)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Keys and values
+# --------------------------------------------------------------------------------------------
+
+
+def select_kv(
+    k: Tensor, v: Tensor, stride: int = 1, mode: str = "stride", training: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Keep ``ceil(M / stride)`` of the ``M`` key/value positions of ``(B, h, M, d)`` tensors.
+
+    ``stride``: positions 0, s, 2s, ...; ``random``: a random subset in position order, fresh per
+    sample in training, one per call shared by the batch in eval (see the module docstring).
+    """
+    _check_choice("kv_select", mode, KV_SELECTS)
+    if stride == 1:
+        return k, v
+    n = k.shape[-2]
+    keep = math.ceil(n / stride)
+    if mode == "stride":
+        index = torch.arange(0, n, stride, device=k.device)
+        return k[..., index, :], v[..., index, :]
+    if not training:
+        index = torch.randperm(n, device=k.device)[:keep].sort().values
+        return k[..., index, :], v[..., index, :]
+    batch, heads = k.shape[:2]
+    index = torch.rand(batch, n, device=k.device).argsort(-1)[:, :keep].sort(-1).values
+    index = index[:, None, :, None].expand(batch, heads, keep, k.shape[-1])
+    return k.gather(2, index), v.gather(2, index.expand(-1, -1, -1, v.shape[-1]))
+
+
+class GridDepthwiseConv(nn.Module):
+    """Depthwise convolution over the grid of a ``(B, h, N, d)`` tensor (channels ``h * d``).
+
+    Width ``kernel_size`` (odd) along each axis of a ``grid_ndim``-dimensional grid. Initialised
+    at the identity (centre tap 1, bias 0) so adding it does not change the model at start.
+    ``forward(x, grid) -> (y, out_grid)``; ``valid`` padding shrinks each axis by kernel_size - 1.
+    """
+
+    def __init__(
+        self, channels: int, kernel_size: int, *, padding: str = "same", grid_ndim: int = 1
+    ) -> None:
+        super().__init__()
+        _check_choice("qk_conv_padding", padding, QK_CONV_PADDINGS)
+        if grid_ndim not in (1, 2):
+            raise ValueError(f"grid_ndim must be 1 or 2, got {grid_ndim!r}")
+        conv = nn.Conv1d if grid_ndim == 1 else nn.Conv2d
+        self.conv = conv(
+            channels,
+            channels,
+            kernel_size,
+            padding=kernel_size // 2 if padding == "same" else 0,
+            groups=channels,
+        )
+        self.grid_ndim = grid_ndim
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[(slice(None), 0, *[kernel_size // 2] * grid_ndim)] = 1.0
+            self.conv.bias.zero_()
+
+    def output_grid(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        pad, size = self.conv.padding[0], self.conv.kernel_size[0]
+        return tuple(side + 2 * pad - size + 1 for side in grid)
+
+    def forward(self, x: Tensor, grid: tuple[int, ...]) -> tuple[Tensor, tuple[int, ...]]:
+        if len(grid) != self.grid_ndim:
+            raise ValueError(
+                f"qk_conv was built for a {self.grid_ndim}-D grid (grid_ndim={self.grid_ndim}) "
+                f"but got grid {tuple(grid)}"
+            )
+        out_grid = self.output_grid(grid)
+        if min(out_grid) < 1:
+            raise ValueError(f"qk_conv={self.conv.kernel_size[0]} is wider than grid {grid}")
+        batch, heads, n, d = x.shape
+        y = self.conv(x.transpose(-2, -1).reshape(batch, heads * d, *grid))
+        return y.reshape(batch, heads, d, -1).transpose(-2, -1), out_grid
+
+    def flops(self, grid: tuple[int, ...]) -> int:
+        taps = self.conv.kernel_size[0] ** self.grid_ndim
+        return 2 * taps * self.conv.in_channels * math.prod(self.output_grid(grid))
+
+
+def crop_valid(x: Tensor, grid: tuple[int, ...], kernel_size: int) -> Tensor:
+    """``(B, h, N, d)`` -> the positions a ``valid`` convolution of ``kernel_size`` centres on."""
+    r = kernel_size // 2
+    spatial = x.reshape(*x.shape[:2], *grid, x.shape[-1])
+    index = (slice(None), slice(None), *[slice(r, side - r) for side in grid])
+    return spatial[index].flatten(2, -2)
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scorer: Scorer | None = None,
+    normalize: str = "softmax",
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
+
+    ``scorer=None`` is the scaled dot product. ``mask``: bool broadcastable to ``(B, h, N, M)``,
+    True = allowed. Dropout acts on the weights only when ``training``. Dot + softmax without
+    ``need_weights`` runs the fused kernel; otherwise the explicit path returns the weights
+    ``(B, h, N, M)`` before dropout.
+    """
+    p = dropout_p if training else 0.0
+    is_dot = scorer is None or scorer.kind == "dot"
+    if is_dot and normalize == "softmax" and not need_weights:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
+    scores = scorer(q, k) if scorer is not None else (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    weights = normalize_scores(scores, normalize, mask)
+    out = F.dropout(weights, p) @ v
+    return out, (weights if need_weights else None)
+
+
+class AttentionCore(nn.Module):
+    """The attention step of a mixer, configured by an ``AttentionDesign``.
+
+    ``forward(q, k, v, grid, need_weights=False)`` with ``q, k, v`` of shape ``(B, h, N, d)`` on a
+    grid with ``N = prod(grid)`` positions returns ``(out (B, h, N, d), weights (B, h, N, M) or
+    None)``: qk convolution -> key/value selection -> mask -> ``attend``. ``grid_ndim`` (1 or 2)
+    is needed only by ``qk_conv``, whose kernel shape depends on it.
+    """
+
+    def __init__(
+        self,
+        design: AttentionDesign,
+        *,
+        num_heads: int,
+        head_dim: int,
+        dropout: float = 0.0,
+        grid_ndim: int = 1,
+    ) -> None:
+        super().__init__()
+        self.design = design
+        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        self.scorer = Scorer(
+            design.score, num_heads=num_heads, head_dim=head_dim, additive_dim=design.additive_dim
+        )
+        channels, width = num_heads * head_dim, design.qk_conv
+        target = design.qk_conv_target if width else ""
+        self.q_conv = (
+            GridDepthwiseConv(channels, width, padding="same", grid_ndim=grid_ndim)
+            if "q" in target
+            else None
+        )
+        self.k_conv = (
+            GridDepthwiseConv(
+                channels, width, padding=design.qk_conv_padding, grid_ndim=grid_ndim
+            )
+            if "k" in target
+            else None
+        )
+
+    def key_count(self, grid: tuple[int, ...]) -> int:
+        """How many keys each query sees before masking (M)."""
+        n = math.prod(self.k_conv.output_grid(grid) if self.k_conv else grid)
+        return math.ceil(n / self.design.kv_stride)
+
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, ...], need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        design = self.design
+        if self.q_conv is not None:
+            q, _ = self.q_conv(q, grid)
+        if self.k_conv is not None:
+            k, _ = self.k_conv(k, grid)
+            if design.qk_conv_padding == "valid":
+                v = crop_valid(v, grid, design.qk_conv)
+        k, v = select_kv(k, v, design.kv_stride, design.kv_select, self.training)
+        mask = attention_mask(grid, design.window, design.global_tokens, q.device)
+        return attend(
+            q,
+            k,
+            v,
+            scorer=self.scorer,
+            normalize=design.normalize,
+            mask=mask,
+            dropout_p=self.dropout,
+            training=self.training,
+            need_weights=need_weights,
+        )
+
+    def flops(self, grid: tuple[int, ...]) -> int:
+        """Analytic FLOPs of this step for one sample; masked entries are counted (kernels
+        compute the dense matrix and discard them)."""
+        n, m, h = math.prod(grid), self.key_count(grid), self.num_heads
+        conv = sum(c.flops(grid) for c in (self.q_conv, self.k_conv) if c is not None)
+        normalize = _NORMALIZE_FLOPS_PER_ENTRY[self.design.normalize] * n * m * h
+        weighted_sum = 2 * n * m * self.head_dim * h
+        return conv + self.scorer.flops(n, m, h) + normalize + weighted_sum
