@@ -322,8 +322,12 @@ def select_kv(
         return k[..., index, :], v[..., index, :]
     batch, heads = k.shape[:2]
     index = torch.rand(batch, n, device=k.device).argsort(-1)[:, :keep].sort(-1).values
-    index = index[:, None, :, None].expand(batch, heads, keep, k.shape[-1])
-    return k.gather(2, index), v.gather(2, index.expand(-1, -1, -1, v.shape[-1]))
+    index = index[:, None, :, None]
+
+    def take(x: Tensor) -> Tensor:
+        return x.gather(2, index.expand(batch, heads, keep, x.shape[-1]))
+
+    return take(k), take(v)
 
 
 class GridDepthwiseConv(nn.Module):
@@ -413,7 +417,9 @@ def attend(
     is_dot = scorer is None or scorer.kind == "dot"
     if is_dot and normalize == "softmax" and not need_weights:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
-    scores = scorer(q, k) if scorer is not None else (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = (
+        scorer(q, k) if scorer is not None else (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    )
     weights = normalize_scores(scores, normalize, mask)
     out = F.dropout(weights, p) @ v
     return out, (weights if need_weights else None)
@@ -451,9 +457,7 @@ class AttentionCore(nn.Module):
             else None
         )
         self.k_conv = (
-            GridDepthwiseConv(
-                channels, width, padding=design.qk_conv_padding, grid_ndim=grid_ndim
-            )
+            GridDepthwiseConv(channels, width, padding=design.qk_conv_padding, grid_ndim=grid_ndim)
             if "k" in target
             else None
         )
