@@ -239,10 +239,10 @@ def normalize_scores(scores: Tensor, kind: str = "softmax", mask: Tensor | None 
         weights = scores.softmax(dim=-1)
     elif kind == "sigmoid":
         if mask is None:
-            allowed = torch.tensor(float(scores.shape[-1]), device=scores.device)
+            offset = math.log(scores.shape[-1])
         else:
-            allowed = mask.sum(-1, keepdim=True).clamp(min=1).to(scores.dtype)
-        weights = torch.sigmoid(scores - allowed.log())
+            offset = mask.sum(-1, keepdim=True).clamp(min=1).to(scores.dtype).log()
+        weights = torch.sigmoid(scores - offset)
     else:  # max
         if mask is None:
             low, high = scores.amin(-1, keepdim=True), scores.amax(-1, keepdim=True)
