@@ -2,7 +2,8 @@
 
 One figure per slot x weight kind, for the first ``max_samples`` samples of the batch:
 
-- ``attn``    (B, heads, N, M): one N x M map per sample (row) and head (column).
+- ``attn``    (B, heads, N, M): one N x M map per sample (row) and head (column); on an image
+  grid, also where the centre position looks, drawn on the grid.
 - ``pool``    (B, heads, N):    weights over positions, drawn on the grid for images, as lines else.
 - ``channel`` (B, C):           one bar plot of the channel gates per sample.
 - ``spatial`` (B, *grid):       one heat map (2-D grid) or line (1-D grid) per sample.
@@ -29,18 +30,35 @@ def _check_dims(key: str, w: Tensor, ndim: int, shape: str) -> None:
         raise ValueError(f"weights {key!r} must have shape {shape}, got {tuple(w.shape)}")
 
 
+def _heatmap_row(fig, axes, maps: list[Tensor], titles: list[str]) -> None:
+    """Heat maps side by side on one colour scale, so one colour bar is true for the whole row."""
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    for ax, m, title in zip(axes, maps, titles, strict=True):
+        im = ax.imshow(m, cmap="viridis", vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize="small")
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+
+
 def _plot_attn(w: Tensor, grid: Sequence[int], max_samples: int):
+    """Each head's query x key map; for self-attention on an image grid, also the centre query's
+    weights drawn on the grid (where that position looks)."""
     _check_dims("attn", w, 4, "(B, heads, N, M)")
     w = w[:max_samples]
-    fig, axes = new_figure(w.shape[0], w.shape[1], cell=(2.4, 2.2))
-    for b in range(w.shape[0]):
-        for h in range(w.shape[1]):
-            ax = axes[b, h]
-            im = ax.imshow(w[b, h], cmap="viridis", aspect="auto", interpolation="nearest")
-            ax.set_title(f"sample {b}, head {h}", fontsize="small")
+    b_, heads, n, m = w.shape
+    on_grid = len(grid) == 2 and n == m == math.prod(grid)
+    query = (grid[0] // 2) * grid[1] + grid[1] // 2 if on_grid else None
+    fig, axes = new_figure(b_, heads * (2 if on_grid else 1), cell=(2.4, 2.2))
+    for b in range(b_):
+        maps = [w[b, h] for h in range(heads)]
+        titles = [f"sample {b}, head {h}" for h in range(heads)]
+        if on_grid:
+            maps += [w[b, h, query].reshape(*grid) for h in range(heads)]
+            titles += [f"head {h}, centre query" for h in range(heads)]
+        _heatmap_row(fig, axes[b], maps, titles)
+        for ax in axes[b, :heads]:
             ax.set_xlabel("key", fontsize="x-small")
             ax.set_ylabel("query", fontsize="x-small")
-        fig.colorbar(im, ax=axes[b, -1], shrink=0.8)
     return fig
 
 
@@ -51,10 +69,8 @@ def _plot_pool(w: Tensor, grid: Sequence[int], max_samples: int):
     fig, axes = new_figure(w.shape[0], w.shape[1] if on_grid else 1, cell=(2.6, 2.2))
     for b in range(w.shape[0]):
         if on_grid:
-            for h in range(w.shape[1]):
-                im = axes[b, h].imshow(w[b, h].reshape(*grid), cmap="viridis")
-                axes[b, h].set_title(f"sample {b}, head {h}", fontsize="small")
-            fig.colorbar(im, ax=axes[b, -1], shrink=0.8)
+            maps = [w[b, h].reshape(*grid) for h in range(w.shape[1])]
+            _heatmap_row(fig, axes[b], maps, [f"sample {b}, head {h}" for h in range(len(maps))])
         else:
             ax = axes[b, 0]
             for h in range(w.shape[1]):

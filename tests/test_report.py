@@ -211,3 +211,15 @@ def test_cli_writes_the_report_and_fails_on_a_missing_dir(sweep, tmp_path):
     )
     assert bad.returncode != 0
     assert "does not exist" in bad.stderr
+
+
+def test_log_to_wandb_offline_writes_the_table(sweep, tmp_path, monkeypatch):
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rows = rp.build_report([sweep]).rows
+    rp.log_to_wandb(rows, "attnexp-test", "sweep", dir=tmp_path)
+    (table_file,) = tmp_path.glob("wandb/offline-run-*/files/media/table/comparison_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == rp.CSV_COLUMNS
+    assert table["data"] == [list(line) for line in rp.table_data(rows)[1]]
