@@ -39,7 +39,7 @@ MD_FILE = "comparison.md"
 CSV_FILE = "comparison.csv"
 MISSING = "–"  # shown for an undefined value: std over one seed, a group with no completed run
 
-# Where each numeric column comes from in results.json: (row field, top-level key or metrics key).
+# Where the numbers come from in results.json: row name -> key in "metrics", and top-level keys.
 _METRICS = {"acc": "test/acc", "f1": "test/f1"}
 _COSTS = ("params", "attention_flops", "throughput", "peak_memory_mb", "wall_time_s")
 
@@ -117,7 +117,7 @@ class Report:
 
 def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[Run], list[Unreadable]]:
     """Read every ``results.json`` under ``dirs``; unreadable files are returned, not raised."""
-    runs, unreadable = [], []
+    runs, unreadable, seen = [], [], set()
     for d in map(Path, dirs):
         if not d.exists():
             raise ReportError(f"sweep dir {d} does not exist")
@@ -127,6 +127,9 @@ def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[Run], list[Unread
         if not files:
             raise ReportError(f"no {RESULTS_FILE} found under {d}")
         for f in files:
+            if f.resolve() in seen:  # overlapping dirs (a sweep and one of its runs): count once
+                continue
+            seen.add(f.resolve())
             try:
                 runs.append(_parse_run(f.parent, read_results(f)))
             except (OSError, ValueError, TypeError, KeyError) as e:

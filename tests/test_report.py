@@ -223,3 +223,8 @@ def test_log_to_wandb_offline_writes_the_table(sweep, tmp_path, monkeypatch):
     table = json.loads(table_file.read_text())
     assert table["columns"] == rp.CSV_COLUMNS
     assert table["data"] == [list(line) for line in rp.table_data(rows)[1]]
+
+
+def test_overlapping_dirs_count_each_run_once(sweep):
+    rows = rp.build_report([sweep, sweep / "0"]).rows
+    assert [r.n_seeds for r in rows] == [3, 3, 3, 3]
