@@ -1,6 +1,6 @@
 """The comparison report: every ``results.json`` under one or more sweep dirs -> one table + plots.
 
-One row per attention x backbone x dataset (x experiment, shown when runs differ in it): mean and
+One row per attention x backbone x dataset (x experiment, shown when any run names one): mean and
 sample standard deviation over the completed seeds of test accuracy and F1, and the means of the
 cost columns. Written as ``comparison.md``, ``comparison.csv`` and PNG plots, and printed as a table.
 

@@ -228,3 +228,18 @@ def test_log_to_wandb_offline_writes_the_table(sweep, tmp_path, monkeypatch):
 def test_overlapping_dirs_count_each_run_once(sweep):
     rows = rp.build_report([sweep, sweep / "0"]).rows
     assert [r.n_seeds for r in rows] == [3, 3, 3, 3]
+
+
+def test_malformed_and_running_runs_are_listed_not_counted(tmp_path):
+    write_results(tmp_path / "ok", _results("mha", "cnn", 0))
+    write_results(tmp_path / "running", _results("mha", "cnn", 1, status="running", metrics={}))
+    no_dataset = _results("mha", "cnn", 2)
+    del no_dataset["choices"]["dataset"]
+    write_results(tmp_path / "no_dataset", no_dataset)
+    write_results(tmp_path / "no_acc", _results("mha", "cnn", 3, metrics={"test/f1": 0.5}))
+    report = rp.build_report([tmp_path])
+    assert [r.n_seeds for r in report.rows] == [1]
+    assert [r.path.name for r in report.running] == ["running"]
+    reasons = {u.path.parent.name: u.reason for u in report.unreadable}
+    assert "choices.dataset" in reasons["no_dataset"]
+    assert "test/acc" in reasons["no_acc"]
