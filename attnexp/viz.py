@@ -1,0 +1,158 @@
+"""Looking inside: PNG figures of the weights an attention module returns with ``return_weights=True``.
+
+One figure per slot x weight kind, for the first ``max_samples`` samples of the batch:
+
+- ``attn``    (B, heads, N, M): one N x M map per sample (row) and head (column); on an image
+  grid, also where the centre position looks, drawn on the grid.
+- ``pool``    (B, heads, N):    weights over positions, drawn on the grid for images, as lines else.
+- ``channel`` (B, C):           one bar plot of the channel gates per sample.
+- ``spatial`` (B, *grid):       one heat map (2-D grid) or line (1-D grid) per sample.
+
+A key this module does not know is skipped with a warning: a new variant may return extra
+tensors, and its figures should not stop a run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from attnexp.plotting import new_figure, safe_filename, save_figure
+
+
+def _check_dims(key: str, w: Tensor, ndim: int, shape: str) -> None:
+    if w.dim() != ndim:
+        raise ValueError(f"weights {key!r} must have shape {shape}, got {tuple(w.shape)}")
+
+
+def _heatmap_row(fig, axes, maps: list[Tensor], titles: list[str]) -> None:
+    """Heat maps side by side on one colour scale, so one colour bar is true for the whole row."""
+    lo = min(float(m.min()) for m in maps)
+    hi = max(float(m.max()) for m in maps)
+    for ax, m, title in zip(axes, maps, titles, strict=True):
+        im = ax.imshow(m, cmap="viridis", vmin=lo, vmax=hi, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize="small")
+    fig.colorbar(im, ax=list(axes), shrink=0.8)
+
+
+def _plot_attn(w: Tensor, grid: Sequence[int], max_samples: int):
+    """Each head's query x key map; for self-attention on an image grid, also the centre query's
+    weights drawn on the grid (where that position looks)."""
+    _check_dims("attn", w, 4, "(B, heads, N, M)")
+    w = w[:max_samples]
+    b_, heads, n, m = w.shape
+    on_grid = len(grid) == 2 and n == m == math.prod(grid)
+    query = (grid[0] // 2) * grid[1] + grid[1] // 2 if on_grid else None
+    fig, axes = new_figure(b_, heads * (2 if on_grid else 1), cell=(2.4, 2.2))
+    for b in range(b_):
+        maps = [w[b, h] for h in range(heads)]
+        titles = [f"sample {b}, head {h}" for h in range(heads)]
+        if on_grid:
+            maps += [w[b, h, query].reshape(*grid) for h in range(heads)]
+            titles += [f"head {h}, centre query" for h in range(heads)]
+        _heatmap_row(fig, axes[b], maps, titles)
+        for ax in axes[b, :heads]:
+            ax.set_xlabel("key", fontsize="x-small")
+            ax.set_ylabel("query", fontsize="x-small")
+    return fig
+
+
+def _plot_pool(w: Tensor, grid: Sequence[int], max_samples: int):
+    _check_dims("pool", w, 3, "(B, heads, N)")
+    w = w[:max_samples]
+    on_grid = len(grid) == 2 and w.shape[-1] == math.prod(grid)
+    fig, axes = new_figure(w.shape[0], w.shape[1] if on_grid else 1, cell=(2.6, 2.2))
+    for b in range(w.shape[0]):
+        if on_grid:
+            maps = [w[b, h].reshape(*grid) for h in range(w.shape[1])]
+            _heatmap_row(fig, axes[b], maps, [f"sample {b}, head {h}" for h in range(len(maps))])
+        else:
+            ax = axes[b, 0]
+            for h in range(w.shape[1]):
+                ax.plot(w[b, h], label=f"head {h}")
+            ax.set_title(f"sample {b}", fontsize="small")
+            ax.set_xlabel("position", fontsize="x-small")
+            ax.set_ylabel("pooling weight", fontsize="x-small")
+            if w.shape[1] > 1:
+                ax.legend(fontsize="xx-small")
+    return fig
+
+
+def _plot_channel(w: Tensor, grid: Sequence[int], max_samples: int):
+    _check_dims("channel", w, 2, "(B, C)")
+    w = w[:max_samples]
+    fig, axes = new_figure(w.shape[0], 1, cell=(max(3.0, 0.08 * w.shape[1]), 1.8))
+    for b in range(w.shape[0]):
+        ax = axes[b, 0]
+        ax.bar(range(w.shape[1]), w[b])
+        ax.set_title(f"sample {b}", fontsize="small")
+        ax.set_ylabel("gate", fontsize="x-small")
+    axes[-1, 0].set_xlabel("channel", fontsize="x-small")
+    return fig
+
+
+def _plot_spatial(w: Tensor, grid: Sequence[int], max_samples: int):
+    if tuple(w.shape[1:]) != tuple(grid):
+        raise ValueError(
+            f"weights 'spatial' must have shape (B, *grid) with grid={tuple(grid)}, "
+            f"got {tuple(w.shape)}"
+        )
+    w = w[:max_samples]
+    fig, axes = new_figure(w.shape[0], 1, cell=(3.2, 2.4))
+    for b in range(w.shape[0]):
+        ax = axes[b, 0]
+        if len(grid) == 2:
+            fig.colorbar(ax.imshow(w[b], cmap="viridis"), ax=ax, shrink=0.8)
+        else:
+            ax.plot(w[b])
+            ax.set_xlabel("position", fontsize="x-small")
+            ax.set_ylabel("gate", fontsize="x-small")
+        ax.set_title(f"sample {b}", fontsize="small")
+    return fig
+
+
+# The weight kinds of the attention contract and how each is drawn.
+PLOTTERS: dict[str, Callable] = {
+    "attn": _plot_attn,
+    "pool": _plot_pool,
+    "channel": _plot_channel,
+    "spatial": _plot_spatial,
+}
+
+
+def save_attention_figures(
+    weights_by_slot: Mapping[str, Mapping[str, Tensor]],
+    grid: Sequence[int],
+    out_dir: str | os.PathLike,
+    max_samples: int = 4,
+) -> list[Path]:
+    """Save one PNG per slot x weight kind into ``out_dir``, named ``<slot>.<kind>.png``.
+
+    ``weights_by_slot`` maps a slot name (e.g. ``"blocks.0.attn"``) to the weights dict its module
+    returned; ``grid`` is the token grid, ``(L,)`` or ``(H, W)``. Returns the written paths (for
+    logging as images).
+    """
+    if len(grid) not in (1, 2):
+        raise ValueError(f"grid must be (L,) or (H, W), got {tuple(grid)}")
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
+    paths = []
+    for slot, weights in weights_by_slot.items():
+        for key, w in weights.items():
+            plot = PLOTTERS.get(key)
+            if plot is None:
+                warnings.warn(
+                    f"slot {slot!r}: no figure for weights {key!r} (known: {', '.join(PLOTTERS)})",
+                    stacklevel=2,
+                )
+                continue
+            fig = plot(w.detach().float().cpu(), tuple(grid), max_samples)
+            fig.suptitle(f"{slot}: {key}", fontsize="medium")
+            name = safe_filename(f"{slot}.{key}") + ".png"
+            paths.append(save_figure(fig, Path(out_dir) / name))
+    return paths
