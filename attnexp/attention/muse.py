@@ -135,8 +135,9 @@ class MUSE(MultiHeadAttention):
         return y, {"attn": weights, "branches": self.branch_logits.softmax(dim=0).detach()}
 
     def flops(self, grid: tuple[int, ...]) -> int:
-        """``mha``'s count plus, with N = prod(grid), C = dim, D = heads * head_dim: depthwise sum over k > 1 of 2*N*D*k^rank(grid), pointwise
-        2*N*D*C*len(kernel_sizes) (the fused matmul; mixing is folded into it)."""
+        """``mha``'s count plus, with N = prod(grid), C = dim, D = heads * head_dim: depthwise
+        sum over k > 1 of 2*N*D*k^rank(grid), pointwise 2*N*D*C*len(kernel_sizes) (one fused
+        matmul; the mixing weights are folded into it)."""
         n, c, d = math.prod(grid), self.dim, self.inner_dim
         depthwise = sum(2 * n * d * kernel_area(k, grid) for k in self.depthwise_sizes)
         pointwise = 2 * n * d * c * len(self.kernel_sizes)
