@@ -50,7 +50,9 @@ def test_fused_muse_equals_three_branch_reference(kernel_sizes, shape):
     module = randomised(MUSE(dim=32, num_heads=4, kernel_sizes=kernel_sizes))
     x = torch.randn(*shape)
     with torch.no_grad():
-        torch.testing.assert_close(module(x), three_branch_reference(module, x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            module(x), three_branch_reference(module, x), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_muse_with_conv_branch_zeroed_equals_mha():
@@ -70,9 +72,7 @@ def test_muse_on_a_sequence_equals_muse_on_a_one_row_image():
     torch.manual_seed(0)
     module = randomised(MUSE(dim=32, kernel_sizes=[3, 15]))
     x = torch.randn(2, 11, 32)
-    torch.testing.assert_close(
-        module(x), module(x.unsqueeze(1)).squeeze(1), atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close(module(x), module(x.unsqueeze(1)).squeeze(1), atol=1e-5, rtol=1e-5)
 
 
 def test_muse_returns_attention_and_branch_weights():

@@ -84,11 +84,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 def check_grid_input(x: Tensor, dim: int) -> None:
     """Refuse an input that is not ``(B, *grid, C)`` with a 1-D or 2-D grid and C == dim."""
     if x.dim() not in (3, 4):
-        raise ValueError(
-            f"expected input of shape (B, L, C) or (B, H, W, C), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"expected input of shape (B, L, C) or (B, H, W, C), got {tuple(x.shape)}")
     if x.shape[-1] != dim:
-        raise ValueError(f"input has {x.shape[-1]} channels but the module was built with dim={dim}")
+        raise ValueError(
+            f"input has {x.shape[-1]} channels but the module was built with dim={dim}"
+        )
 
 
 def flatten_grid(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -128,6 +128,7 @@ def grid_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int
     x = x.contiguous(memory_format=torch.channels_last)
     padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
     return F.conv2d(x, weight, bias, padding=padding, groups=groups)
+
 
 def kernel_area(k: int, grid: tuple[int, ...]) -> int:
     """Taps of a ``grid_conv`` kernel of size ``k`` that touch data on ``grid``: k or k*k."""

@@ -38,9 +38,10 @@ class AttentionPool(AttentionModule):
         self.num_heads = num_heads
         self.num_queries = num_queries
         self.residual = bool(residual)
-        self.query = nn.Parameter(
-            nn.init.trunc_normal_(torch.empty(num_queries, dim), std=dim**-0.5)
-        )
+        # Cut at +-2 std: trunc_normal_'s default bounds are absolute (+-2), no cut at this std.
+        std = dim**-0.5
+        query = torch.empty(num_queries, dim)
+        self.query = nn.Parameter(nn.init.trunc_normal_(query, std=std, a=-2 * std, b=2 * std))
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
