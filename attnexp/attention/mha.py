@@ -95,19 +95,19 @@ class MultiHeadAttention(AttentionModule):
         dropout_p = self.attn_drop if self.training else 0.0
         return attention_core(q, k, v, dropout_p=dropout_p, need_weights=need_weights)
 
-    def attention_branch(self, x: Tensor, need_weights: bool):
-        """Returns ``(projected attention output (B, N, C), values (B, N, D), weights, grid)``;
-        the values come back so ``muse`` can convolve the same value projection."""
+    def attention_heads(self, x: Tensor, need_weights: bool):
+        """Returns ``(attention output before projection (B, N, D), values (B, N, D), weights,
+        grid)``; the values come back so ``muse`` can convolve the same value projection."""
         check_grid_input(x, self.dim)
         tokens, grid = flatten_grid(x)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         heads = (split_heads(t, self.num_heads) for t in (q, k, v))
         out, weights = self.attend(*heads, need_weights)
-        return self.proj(merge_heads(out)), v, weights, grid
+        return merge_heads(out), v, weights, grid
 
     def forward(self, x: Tensor, return_weights: bool = False):
-        out, _, weights, grid = self.attention_branch(x, return_weights)
-        y = unflatten_grid(self.proj_drop(out), grid)
+        out, _, weights, grid = self.attention_heads(x, return_weights)
+        y = unflatten_grid(self.proj_drop(self.proj(out)), grid)
         return (y, {"attn": weights}) if return_weights else y
 
     def flops(self, grid: tuple[int, ...]) -> int:

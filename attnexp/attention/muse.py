@@ -10,9 +10,10 @@ The widely copied reference re-wraps its mixing weights in a fresh ``nn.Paramete
 ``forward``, so they never train; here ``branch_logits`` is created once and softmax is applied
 functionally.
 
-The pointwise step runs fused: one matmul over the concatenated branch outputs (V itself stands
-in for the k = 1 branch) with the softmax mixing weights folded into the pointwise weights, instead
-of one pointwise conv per branch plus a weighted sum. The depthwise convs run one per branch in
+The pointwise step runs fused: one matmul over the concatenated attention output and branch
+outputs (V itself stands in for the k = 1 branch) applies the attention's output projection and
+every branch's pointwise weights, with the softmax mixing weights folded in, instead of a
+projection, one pointwise conv per branch, a weighted sum and an add. The depthwise convs run one per branch in
 channels-last memory format (how tokens-last activations already lie): on CPU, PyTorch's depthwise
 kernel with a channel multiplier (one grouped conv for all branches, kernels zero-padded to the
 largest size) measured 2-10x slower than separate channels-last depthwise convs, and padding
@@ -107,16 +108,18 @@ class MUSE(MultiHeadAttention):
             nn.init.uniform_(self.pointwise_bias[f"k{k}"], -bound, bound)
 
     def fused_pointwise(self) -> tuple[Tensor, Tensor]:
-        """Every branch's pointwise weights side by side, each scaled by its softmax mixing
-        weight: ``(C, D * len(kernel_sizes))`` in ``kernel_sizes`` order, and the mixed bias."""
+        """The output projection and every branch's pointwise weights side by side, the latter
+        scaled by their softmax mixing weights: ``(C, D * (1 + len(kernel_sizes)))`` in the order
+        attention, ``kernel_sizes``; and the summed bias."""
         mix = zip(self.branch_logits.softmax(dim=0), self.kernel_sizes, strict=True)
         scaled = [(w * self.pointwise[f"k{k}"], w * self.pointwise_bias[f"k{k}"]) for w, k in mix]
-        return torch.cat([w for w, _ in scaled], dim=1), sum(b for _, b in scaled)
+        weight = torch.cat([self.proj.weight, *(w for w, _ in scaled)], dim=1)
+        return weight, self.proj.bias + sum(b for _, b in scaled)
 
-    def conv_branch(self, values: Tensor, grid: tuple[int, ...]) -> Tensor:
-        """Weighted sum of every branch on values ``(B, N, D)``; returns ``(B, N, C)``."""
+    def branch_inputs(self, values: Tensor, grid: tuple[int, ...]) -> list[Tensor]:
+        """Each branch's depthwise output ``(B, N, D)`` (V itself for k = 1)."""
         v = channels_first(unflatten_grid(values, grid))
-        depthwise = [
+        return [
             channels_last(
                 grid_conv(v, self.depthwise[f"k{k}"], self.depthwise_bias[f"k{k}"], self.inner_dim)
             ).flatten(1, -2)
@@ -124,12 +127,13 @@ class MUSE(MultiHeadAttention):
             else values
             for k in self.kernel_sizes
         ]
-        weight, bias = self.fused_pointwise()
-        return F.linear(torch.cat(depthwise, dim=-1), weight, bias)
 
     def forward(self, x: Tensor, return_weights: bool = False):
-        out, values, weights, grid = self.attention_branch(x, return_weights)
-        y = unflatten_grid(self.proj_drop(out + self.conv_branch(values, grid)), grid)
+        out, values, weights, grid = self.attention_heads(x, return_weights)
+        weight, bias = self.fused_pointwise()
+        # One matmul does the output projection, every pointwise conv and the mixing.
+        y = F.linear(torch.cat([out, *self.branch_inputs(values, grid)], dim=-1), weight, bias)
+        y = unflatten_grid(self.proj_drop(y), grid)
         if not return_weights:
             return y
         return y, {"attn": weights, "branches": self.branch_logits.softmax(dim=0).detach()}
