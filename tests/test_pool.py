@@ -70,5 +70,5 @@ def test_query_init_scale():
 def test_pool_flops_match_hand_count():
     n, c = 35, 64
     assert AttentionPool(dim=c, grid_ndim=2, num_queries=2).flops((7, 5)) == (
-        2 * n * c * 2 * c + 2 * 2 * n * c + 2 * 2 * n * c + 2 * c * c
+        2 * n * c * 2 * c + 2 * 2 * n * c + 4 * 2 * n * 4 + 2 * 2 * n * c + 2 * c * c
     )

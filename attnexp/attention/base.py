@@ -82,7 +82,10 @@ class AttentionModule(nn.Module):
         Counted by hand because FLOP counters see zero inside ``scaled_dot_product_attention``.
         Convention shared by every module: matmuls and convolutions count 2 per multiply-add;
         reductions (mean, max) and gating products over a full tensor count 1 per element;
-        biases, nonlinearities (softmax, sigmoid, ReLU) and normalisation are not counted.
+        normalising attention scores into weights (softmax, sigmoid or max over the keys) counts
+        4 per score (as ``design.AttentionCore`` does: at small head widths it is not negligible
+        beside the score matmul); biases, other nonlinearities (sigmoid gates, ReLU) and
+        normalisation layers are not counted.
         """
         raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
 

@@ -60,7 +60,9 @@ class AttentionPool(AttentionModule):
         return (y, {"pool": weights.mean(dim=2)}) if return_weights else y
 
     def flops(self, grid: tuple[int, ...]) -> int:
-        """With N = prod(grid), C = dim, Q = num_queries: keys and values 2*N*C*2C + scores
-        2*Q*N*C + weighted values 2*Q*N*C + projection 2*C*C (+ mean N*C with ``residual``)."""
-        n, c, q = self.num_positions(grid), self.dim, self.num_queries
-        return 4 * n * c * c + 4 * q * n * c + 2 * c * c + (n * c if self.residual else 0)
+        """With N = prod(grid), C = dim, Q = num_queries, h = num_heads: keys and values
+        2*N*C*2C + scores 2*Q*N*C + softmax 4*Q*N*h + weighted values 2*Q*N*C + projection 2*C*C
+        (+ mean N*C with ``residual``)."""
+        n, c, q, h = self.num_positions(grid), self.dim, self.num_queries, self.num_heads
+        attention = 4 * q * n * c + 4 * q * n * h
+        return 4 * n * c * c + attention + 2 * c * c + (n * c if self.residual else 0)
