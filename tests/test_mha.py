@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from attnexp.attention.design import NORMALIZATIONS, SCORES
 from attnexp.attention.mha import MultiHeadAttention
@@ -202,8 +203,31 @@ def test_qk_conv_kernel_has_the_grid_rank():
         assert module.core.q_conv.conv.weight.shape == (32, 1, *[5] * grid_ndim)
 
 
-def test_bad_knob_fails_at_construction_naming_the_key():
-    with pytest.raises(ValueError, match="score must be one of"):
-        MultiHeadAttention(dim=16, score="cos")
-    with pytest.raises(ValueError, match="window"):
-        MultiHeadAttention(dim=16, window=2, kv_stride=2)
+@pytest.mark.parametrize(
+    "knobs,fused",
+    [
+        ({}, True),
+        ({"window": 1, "global_tokens": 1}, True),
+        ({"kv_stride": 2}, True),
+        ({"score": "cosine"}, False),
+        ({"normalize": "sigmoid"}, False),
+    ],
+    ids=str,
+)
+def test_dot_softmax_runs_the_fused_kernel_with_or_without_a_mask(monkeypatch, knobs, fused):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("attn_mask"))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    module = MultiHeadAttention(dim=16, grid_ndim=2, num_heads=2, **knobs).eval()
+    x = torch.randn(2, 3, 4, 16)
+    y = module(x)
+    assert len(calls) == int(fused)
+    if fused and "window" in knobs:
+        assert calls[0] is not None and calls[0].dtype == torch.bool
+    torch.testing.assert_close(y, module(x, return_weights=True)[0], atol=1e-5, rtol=1e-5)
+    assert len(calls) == int(fused)  # asking for the weights takes the explicit path
