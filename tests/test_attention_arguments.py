@@ -37,6 +37,7 @@ BAD = [
     (CBAM, {"dim": 64, "rd_ratio": 1.5}, "rd_ratio"),
     (CBAM, {"dim": 64, "grid_ndim": 3}, "grid_ndim"),
     (Identity, {"dim": 64, "grid_ndim": 0}, "grid_ndim"),
+    (SqueezeExcite, {"dim": 64, "grid_ndim": 1.0}, "grid_ndim"),
     # The design knobs are validated when mha / muse is built, not at the first forward.
     (MultiHeadAttention, {"dim": 64, "score": "cos"}, "score must be one of"),
     (MultiHeadAttention, {"dim": 64, "window": 2, "kv_stride": 2}, "window"),

@@ -44,7 +44,11 @@ class AttentionModule(nn.Module):
     def __init__(self, dim: int, grid_ndim: int = 1) -> None:
         super().__init__()
         check_positive("dim", dim)
-        if grid_ndim not in GRID_NDIMS:
+        if (
+            isinstance(grid_ndim, bool)
+            or not isinstance(grid_ndim, int)
+            or grid_ndim not in GRID_NDIMS
+        ):
             raise ValueError(f"grid_ndim must be 1 (sequences) or 2 (images), got {grid_ndim!r}")
         self.dim = dim
         self.grid_ndim = grid_ndim
