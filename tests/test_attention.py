@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import hydra
@@ -17,31 +18,73 @@ VARIANTS = sorted(path.stem for path in CONF_DIR.glob("*.yaml"))
 CASES = [(2, (12,)), (2, (4, 6)), (1, (7, 5))]
 
 
-def build(name: str, dim: int = 64) -> AttentionModule:
-    """What a backbone does: instantiate the partial, then call it with the slot's dim."""
+def build(name: str, grid_ndim: int, dim: int = 64) -> AttentionModule:
+    """What a backbone does: instantiate the partial, then call it with the slot's dim and the
+    rank of the grid it will see."""
     torch.manual_seed(0)
-    return hydra.utils.instantiate(OmegaConf.load(CONF_DIR / f"{name}.yaml"))(dim=dim)
+    partial = hydra.utils.instantiate(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
+    return partial(dim=dim, grid_ndim=grid_ndim)
+
+
+def constructor_defaults(cls: type) -> dict[str, object]:
+    """Keyword defaults of ``cls``, following ``**kwargs`` that are passed on to the parent."""
+    defaults: dict[str, object] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        for p in params:
+            if p.default is not inspect.Parameter.empty:
+                defaults.setdefault(p.name, p.default)
+        if all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params):
+            return defaults
+    return defaults
 
 
 def test_the_library_is_discovered():
     assert {"none", "mha", "muse", "pool", "se", "cbam"} <= set(VARIANTS)
 
 
+@pytest.mark.parametrize("grid_ndim", [1, 2])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_yaml_instantiates_and_builds(name):
+def test_yaml_instantiates_and_builds(name, grid_ndim):
     cfg = OmegaConf.load(CONF_DIR / f"{name}.yaml")
     assert cfg._partial_ is True
-    module = build(name)
+    module = build(name, grid_ndim)
     assert isinstance(module, AttentionModule)
     assert isinstance(module.kind, Kind)
-    assert module.dim == 64
+    assert (module.dim, module.grid_ndim) == (64, grid_ndim)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_yaml_states_every_hyper_parameter_with_the_code_default(name):
+    """A yaml default that drifts from the constructor's would make the config lie."""
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{name}.yaml"))
+    target = hydra.utils.get_class(cfg.pop("_target_"))
+    cfg.pop("_partial_")
+    defaults = constructor_defaults(target)
+    defaults.pop("grid_ndim")  # the backbone's to give, like dim
+    normalise = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    assert cfg == normalise
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_grid_of_the_other_rank_is_refused_naming_grid_ndim(name):
+    for grid_ndim, wrong in ((1, (3, 4)), (2, (12,))):
+        module = build(name, grid_ndim)
+        with pytest.raises(ValueError, match=f"grid_ndim={grid_ndim}"):
+            module(torch.randn(2, *wrong, 64))
+        with pytest.raises(ValueError, match=f"grid_ndim={grid_ndim}"):
+            module.flops(wrong)
+    with pytest.raises(ValueError, match="grid_ndim"):
+        hydra.utils.instantiate(OmegaConf.load(CONF_DIR / f"{name}.yaml"))(dim=64, grid_ndim=3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("batch,grid", CASES, ids=["seq12", "img4x6", "img7x5_b1"])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_forward_backward(name, batch, grid, dtype):
-    module = build(name).to(dtype).train()
+    module = build(name, len(grid)).to(dtype).train()
     x = torch.randn(batch, *grid, 64, dtype=dtype, requires_grad=True)
     y = module(x)
     expected = (batch, 64) if module.kind is Kind.POOL else x.shape
@@ -57,7 +100,7 @@ def test_variant_forward_backward(name, batch, grid, dtype):
 @pytest.mark.parametrize("batch,grid", CASES, ids=["seq12", "img4x6", "img7x5_b1"])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_weights_and_flops(name, batch, grid):
-    module = build(name).eval()
+    module = build(name, len(grid)).eval()
     x = torch.randn(batch, *grid, 64)
     y, weights = module(x, return_weights=True)
     torch.testing.assert_close(y, module(x), atol=1e-5, rtol=1e-5)
@@ -69,16 +112,17 @@ def test_variant_weights_and_flops(name, batch, grid):
         assert module.flops((2 * grid[0], *grid[1:])) > flops > 0
 
 
+@pytest.mark.parametrize("grids", [((6,), (9,)), ((3, 5), (4, 4))], ids=["1d", "2d"])
 @pytest.mark.parametrize("name", VARIANTS)
-def test_state_dict_is_fixed_by_construction(name):
+def test_state_dict_is_fixed_by_construction(name, grids):
     """Parameters are made in __init__, never in forward (lazily or re-wrapped), whatever grid:
-    the state dict keys and every parameter's value survive forward passes on both grid ranks
-    (buffers such as BatchNorm's running statistics may update; they are not parameters)."""
-    module = build(name).train()
+    the state dict keys and every parameter's value survive forward passes on grids of different
+    sizes (buffers such as BatchNorm's running statistics may update; they are not parameters)."""
+    module = build(name, len(grids[0])).train()
     keys = set(module.state_dict())
     before = {k: v.detach().clone() for k, v in module.named_parameters()}
-    module(torch.randn(2, 6, 64))
-    module(torch.randn(2, 3, 5, 64))
+    for grid in grids:
+        module(torch.randn(2, *grid, 64))
     assert set(module.state_dict()) == keys
     after = dict(module.named_parameters())
     assert before.keys() == after.keys()

@@ -35,6 +35,15 @@ BAD = [
     (CBAM, {"dim": 64, "kernel_size": 4}, "kernel_size"),
     (CBAM, {"dim": 64, "kernel_size": 0}, "kernel_size"),
     (CBAM, {"dim": 64, "rd_ratio": 1.5}, "rd_ratio"),
+    (CBAM, {"dim": 64, "grid_ndim": 3}, "grid_ndim"),
+    (Identity, {"dim": 64, "grid_ndim": 0}, "grid_ndim"),
+    (SqueezeExcite, {"dim": 64, "grid_ndim": 1.0}, "grid_ndim"),
+    # The design knobs are validated when mha / muse is built, not at the first forward.
+    (MultiHeadAttention, {"dim": 64, "score": "cos"}, "score must be one of"),
+    (MultiHeadAttention, {"dim": 64, "window": 2, "kv_stride": 2}, "window"),
+    (MultiHeadAttention, {"dim": 64, "qk_conv": 4}, "qk_conv"),
+    (MUSE, {"dim": 64, "normalize": "relu"}, "normalize must be one of"),
+    (MUSE, {"dim": 64, "global_tokens": 2}, "global_tokens"),
 ]
 
 

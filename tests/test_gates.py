@@ -27,7 +27,7 @@ def test_bottleneck_width_follows_rd_ratio_rule(dim, rd_dim):
 @pytest.mark.parametrize("shape", [(2, 9, 32), (3, 7, 5, 32)])
 def test_se_equals_formula(shape):
     torch.manual_seed(0)
-    module = SqueezeExcite(dim=32, rd_ratio=0.25)
+    module = SqueezeExcite(dim=32, grid_ndim=len(shape) - 2, rd_ratio=0.25)
     x = torch.randn(*shape)
     squeezed = x.reshape(shape[0], -1, 32).mean(1)
     hidden = torch.relu(squeezed @ module.fc1.weight.T + module.fc1.bias)
@@ -41,7 +41,7 @@ def test_se_equals_formula(shape):
 def test_se_output_over_input_is_constant_over_the_grid():
     torch.manual_seed(0)
     x = torch.rand(2, 5, 6, 16) + 0.5  # away from zero so the ratio is well conditioned
-    ratio = SqueezeExcite(dim=16)(x) / x
+    ratio = SqueezeExcite(dim=16, grid_ndim=2)(x) / x
     torch.testing.assert_close(ratio, ratio[:, :1, :1].expand_as(ratio))
 
 
@@ -56,11 +56,8 @@ def cbam_formula(module: CBAM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     channel = torch.sigmoid(mlp(flat.mean(1)) + mlp(flat.amax(1)))
     x = x * channel.reshape(x.shape[0], *[1] * (x.dim() - 2), x.shape[-1])
     maps = torch.stack([x.mean(-1), x.amax(-1)], dim=1)  # (B, 2, *grid)
-    k = module.kernel_size
-    if x.dim() == 3:
-        logits = F.conv1d(maps, module.spatial_weight[:, :, k // 2], padding=k // 2)
-    else:
-        logits = F.conv2d(maps, module.spatial_weight, padding=k // 2)
+    conv = F.conv1d if x.dim() == 3 else F.conv2d
+    logits = conv(maps, module.spatial_weight, padding=module.kernel_size // 2)
     bn = module.spatial_norm
     normed = (logits - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
     spatial = torch.sigmoid(normed[:, 0])
@@ -70,7 +67,7 @@ def cbam_formula(module: CBAM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 @pytest.mark.parametrize("shape", [(2, 11, 32), (2, 7, 5, 32), (1, 9, 9, 32)])
 def test_cbam_equals_formula(shape):
     torch.manual_seed(0)
-    module = CBAM(dim=32, rd_ratio=0.25, kernel_size=7)
+    module = CBAM(dim=32, grid_ndim=len(shape) - 2, rd_ratio=0.25, kernel_size=7)
     with torch.no_grad():  # non-trivial BatchNorm statistics and affine
         module.spatial_norm.running_mean.fill_(0.3)
         module.spatial_norm.running_var.fill_(2.0)
@@ -88,15 +85,24 @@ def test_cbam_equals_formula(shape):
 
 def test_cbam_kernel_size_3_on_images():
     torch.manual_seed(0)
-    module = CBAM(dim=16, kernel_size=3).eval()
+    module = CBAM(dim=16, grid_ndim=2, kernel_size=3).eval()
     x = torch.randn(2, 4, 6, 16)
     torch.testing.assert_close(module(x), cbam_formula(module, x)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_gate_flops_match_hand_count():
     n, c = 7 * 5, 64
-    assert SqueezeExcite(dim=c).flops((7, 5)) == n * c + 2 * 2 * c * 8 + n * c
+    assert SqueezeExcite(dim=c, grid_ndim=2).flops((7, 5)) == n * c + 2 * 2 * c * 8 + n * c
     channel = 2 * n * c + 2 * (2 * 2 * c * 8) + n * c
     spatial = 2 * n * c + 2 * n * 2 * 49 + n * c
-    assert CBAM(dim=c).flops((7, 5)) == channel + spatial
+    assert CBAM(dim=c, grid_ndim=2).flops((7, 5)) == channel + spatial
     assert CBAM(dim=c).flops((35,)) == channel + 2 * n * c + 2 * n * 2 * 7 + n * c
+
+
+@pytest.mark.parametrize("grid_ndim", [1, 2])
+def test_cbam_holds_exactly_the_kernel_of_its_grid_rank(grid_ndim):
+    """A length-7 kernel on sequences, 7 x 7 on images: no parameter a forward pass never uses."""
+    module = CBAM(dim=64, grid_ndim=grid_ndim)
+    assert module.spatial_weight.shape == (1, 2, *[7] * grid_ndim)
+    mlp, bn = 2 * 64 * 8, 2
+    assert sum(p.numel() for p in module.parameters()) == mlp + 2 * 7**grid_ndim + bn

@@ -21,7 +21,8 @@ SHAPES = [(2, 6, DIM), (2, 3, 4, DIM)]
 @pytest.mark.parametrize("name", ["linear", "node"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_config_builds_a_mixer_that_keeps_the_shape_and_learns(name, shape):
-    module = instantiate(OmegaConf.load(f"conf/attention/{name}.yaml"))(dim=DIM)
+    partial = instantiate(OmegaConf.load(f"conf/attention/{name}.yaml"))
+    module = partial(dim=DIM, grid_ndim=len(shape) - 2)
     assert module.kind is Kind.MIXER
     if name == "node":  # the zero-initialised last layer would hide the other gradients
         torch.nn.init.normal_(module.transform[-1].weight)
@@ -58,7 +59,7 @@ def quadratic_linear_attention(module: LinearAttention, x):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_linear_attention_matches_its_quadratic_formula(shape):
     torch.manual_seed(0)
-    module = LinearAttention(DIM, num_heads=2)
+    module = LinearAttention(DIM, grid_ndim=len(shape) - 2, num_heads=2)
     x = torch.randn(shape)
     y, weights = module(x, return_weights=True)
     expected, expected_maps = quadratic_linear_attention(module, x)
@@ -92,7 +93,7 @@ def test_linear_attention_refuses_heads_that_do_not_divide_dim():
 @pytest.mark.parametrize("value_proj", [False, True])
 def test_node_output_is_the_input_plus_one_position_independent_vector(shape, value_proj):
     torch.manual_seed(0)
-    module = NodeAttention(DIM, reduction=2, value_proj=value_proj)
+    module = NodeAttention(DIM, len(shape) - 2, reduction=2, value_proj=value_proj)
     torch.nn.init.normal_(module.transform[-1].weight)
     x = torch.randn(shape)
     y, weights = module(x, return_weights=True)

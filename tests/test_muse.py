@@ -32,10 +32,8 @@ def three_branch_reference(module: MUSE, x: torch.Tensor) -> torch.Tensor:
     for weight, size in zip(mix, module.kernel_sizes, strict=True):
         h = v_map
         if size > 1:
-            kernel = module.depthwise[f"k{size}"]
-            if len(grid) == 1:
-                kernel = kernel[:, :, size // 2]  # a sequence is a 1 x L image
-            h = conv(h, kernel, module.depthwise_bias[f"k{size}"], padding=size // 2, groups=d)
+            kernel, bias = module.depthwise[f"k{size}"], module.depthwise_bias[f"k{size}"]
+            h = conv(h, kernel, bias, padding=size // 2, groups=d)
         pointwise = module.pointwise[f"k{size}"].reshape(module.dim, d, *[1] * len(grid))
         branches = branches + weight * conv(h, pointwise, module.pointwise_bias[f"k{size}"])
     return (out + branches.flatten(2).transpose(1, 2)).reshape(x.shape)
@@ -51,7 +49,7 @@ def randomised(module: MUSE) -> MUSE:
 @pytest.mark.parametrize("shape", [(2, 20, 32), (2, 6, 7, 32), (1, 7, 5, 32)])
 def test_fused_muse_equals_three_branch_reference(kernel_sizes, shape):
     torch.manual_seed(0)
-    module = randomised(MUSE(dim=32, num_heads=4, kernel_sizes=kernel_sizes))
+    module = randomised(MUSE(dim=32, grid_ndim=len(shape) - 2, kernel_sizes=kernel_sizes))
     x = torch.randn(*shape)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -59,10 +57,14 @@ def test_fused_muse_equals_three_branch_reference(kernel_sizes, shape):
         )
 
 
-def test_muse_with_conv_branch_zeroed_equals_mha():
+@pytest.mark.parametrize(
+    "knobs", [{}, {"score": "cosine", "window": 1, "global_tokens": 2}, {"qk_conv": 3}], ids=str
+)
+def test_muse_with_conv_branch_zeroed_equals_mha(knobs):
+    """The attention branch is mha's, design knobs included."""
     torch.manual_seed(0)
-    muse = randomised(MUSE(dim=32, num_heads=4))
-    mha = MultiHeadAttention(dim=32, num_heads=4).eval()
+    muse = randomised(MUSE(dim=32, grid_ndim=2, num_heads=4, **knobs))
+    mha = MultiHeadAttention(dim=32, grid_ndim=2, num_heads=4, **knobs).eval()
     mha.load_state_dict({k: v for k, v in muse.state_dict().items() if k in mha.state_dict()})
     with torch.no_grad():
         for name, param in muse.named_parameters():
@@ -72,15 +74,36 @@ def test_muse_with_conv_branch_zeroed_equals_mha():
     torch.testing.assert_close(muse(x), mha(x), atol=1e-6, rtol=1e-6)
 
 
-def test_muse_on_a_sequence_equals_muse_on_a_one_row_image():
+def test_muse_on_a_sequence_equals_muse_on_a_one_row_image_with_centre_row_kernels():
+    """A length-k kernel on a sequence is a k x k kernel that is zero off its centre row on a
+    1 x L image; everything else is shared."""
     torch.manual_seed(0)
-    module = randomised(MUSE(dim=32, kernel_sizes=[3, 15]))
+    seq = randomised(MUSE(dim=32, grid_ndim=1, kernel_sizes=[3, 15]))
+    img = MUSE(dim=32, grid_ndim=2, kernel_sizes=[3, 15]).eval()
+    state = seq.state_dict()
+    for k in (3, 15):
+        square = torch.zeros(seq.inner_dim, 1, k, k)
+        square[:, :, k // 2] = state[f"depthwise.k{k}"]
+        state[f"depthwise.k{k}"] = square
+    img.load_state_dict(state)
     x = torch.randn(2, 11, 32)
-    torch.testing.assert_close(module(x), module(x.unsqueeze(1)).squeeze(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seq(x), img(x.unsqueeze(1)).squeeze(1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grid_ndim", [1, 2])
+def test_muse_holds_exactly_the_kernels_of_its_grid_rank(grid_ndim):
+    """Length-k depthwise kernels on sequences, k x k on images: no dead parameters."""
+    module = MUSE(dim=32, grid_ndim=grid_ndim, kernel_sizes=[1, 3, 5])
+    mha = MultiHeadAttention(dim=32, grid_ndim=grid_ndim)
+    assert module.depthwise["k5"].shape == (32, 1, *[5] * grid_ndim)
+    depthwise = 32 * (3**grid_ndim + 5**grid_ndim) + 2 * 32
+    pointwise = 3 * (32 * 32 + 32)
+    count = sum(p.numel() for p in module.parameters())
+    assert count == sum(p.numel() for p in mha.parameters()) + depthwise + pointwise + 3
 
 
 def test_muse_returns_attention_and_branch_weights():
-    module = randomised(MUSE(dim=32, kernel_sizes=[1, 3, 5]))
+    module = randomised(MUSE(dim=32, grid_ndim=2, kernel_sizes=[1, 3, 5]))
     x = torch.randn(2, 4, 4, 32)
     y, weights = module(x, return_weights=True)
     torch.testing.assert_close(y, module(x), atol=1e-5, rtol=1e-5)
@@ -108,20 +131,19 @@ def test_branch_logits_train_and_state_dict_survives_forward():
 
 
 def test_muse_flops_add_the_conv_branch_to_mha():
-    module = MUSE(dim=64, num_heads=4, kernel_sizes=[1, 3, 5])
-    mha = MultiHeadAttention(dim=64, num_heads=4)
     n = 7 * 5
-    depthwise = 2 * n * 64 * (3 * 3 + 5 * 5)
     pointwise = 3 * 2 * n * 64 * 64
-    assert module.flops((7, 5)) == mha.flops((7, 5)) + depthwise + pointwise
-    assert module.flops((35,)) == mha.flops((35,)) + 2 * 35 * 64 * (3 + 5) + pointwise
+    for grid, taps in (((7, 5), 3 * 3 + 5 * 5), ((35,), 3 + 5)):
+        module = MUSE(dim=64, grid_ndim=len(grid), num_heads=4, kernel_sizes=[1, 3, 5])
+        mha = MultiHeadAttention(dim=64, grid_ndim=len(grid), num_heads=4)
+        assert module.flops(grid) == mha.flops(grid) + 2 * n * 64 * taps + pointwise
 
 
 def test_paper_kernel_sizes_override_through_hydra():
     """``attention.kernel_sizes=[3,15]`` arrives as an OmegaConf ListConfig."""
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/attention/muse.yaml")
     cfg.kernel_sizes = [3, 15]
-    module = hydra.utils.instantiate(cfg)(dim=64)
+    module = hydra.utils.instantiate(cfg)(dim=64, grid_ndim=2)
     assert module.kernel_sizes == (3, 15)
     assert set(module.depthwise) == {"k3", "k15"}
     assert module(torch.randn(1, 7, 5, 64)).shape == (1, 7, 5, 64)

@@ -29,14 +29,14 @@ def pool_formula(module: AttentionPool, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape", [(2, 10, 32), (1, 7, 5, 32)])
 def test_pool_equals_formula(num_queries, shape):
     torch.manual_seed(0)
-    module = AttentionPool(dim=32, num_heads=4, num_queries=num_queries)
+    module = AttentionPool(dim=32, grid_ndim=len(shape) - 2, num_heads=4, num_queries=num_queries)
     x = torch.randn(*shape)
     torch.testing.assert_close(module(x), pool_formula(module, x), atol=1e-5, rtol=1e-5)
 
 
 def test_pool_weights_sum_to_one_over_positions():
     torch.manual_seed(0)
-    module = AttentionPool(dim=32, num_heads=4, num_queries=2)
+    module = AttentionPool(dim=32, grid_ndim=2, num_heads=4, num_queries=2)
     y, weights = module(torch.randn(3, 7, 5, 32), return_weights=True)
     assert y.shape == (3, 32)
     assert weights["pool"].shape == (3, 4, 35)
@@ -53,8 +53,8 @@ def test_pool_is_permutation_invariant():
 
 def test_residual_adds_mean_pooling():
     torch.manual_seed(0)
-    plain = AttentionPool(dim=32, num_heads=2)
-    residual = AttentionPool(dim=32, num_heads=2, residual=True)
+    plain = AttentionPool(dim=32, grid_ndim=2, num_heads=2)
+    residual = AttentionPool(dim=32, grid_ndim=2, num_heads=2, residual=True)
     residual.load_state_dict(plain.state_dict())
     x = torch.randn(2, 4, 6, 32)
     torch.testing.assert_close(residual(x), plain(x) + x.mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
@@ -69,6 +69,6 @@ def test_query_init_scale():
 
 def test_pool_flops_match_hand_count():
     n, c = 35, 64
-    assert AttentionPool(dim=c, num_queries=2).flops((7, 5)) == (
-        2 * n * c * 2 * c + 2 * 2 * n * c + 2 * 2 * n * c + 2 * c * c
+    assert AttentionPool(dim=c, grid_ndim=2, num_queries=2).flops((7, 5)) == (
+        2 * n * c * 2 * c + 2 * 2 * n * c + 4 * 2 * n * 4 + 2 * 2 * n * c + 2 * c * c
     )

@@ -2,8 +2,11 @@
 
 Input is tokens-last, ``(B, *grid, C)``: ``grid`` is ``(L,)`` for sequences and ``(H, W)`` for
 images. Mixers and gates return the same shape; pooling returns ``(B, C)``. Every module is built
-with the keyword ``dim`` (= C) plus its own hyper-parameters, and says what ``kind`` it is so a
-backbone knows which slot it fills.
+with the keywords ``dim`` (= C) and ``grid_ndim`` (the grid's rank: 1 for sequences, 2 for images;
+default 1) plus its own hyper-parameters, and says what ``kind`` it is so a backbone knows which
+slot it fills. A backbone calls ``attention_partial(dim=C, grid_ndim=len(grid))``. Knowing the rank
+at construction lets a module allocate exactly the parameters it uses (a length-k kernel on
+sequences, k x k on images); it refuses an input of any other grid rank.
 
 ``forward(x, return_weights=False)`` returns the output; with ``return_weights=True`` it returns
 ``(output, weights)`` where ``weights`` is a dict of named tensors for visualisation. Weights are an
@@ -13,11 +16,14 @@ explicit opt-in because producing them forces the slow explicit path.
 from __future__ import annotations
 
 import enum
+import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+GRID_NDIMS = (1, 2)  # sequences (L,) and images (H, W)
 
 
 class Kind(str, enum.Enum):
@@ -30,14 +36,46 @@ class Kind(str, enum.Enum):
 
 
 class AttentionModule(nn.Module):
-    """Base class: subclasses set ``kind`` and implement ``forward``."""
+    """Base class: subclasses set ``kind`` and implement ``forward`` and ``flops``; they call
+    ``check_input(x)`` in ``forward`` and ``num_positions(grid)`` in ``flops``."""
 
     kind: ClassVar[Kind]
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, grid_ndim: int = 1) -> None:
         super().__init__()
         check_positive("dim", dim)
+        if (
+            isinstance(grid_ndim, bool)
+            or not isinstance(grid_ndim, int)
+            or grid_ndim not in GRID_NDIMS
+        ):
+            raise ValueError(f"grid_ndim must be 1 (sequences) or 2 (images), got {grid_ndim!r}")
         self.dim = dim
+        self.grid_ndim = grid_ndim
+
+    def check_grid(self, grid: tuple[int, ...]) -> None:
+        """Refuse a grid whose rank is not the ``grid_ndim`` the module was built for."""
+        if len(grid) != self.grid_ndim:
+            raise ValueError(
+                f"got a {len(grid)}-D grid {tuple(grid)} but the module was built with "
+                f"grid_ndim={self.grid_ndim}; build it with grid_ndim=len(grid)"
+            )
+
+    def check_input(self, x: Tensor) -> None:
+        """Refuse an input that is not ``(B, *grid, C)`` with ``len(grid) == grid_ndim`` and
+        ``C == dim``."""
+        if x.dim() < 3:
+            raise ValueError(f"expected input of shape (B, *grid, C), got {tuple(x.shape)}")
+        self.check_grid(tuple(x.shape[1:-1]))
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"input has {x.shape[-1]} channels but the module was built with dim={self.dim}"
+            )
+
+    def num_positions(self, grid: tuple[int, ...]) -> int:
+        """``prod(grid)``, after checking the grid's rank (for ``flops``)."""
+        self.check_grid(grid)
+        return math.prod(grid)
 
     def forward(self, x: Tensor, return_weights: bool = False):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -48,7 +86,10 @@ class AttentionModule(nn.Module):
         Counted by hand because FLOP counters see zero inside ``scaled_dot_product_attention``.
         Convention shared by every module: matmuls and convolutions count 2 per multiply-add;
         reductions (mean, max) and gating products over a full tensor count 1 per element;
-        biases, nonlinearities (softmax, sigmoid, ReLU) and normalisation are not counted.
+        normalising attention scores into weights (softmax, sigmoid or max over the keys) counts
+        4 per score (as ``design.AttentionCore`` does: at small head widths it is not negligible
+        beside the score matmul); biases, other nonlinearities (sigmoid gates, ReLU) and
+        normalisation layers are not counted.
         """
         raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
 
@@ -81,16 +122,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
     return rounded
 
 
-def check_grid_input(x: Tensor, dim: int) -> None:
-    """Refuse an input that is not ``(B, *grid, C)`` with a 1-D or 2-D grid and C == dim."""
-    if x.dim() not in (3, 4):
-        raise ValueError(f"expected input of shape (B, L, C) or (B, H, W, C), got {tuple(x.shape)}")
-    if x.shape[-1] != dim:
-        raise ValueError(
-            f"input has {x.shape[-1]} channels but the module was built with dim={dim}"
-        )
-
-
 def flatten_grid(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """``(B, *grid, C)`` -> ``(B, N, C)`` plus the grid, so it can be restored."""
     grid = tuple(x.shape[1:-1])
@@ -115,21 +146,18 @@ def channels_last(x: Tensor) -> Tensor:
 def grid_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
     """Same-padded convolution of channels-first ``x`` ``(B, C, *grid)`` over its 1-D or 2-D grid.
 
-    ``weight`` is always a square 2-D kernel ``(out, in // groups, k, k)`` with odd ``k``: a
-    sequence is a 1 x L image, so on a 1-D grid only the kernel's centre row touches data and only
-    that row is used. One parameter set thus serves both grid ranks and the state dict never
-    depends on the input seen. Runs as conv2d in channels-last memory format, which is how
-    tokens-last activations already lie and is PyTorch's fast CPU path for depthwise convs
-    (several times faster than conv1d or channels-first there).
+    ``weight`` has the grid's rank: ``(out, in // groups, k)`` on a sequence, ``(out, in // groups,
+    k, k)`` on an image, odd ``k``. Both run as conv2d in channels-last memory format (a sequence as
+    a 1 x L image with a 1 x k kernel, a view, no extra parameters): that is how tokens-last
+    activations already lie and is PyTorch's fast CPU path for depthwise convs (several times
+    faster than conv1d or channels-first there).
     """
+    if x.dim() != weight.dim():
+        raise ValueError(
+            f"a {weight.dim() - 2}-D kernel cannot convolve a {x.dim() - 2}-D grid {tuple(x.shape[2:])}"
+        )
     if x.dim() == 3:
-        k = weight.shape[-1]
-        return grid_conv(x.unsqueeze(2), weight[:, :, k // 2 : k // 2 + 1], bias, groups).squeeze(2)
+        return grid_conv(x.unsqueeze(2), weight.unsqueeze(2), bias, groups).squeeze(2)
     x = x.contiguous(memory_format=torch.channels_last)
     padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
     return F.conv2d(x, weight, bias, padding=padding, groups=groups)
-
-
-def kernel_area(k: int, grid: tuple[int, ...]) -> int:
-    """Taps of a ``grid_conv`` kernel of size ``k`` that touch data on ``grid``: k or k*k."""
-    return k ** len(grid)

@@ -13,8 +13,6 @@ flattened image. Weights are never needed by the output; with ``return_weights=T
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -22,7 +20,6 @@ from torch.nn import functional as F
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
-    check_grid_input,
     check_positive,
     flatten_grid,
     unflatten_grid,
@@ -40,9 +37,14 @@ class LinearAttention(AttentionModule):
     kind = Kind.MIXER
 
     def __init__(
-        self, dim: int, num_heads: int = 4, qkv_bias: bool = True, eps: float = 1e-6
+        self,
+        dim: int,
+        grid_ndim: int = 1,
+        num_heads: int = 4,
+        qkv_bias: bool = True,
+        eps: float = 1e-6,
     ) -> None:
-        super().__init__(dim)
+        super().__init__(dim, grid_ndim)
         check_positive("num_heads", num_heads)
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
@@ -51,7 +53,7 @@ class LinearAttention(AttentionModule):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, return_weights: bool = False):
-        check_grid_input(x, self.dim)
+        self.check_input(x)
         tokens, grid = flatten_grid(x)
         # (B, N, heads, d) each; einsum keeps the head axis where it is.
         q, k, v = self.qkv(tokens).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2)
@@ -66,7 +68,7 @@ class LinearAttention(AttentionModule):
         return y, {"attn": similarity / normaliser.transpose(1, 2).unsqueeze(-1)}
 
     def flops(self, grid: tuple[int, ...]) -> int:
-        n, c, d, h = math.prod(grid), self.dim, self.head_dim, self.num_heads
+        n, c, d, h = self.num_positions(grid), self.dim, self.head_dim, self.num_heads
         projections = 2 * n * c * 3 * c + 2 * n * c * c
         features = 2 * 2 * n * c  # elu + 1 on q and k
         summary = 2 * n * d * d * h + n * c  # S and z

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,6 @@ from attnexp.attention.base import (
     channels_first,
     channels_last,
     grid_conv,
-    kernel_area,
     unflatten_grid,
 )
 from attnexp.attention.mha import MultiHeadAttention
@@ -55,10 +55,11 @@ def check_kernel_sizes(kernel_sizes: Sequence[int]) -> tuple[int, ...]:
 class MUSE(MultiHeadAttention):
     """``mha`` plus a multi-scale depthwise-separable convolution branch on its values.
 
-    Per-branch parameters (for the ``kernel_sizes`` entry k, key ``"k{k}"``): ``depthwise[k]``
-    ``(D, 1, k, k)`` and ``depthwise_bias[k]`` ``(D,)`` for k > 1; ``pointwise[k]`` ``(C, D)`` and
-    ``pointwise_bias[k]`` ``(C,)``; and ``branch_logits`` ``(len(kernel_sizes),)``. On a 1-D grid
-    only each kernel's centre row is used (see ``base.grid_conv``).
+    Takes every argument of ``mha`` (``attention``: heads, dropouts and the design knobs) plus
+    ``kernel_sizes``. Per-branch parameters (for the ``kernel_sizes`` entry k, key ``"k{k}"``):
+    ``depthwise[k]`` ``(D, 1, *[k] * grid_ndim)`` (length k on sequences, k x k on images) and
+    ``depthwise_bias[k]`` ``(D,)`` for k > 1; ``pointwise[k]`` ``(C, D)`` and ``pointwise_bias[k]``
+    ``(C,)``; and ``branch_logits`` ``(len(kernel_sizes),)``.
 
     ``weights`` (with ``return_weights=True``): ``{"attn": (B, heads, N, N),
     "branches": (len(kernel_sizes),)}``, the latter the softmax mixing weights.
@@ -67,18 +68,18 @@ class MUSE(MultiHeadAttention):
     def __init__(
         self,
         dim: int,
-        num_heads: int = 4,
-        head_dim: int | None = None,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        qkv_bias: bool = True,
+        grid_ndim: int = 1,
         kernel_sizes: Sequence[int] = (1, 3, 5),
+        **attention: Any,
     ) -> None:
-        super().__init__(dim, num_heads, head_dim, attn_drop, proj_drop, qkv_bias)
+        super().__init__(dim, grid_ndim, **attention)
         self.kernel_sizes = check_kernel_sizes(kernel_sizes)
         d = self.inner_dim
         self.depthwise = nn.ParameterDict(
-            {f"k{k}": nn.Parameter(torch.empty(d, 1, k, k)) for k in self.depthwise_sizes}
+            {
+                f"k{k}": nn.Parameter(torch.empty(d, 1, *[k] * grid_ndim))
+                for k in self.depthwise_sizes
+            }
         )
         self.depthwise_bias = nn.ParameterDict(
             {f"k{k}": nn.Parameter(torch.empty(d)) for k in self.depthwise_sizes}
@@ -99,7 +100,7 @@ class MUSE(MultiHeadAttention):
     def reset_conv_parameters(self) -> None:
         """PyTorch's default conv init: uniform within 1/sqrt(fan_in)."""
         for k in self.depthwise_sizes:
-            bound = 1 / k  # fan_in = k * k
+            bound = k ** (-self.grid_ndim / 2)  # 1 / sqrt(fan_in), fan_in = k^grid_ndim
             nn.init.uniform_(self.depthwise[f"k{k}"], -bound, bound)
             nn.init.uniform_(self.depthwise_bias[f"k{k}"], -bound, bound)
         bound = 1 / math.sqrt(self.inner_dim)
@@ -140,9 +141,9 @@ class MUSE(MultiHeadAttention):
 
     def flops(self, grid: tuple[int, ...]) -> int:
         """``mha``'s count plus, with N = prod(grid), C = dim, D = heads * head_dim: depthwise
-        sum over k > 1 of 2*N*D*k^rank(grid), pointwise 2*N*D*C*len(kernel_sizes) (one fused
+        sum over k > 1 of 2*N*D*k^grid_ndim, pointwise 2*N*D*C*len(kernel_sizes) (one fused
         matmul; the mixing weights are folded into it)."""
-        n, c, d = math.prod(grid), self.dim, self.inner_dim
-        depthwise = sum(2 * n * d * kernel_area(k, grid) for k in self.depthwise_sizes)
+        n, c, d = self.num_positions(grid), self.dim, self.inner_dim
+        depthwise = sum(2 * n * d * k**self.grid_ndim for k in self.depthwise_sizes)
         pointwise = 2 * n * d * c * len(self.kernel_sizes)
         return super().flops(grid) + depthwise + pointwise

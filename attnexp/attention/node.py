@@ -18,15 +18,12 @@ O(N C^2).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
-    check_grid_input,
     check_positive,
     flatten_grid,
     unflatten_grid,
@@ -38,8 +35,10 @@ class NodeAttention(AttentionModule):
 
     kind = Kind.MIXER
 
-    def __init__(self, dim: int, reduction: int = 4, value_proj: bool = False) -> None:
-        super().__init__(dim)
+    def __init__(
+        self, dim: int, grid_ndim: int = 1, reduction: int = 4, value_proj: bool = False
+    ) -> None:
+        super().__init__(dim, grid_ndim)
         check_positive("reduction", reduction)
         hidden = max(1, dim // reduction)
         self.score = nn.Linear(dim, 1)
@@ -51,7 +50,7 @@ class NodeAttention(AttentionModule):
         nn.init.zeros_(self.transform[-1].bias)
 
     def forward(self, x: Tensor, return_weights: bool = False):
-        check_grid_input(x, self.dim)
+        self.check_input(x)
         tokens, grid = flatten_grid(x)
         weights = self.score(tokens).squeeze(-1).softmax(dim=-1)  # (B, N)
         context = self.value(torch.einsum("bn,bnc->bc", weights, tokens))
@@ -59,7 +58,7 @@ class NodeAttention(AttentionModule):
         return (y, {"node": weights.unsqueeze(1)}) if return_weights else y
 
     def flops(self, grid: tuple[int, ...]) -> int:
-        n, c = math.prod(grid), self.dim
+        n, c = self.num_positions(grid), self.dim
         r = self.transform[0].out_features
         scores = 2 * n * c + 4 * n  # linear scorer + softmax
         pool = 2 * n * c

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from attnexp.attention.base import AttentionModule, Kind, check_grid_input
+from attnexp.attention.base import AttentionModule, Kind
 
 
 class Identity(AttentionModule):
@@ -13,8 +13,9 @@ class Identity(AttentionModule):
     kind = Kind.IDENTITY
 
     def forward(self, x: Tensor, return_weights: bool = False):
-        check_grid_input(x, self.dim)
+        self.check_input(x)
         return (x, {}) if return_weights else x
 
     def flops(self, grid: tuple[int, ...]) -> int:
+        self.check_grid(grid)
         return 0

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
-    check_grid_input,
     check_ratio,
     make_divisible,
 )
@@ -24,15 +21,15 @@ class SqueezeExcite(AttentionModule):
 
     kind = Kind.GATE
 
-    def __init__(self, dim: int, rd_ratio: float = 1 / 16) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, grid_ndim: int = 1, rd_ratio: float = 1 / 16) -> None:
+        super().__init__(dim, grid_ndim)
         check_ratio("rd_ratio", rd_ratio)
         self.rd_dim = make_divisible(rd_ratio * dim)
         self.fc1 = nn.Linear(dim, self.rd_dim)
         self.fc2 = nn.Linear(self.rd_dim, dim)
 
     def forward(self, x: Tensor, return_weights: bool = False):
-        check_grid_input(x, self.dim)
+        self.check_input(x)
         squeezed = x.flatten(1, -2).mean(dim=1)
         gate = self.fc2(self.fc1(squeezed).relu()).sigmoid()
         y = x * gate.view(gate.shape[0], *([1] * (x.dim() - 2)), self.dim)
@@ -40,5 +37,5 @@ class SqueezeExcite(AttentionModule):
 
     def flops(self, grid: tuple[int, ...]) -> int:
         """With N = prod(grid), C = dim, r = rd_dim: mean N*C + MLP 2*2*C*r + gating N*C."""
-        n, c = math.prod(grid), self.dim
+        n, c = self.num_positions(grid), self.dim
         return 2 * n * c + 4 * c * self.rd_dim
