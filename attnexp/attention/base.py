@@ -58,11 +58,11 @@ def check_positive(name: str, value: int) -> None:
 def check_grid_input(x: Tensor, dim: int) -> None:
     """Refuse an input that is not ``(B, *grid, C)`` with a 1-D or 2-D grid and C == dim."""
     if x.dim() not in (3, 4):
-        raise ValueError(
-            f"expected input of shape (B, L, C) or (B, H, W, C), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"expected input of shape (B, L, C) or (B, H, W, C), got {tuple(x.shape)}")
     if x.shape[-1] != dim:
-        raise ValueError(f"input has {x.shape[-1]} channels but the module was built with dim={dim}")
+        raise ValueError(
+            f"input has {x.shape[-1]} channels but the module was built with dim={dim}"
+        )
 
 
 def flatten_grid(x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
