@@ -14,7 +14,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.config import find_run_dir, load_run_config, register_resolvers
+from attnexp.config import CONFIG_DIR, find_run_dir, load_run_config, register_resolvers
 from attnexp.results import atomic_write_text
 
 register_resolvers()
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 OBJECTIVE = "val/acc_best"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
     """Train one configuration; returns the objective metric for sweepers."""
     from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
@@ -34,7 +34,7 @@ def train_main(cfg: DictConfig) -> float | None:
     return results["metrics"].get(OBJECTIVE)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def eval_main(cfg: DictConfig) -> dict[str, float]:
     """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir."""
     from attnexp.pipeline import BEST_CKPT, evaluate
