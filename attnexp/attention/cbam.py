@@ -1,0 +1,72 @@
+"""``cbam``: Convolutional Block Attention Module (Woo et al., 2018, "CBAM: Convolutional Block
+Attention Module"): a channel gate, then a spatial gate, no residual inside the module."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from attnexp.attention.base import (
+    AttentionModule,
+    Kind,
+    channels_first,
+    check_grid_input,
+    check_positive,
+    check_ratio,
+    grid_conv,
+    kernel_area,
+    make_divisible,
+)
+
+
+class CBAM(AttentionModule):
+    """Channel gate ``sigmoid(MLP(mean_grid x) + MLP(max_grid x))`` with one shared bias-free MLP
+    of width ``make_divisible(rd_ratio * dim, 8)``; then spatial gate
+    ``sigmoid(BN(conv_k([mean_C x, max_C x])))``, a k x k conv on images and its centre row (a
+    length-k conv) on sequences (see ``base.grid_conv``).
+
+    ``weights`` (with ``return_weights=True``): ``{"channel": (B, C), "spatial": (B, *grid)}``.
+    """
+
+    kind = Kind.GATE
+
+    def __init__(self, dim: int, rd_ratio: float = 1 / 16, kernel_size: int = 7) -> None:
+        super().__init__(dim)
+        check_ratio("rd_ratio", rd_ratio)
+        check_positive("kernel_size", kernel_size)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (same padding), got {kernel_size}")
+        self.rd_dim = make_divisible(rd_ratio * dim)
+        self.kernel_size = kernel_size
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, self.rd_dim, bias=False),
+            nn.ReLU(),
+            nn.Linear(self.rd_dim, dim, bias=False),
+        )
+        bound = 1 / math.sqrt(2 * kernel_size * kernel_size)  # PyTorch's default conv init
+        self.spatial_weight = nn.Parameter(
+            torch.empty(1, 2, kernel_size, kernel_size).uniform_(-bound, bound)
+        )
+        self.spatial_norm = nn.BatchNorm1d(1)  # one channel: the same for 1-D and 2-D maps
+
+    def forward(self, x: Tensor, return_weights: bool = False):
+        check_grid_input(x, self.dim)
+        broadcast = (x.shape[0], *([1] * (x.dim() - 2)), self.dim)
+        tokens = x.flatten(1, -2)
+        channel = (self.mlp(tokens.mean(dim=1)) + self.mlp(tokens.amax(dim=1))).sigmoid()
+        x = x * channel.view(broadcast)
+        pooled = torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=-1)  # (B, *grid, 2)
+        logits = grid_conv(channels_first(pooled), self.spatial_weight)  # (B, 1, *grid)
+        normed = self.spatial_norm(logits.flatten(2)).view_as(logits)
+        spatial = normed.squeeze(1).sigmoid()
+        y = x * spatial.unsqueeze(-1)
+        return (y, {"channel": channel, "spatial": spatial}) if return_weights else y
+
+    def flops(self, grid: tuple[int, ...]) -> int:
+        """With N = prod(grid), C = dim, r = rd_dim, a = k^rank(grid) kernel taps: channel pooling
+        2*N*C + shared MLP on two vectors 2*2*2*C*r + channel gating N*C + channel-wise mean and
+        max 2*N*C + conv 2*N*2*a + spatial gating N*C = 6*N*C + 8*C*r + 4*N*a."""
+        n, c = math.prod(grid), self.dim
+        return 6 * n * c + 8 * c * self.rd_dim + 4 * n * kernel_area(self.kernel_size, grid)

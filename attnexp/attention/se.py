@@ -1,0 +1,44 @@
+"""``se``: Squeeze-and-Excitation (Hu et al., 2018, "Squeeze-and-Excitation Networks")."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from attnexp.attention.base import (
+    AttentionModule,
+    Kind,
+    check_grid_input,
+    check_ratio,
+    make_divisible,
+)
+
+
+class SqueezeExcite(AttentionModule):
+    """Channel gate: ``x * sigmoid(W2 relu(W1 mean_grid(x)))``, bottleneck width
+    ``make_divisible(rd_ratio * dim, 8)`` (a multiple of 8, never below 8).
+
+    ``weights`` (with ``return_weights=True``): ``{"channel": (B, C)}``, the gate.
+    """
+
+    kind = Kind.GATE
+
+    def __init__(self, dim: int, rd_ratio: float = 1 / 16) -> None:
+        super().__init__(dim)
+        check_ratio("rd_ratio", rd_ratio)
+        self.rd_dim = make_divisible(rd_ratio * dim)
+        self.fc1 = nn.Linear(dim, self.rd_dim)
+        self.fc2 = nn.Linear(self.rd_dim, dim)
+
+    def forward(self, x: Tensor, return_weights: bool = False):
+        check_grid_input(x, self.dim)
+        squeezed = x.flatten(1, -2).mean(dim=1)
+        gate = self.fc2(self.fc1(squeezed).relu()).sigmoid()
+        y = x * gate.view(gate.shape[0], *([1] * (x.dim() - 2)), self.dim)
+        return (y, {"channel": gate}) if return_weights else y
+
+    def flops(self, grid: tuple[int, ...]) -> int:
+        """With N = prod(grid), C = dim, r = rd_dim: mean N*C + MLP 2*2*C*r + gating N*C."""
+        n, c = math.prod(grid), self.dim
+        return 2 * n * c + 4 * c * self.rd_dim
