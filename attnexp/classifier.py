@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 TOP_K = 5
@@ -43,6 +43,7 @@ class Classifier(L.LightningModule):
         metrics = classification_metrics(num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self.val_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         self._loss_sum = torch.zeros(())
         self._loss_count = 0
@@ -68,11 +69,14 @@ class Classifier(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
-        self.val_metrics.update(self(x), y)
+        logits = self(x)
+        self.val_metrics.update(logits, y)
+        self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
 
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
+        values = {**self.val_metrics.compute(), "val/loss": self.val_loss.compute()}
         self.val_metrics.reset()
+        self.val_loss.reset()
         self.log_dict(values)
         if not self.trainer.sanity_checking:  # the sanity check's untrained score is no "best"
             self.val_acc_best.update(values["val/acc"])
