@@ -75,7 +75,7 @@ def _require_wandb_login() -> None:
     """Online W&B without a key would prompt (or hang without network): refuse up front."""
     import wandb
 
-    if not wandb.api.api_key:
+    if not wandb.login(prompt=False, verify=False):
         raise RuntimeError(
             "logger.wandb.offline=false needs a W&B API key (`wandb login` or WANDB_API_KEY); "
             "or keep offline mode and upload later with `wandb sync`"
@@ -101,6 +101,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     results = _new_results(cfg, overrides, run_dir)
     write_results(run_dir, results)
     try:
+        if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)
         datamodule.load()  # generate/check the data before building anything that trains

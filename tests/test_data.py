@@ -127,3 +127,9 @@ def test_wrong_shape_facts_fail_with_the_key_named():
         digits_module(num_classes=5).load()
     with pytest.raises(ValueError, match="input_type"):
         digits_module(input_type="video")
+
+
+def test_mnist1d_seeds_give_different_datasets(tmp_path):
+    a = mnist1d.load_mnist1d(str(tmp_path), num_samples=100, seed=1)
+    b = mnist1d.load_mnist1d(str(tmp_path), num_samples=100, seed=2)
+    assert not np.array_equal(a[0], b[0])

@@ -116,3 +116,27 @@ def test_bad_choice_fails_before_training_with_the_allowed_options(tmp_path):
     assert proc.returncode != 0
     assert "nonexistent" in proc.stderr and "none" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_fast_dev_run_tests_the_weights_in_memory(tmp_path, data_dir):
+    cfg = compose_cfg([*tiny("se", "transformer", "digits", data_dir), "debug=fdr"], tmp_path)
+    results = train(cfg)
+    assert results["status"] == "completed" and "test/acc" in results["metrics"]
+    assert results["attention_flops"] > 0
+
+
+def test_a_seed_that_is_not_an_integer_is_refused(tmp_path, data_dir):
+    cfg = compose_cfg([*tiny("none", "cnn", "digits", data_dir), "seed=abc"], tmp_path)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        train(cfg)
+    assert read_results(tmp_path)["status"] == "failed"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_run_dirs_differ_even_when_started_in_the_same_second():
+    from omegaconf import OmegaConf
+
+    a = OmegaConf.create({"dir": "x-${uid:}", "again": "${dir}"})
+    b = OmegaConf.create({"dir": "x-${uid:}"})
+    assert a.dir == a.dir == a.again  # cached per config: every job of a sweep agrees
+    assert a.dir != b.dir
