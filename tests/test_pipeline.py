@@ -140,3 +140,16 @@ def test_run_dirs_differ_even_when_started_in_the_same_second():
     b = OmegaConf.create({"dir": "x-${uid:}"})
     assert a.dir == a.dir == a.again  # cached per config: every job of a sweep agrees
     assert a.dir != b.dir
+
+
+def test_a_failed_job_does_not_end_the_sweep(tmp_path, data_dir):
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "train.py"), "-m", "seed=abc,0",
+            *tiny("none", "cnn", "digits", data_dir), "debug=fdr", f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0  # the sweep reports the failure, after running every job
+    status = {r["choices"]["seed"]: r["status"] for r in map(read_results, find_results(tmp_path))}
+    assert status == {"abc": "failed", 0: "completed"}
