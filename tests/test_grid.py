@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from attnexp.attention.base import Kind
+from attnexp.config import CONFIG_DIR
 from attnexp.models.common import kind_of
 from attnexp.pipeline import build_data, build_model
 from tests.conftest import ATTENTIONS, BACKBONES, DATASETS, compose_cfg, tiny
@@ -61,3 +62,13 @@ def test_every_cell_builds_and_classifies_a_real_batch(
     torch.testing.assert_close(same_logits, logits)
     assert set(weights) == set(slots)
     assert all(isinstance(w, dict) for w in weights.values())
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(experiment, data_dir):
+    cfg = compose_cfg([f"experiment={experiment}", f"paths.data_dir={data_dir}"])
+    assert cfg.choices.experiment == experiment
+    build_model(cfg)
