@@ -14,7 +14,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.config import CONFIG_DIR, find_run_dir, load_run_config, register_resolvers
+from attnexp.config import (
+    CONFIG_DIR,
+    best_checkpoint,
+    find_run_dir,
+    load_run_config,
+    register_resolvers,
+)
 from attnexp.results import atomic_write_text
 
 register_resolvers()
@@ -37,13 +43,11 @@ def train_main(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def eval_main(cfg: DictConfig) -> dict[str, float]:
     """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir."""
-    from attnexp.pipeline import BEST_CKPT, evaluate
+    from attnexp.pipeline import evaluate
 
     given = Path(cfg.ckpt_path)
     run_dir = find_run_dir(given)
-    ckpt = given if given.is_file() else run_dir / "checkpoints" / f"{BEST_CKPT}.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no checkpoint at {ckpt}")
+    ckpt = given if given.is_file() else best_checkpoint(run_dir)
     run_cfg = load_run_config(run_dir)
     # The run's own trainer settings (e.g. batch limits) keep the numbers comparable; only where
     # to evaluate is this command's choice.

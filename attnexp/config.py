@@ -10,6 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from attnexp.results import read_results
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
@@ -43,6 +45,17 @@ def find_run_dir(path: str | Path) -> Path:
         if (candidate / ".hydra" / "config.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"no .hydra/config.yaml in {path} or above it: not a training run")
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run tested (``best_checkpoint`` in its results.json)."""
+    rel = read_results(run_dir).get("best_checkpoint")
+    if not rel or not (run_dir / rel).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={run_dir}: its results.json names no existing best checkpoint ({rel!r}); "
+            "pass a .ckpt file instead"
+        )
+    return run_dir / rel
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

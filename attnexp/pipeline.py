@@ -26,8 +26,6 @@ from attnexp.data.datamodule import ArrayDataModule
 from attnexp.models.common import Backbone
 from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
 
-BEST_CKPT = "best"  # checkpoints/best.ckpt and checkpoints/last.ckpt in the run dir
-
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
     return instantiate(cfg.dataset)
@@ -130,7 +128,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
             throughput=stats.throughput,
             peak_memory_mb=stats.peak_memory_mb(),
             wall_time_s=time.perf_counter() - start,
-            best_checkpoint=best or None,
+            best_checkpoint=_relative_to(best, run_dir) if best else None,
         )
         run_stats = {
             f"run/{k}": results[k]
@@ -180,6 +178,14 @@ def _new_results(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> di
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
+
+
+def _relative_to(path: str, run_dir: Path) -> str:
+    """``path`` relative to the run dir when inside it, so a moved run dir stays usable."""
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _float_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:

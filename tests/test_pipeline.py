@@ -40,6 +40,7 @@ def test_train_writes_complete_results(tmp_path, data_dir):
     assert (
         results["throughput"] > 0 and results["peak_memory_mb"] > 0 and results["wall_time_s"] > 0
     )
+    assert results["best_checkpoint"] == "checkpoints/best.ckpt"  # relative: the dir may move
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
