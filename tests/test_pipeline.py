@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attnexp.config import config_hash
+from attnexp.config import CONFIG_DIR, config_hash
 from attnexp.pipeline import build_model, train
 from attnexp.results import find_results, read_results
 from tests.conftest import ATTENTIONS, compose_cfg, tiny
@@ -154,3 +154,11 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path, data_dir):
     assert proc.returncode != 0  # the sweep reports the failure, after running every job
     status = {r["choices"]["seed"]: r["status"] for r in map(read_results, find_results(tmp_path))}
     assert status == {"abc": "failed", 0: "completed"}
+
+
+@pytest.mark.parametrize("optim", sorted(p.stem for p in (CONFIG_DIR / "optim").glob("*.yaml")))
+def test_every_optimizer_config_trains(optim, tmp_path, data_dir):
+    cfg = compose_cfg(
+        [*tiny("none", "cnn", "digits", data_dir), "debug=limit", f"optim={optim}"], tmp_path
+    )
+    assert train(cfg)["status"] == "completed"
