@@ -1,0 +1,53 @@
+"""Run measurements: training throughput and peak memory."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import lightning as L
+import torch
+
+
+class RunStats(L.Callback):
+    """Training throughput (samples/s over training batches only, validation excluded; the first
+    batch is skipped as warm-up) and peak memory (GPU allocator peak, or process peak RSS on CPU)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.seconds = 0.0
+        self._seen_first = False
+        self._start: float | None = None
+        self._cuda = False
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._cuda = pl_module.device.type == "cuda"
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def _sync(self) -> None:
+        if self._cuda:  # CUDA is asynchronous: time the work, not the launch
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._sync()
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync()
+        if not self._seen_first:
+            self._seen_first = True
+            return
+        self.seconds += time.perf_counter() - self._start
+        self.samples += len(batch[0])
+
+    @property
+    def throughput(self) -> float | None:
+        return self.samples / self.seconds if self.seconds > 0 else None
+
+    def peak_memory_mb(self) -> float:
+        if self._cuda:
+            return torch.cuda.max_memory_allocated() / 2**20
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else

@@ -1,0 +1,102 @@
+"""The one LightningModule: classification with any backbone, optimizer and scheduler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+TOP_K = 5
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Accuracy, macro F1, and top-5 accuracy when there are more than 5 classes."""
+    metrics = {
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "f1": MulticlassF1Score(num_classes, average="macro"),
+    }
+    if num_classes > TOP_K:
+        metrics[f"acc_top{TOP_K}"] = MulticlassAccuracy(num_classes, top_k=TOP_K, average="micro")
+    return MetricCollection(metrics)
+
+
+class Classifier(L.LightningModule):
+    """Receives the built network and partials of optimizer (``params`` missing) and scheduler
+    (``optimizer`` and ``total_steps`` missing; stepped every optimizer step)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        metrics = classification_metrics(num_classes)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_loss = MeanMetric()
+        self.val_acc_best = MaxMetric()
+        self._loss_sum = torch.zeros(())
+        self._loss_count = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        # Logging every step costs as much as the step for small models: log every N steps and
+        # keep the epoch mean on the device (no sync until the epoch ends).
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
+        self._loss_count += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._loss_count:
+            self.log("train/loss_epoch", self._loss_sum / self._loss_count)
+        self._loss_sum, self._loss_count = torch.zeros(()), 0
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_metrics.update(logits, y)
+        self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        values = {**self.val_metrics.compute(), "val/loss": self.val_loss.compute()}
+        self.val_metrics.reset()
+        self.val_loss.reset()
+        self.log_dict(values)
+        if not self.trainer.sanity_checking:  # the sanity check's untrained score is no "best"
+            self.val_acc_best.update(values["val/acc"])
+            self.log("val/acc_best", self.val_acc_best.compute())
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.test_metrics.update(self(x), y)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(1, total))
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

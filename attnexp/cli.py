@@ -1,0 +1,63 @@
+"""Command-line entry points: the only code that talks to Hydra.
+
+``train_main`` and ``eval_main`` resolve the config inside the Hydra job (where ``${hydra:...}``
+works) and hand plain configs to ``attnexp.pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from attnexp.config import (
+    CONFIG_DIR,
+    best_checkpoint,
+    find_run_dir,
+    load_run_config,
+    register_resolvers,
+)
+from attnexp.results import atomic_write_text
+
+register_resolvers()
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "val/acc_best"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def train_main(cfg: DictConfig) -> float | None:
+    """Train one configuration; returns the objective metric for sweepers."""
+    from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
+
+    OmegaConf.resolve(cfg)
+    results = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    log.info("results: %s", Path(cfg.paths.output_dir) / "results.json")
+    return results["metrics"].get(OBJECTIVE)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def eval_main(cfg: DictConfig) -> dict[str, float]:
+    """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir."""
+    from attnexp.pipeline import evaluate
+
+    given = Path(cfg.ckpt_path)
+    run_dir = find_run_dir(given)
+    ckpt = given if given.is_file() else best_checkpoint(run_dir)
+    run_cfg = load_run_config(run_dir)
+    # The run's own trainer settings (e.g. batch limits) keep the numbers comparable; only where
+    # to evaluate is this command's choice.
+    run_cfg.trainer.accelerator = cfg.accelerator
+    run_cfg.trainer.devices = cfg.devices
+    OmegaConf.resolve(run_cfg)
+    metrics = evaluate(run_cfg, ckpt)
+    out = {"ckpt_path": str(ckpt.resolve()), "run_dir": str(run_dir), "metrics": metrics}
+    atomic_write_text(
+        Path(HydraConfig.get().runtime.output_dir) / "eval.json", json.dumps(out, indent=2) + "\n"
+    )
+    log.info("test metrics of %s: %s", ckpt, metrics)
+    return metrics

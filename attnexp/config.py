@@ -1,0 +1,72 @@
+"""Config helpers: OmegaConf resolvers, run identity (choices, hash), saved-config loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from attnexp.results import read_results
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+
+# Groups that name a run; `experiment` may be null.
+CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
+
+# Keys that say where or how a run is recorded, not what it computes: left out of the hash.
+UNHASHED_KEYS = ("paths", "logger", "callbacks", "choices", "run_name", "hydra")
+
+
+def register_resolvers() -> None:
+    """``${project_root:}`` and ``${uid:}`` (a short random suffix, cached per config so a sweep's
+    jobs agree on it, as Hydra's ``${now:}`` is)."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("uid"):
+        OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """sha256 of the resolved config minus the keys that only say where/how it is recorded."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data = {k: v for k, v in data.items() if k not in UNHASHED_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def find_run_dir(path: str | Path) -> Path:
+    """The run dir of a run dir or of a checkpoint inside it (the one holding ``.hydra/``)."""
+    path = Path(path).resolve()
+    for candidate in (path, *path.parents):
+        if (candidate / ".hydra" / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no .hydra/config.yaml in {path} or above it: not a training run")
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run tested (``best_checkpoint`` in its results.json)."""
+    rel = read_results(run_dir).get("best_checkpoint")
+    if not rel or not (run_dir / rel).is_file():
+        raise FileNotFoundError(
+            f"ckpt_path={run_dir}: its results.json names no existing best checkpoint ({rel!r}); "
+            "pass a .ckpt file instead"
+        )
+    return run_dir / rel
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The config a run was trained with, with the Hydra-runtime values it referred to filled in
+    from that run's own ``.hydra/hydra.yaml`` (so nothing needs repeating on the command line)."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    runtime = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime
+    cfg.choices = {g: runtime.choices.get(g) for g in CHOICE_GROUPS}
+    cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def as_plain(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)

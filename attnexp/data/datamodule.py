@@ -1,0 +1,140 @@
+"""In-memory data: whole splits held as tensors, batches are index slices.
+
+Every dataset here fits in memory, so per-sample ``__getitem__`` + collate would only add overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+INPUT_TYPES = ("sequence", "tokens", "image")
+
+# A source returns (x_train, y_train, x_test, y_test) as arrays; x is tokens-last.
+Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class SliceLoader:
+    """Yields ``(x, y)`` slices of in-memory tensors; reshuffles each epoch from a seeded generator."""
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.y.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield self.x[idx], self.y[idx]
+        else:
+            for start in range(0, n, self.batch_size):
+                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Train/val/test tensors from a ``source`` callable, checked against the declared shape facts.
+
+    The shape facts (``input_type``, ``grid``, ``in_channels`` or ``vocab_size``, ``num_classes``)
+    live in the dataset config so backbones can interpolate them; here they are verified against
+    the data so a wrong yaml fails before training with the key named.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Splits],
+        input_type: str,
+        grid: Sequence[int],
+        num_classes: int,
+        in_channels: int | None = None,
+        vocab_size: int | None = None,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if input_type not in INPUT_TYPES:
+            raise ValueError(f"dataset.input_type must be one of {INPUT_TYPES}, got {input_type!r}")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
+        if input_type == "tokens" and vocab_size is None:
+            raise ValueError("dataset.vocab_size is required when dataset.input_type is 'tokens'")
+        if input_type != "tokens" and in_channels is None:
+            raise ValueError(f"dataset.in_channels is required when dataset.input_type is {input_type!r}")
+        self.source = source
+        self.input_type = input_type
+        self.grid = tuple(grid)
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.vocab_size = vocab_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
+        self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    def load(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Build (once) and return ``{"train", "val", "test"} -> (x, y)``."""
+        if self.splits is None:
+            x_train, y_train, x_test, y_test = self.source()
+            self._check(x_train, y_train, "train")
+            self._check(x_test, y_test, "test")
+            # The validation split is carved from train with its own fixed seed, so it does not
+            # move when the training seed changes; the test split is never touched.
+            order = np.random.default_rng(self.split_seed).permutation(len(y_train))
+            n_val = max(1, int(round(len(y_train) * self.val_fraction)))
+            val, train = order[:n_val], order[n_val:]
+            self.splits = {
+                "train": self._tensors(x_train[train], y_train[train]),
+                "val": self._tensors(x_train[val], y_train[val]),
+                "test": self._tensors(x_test, y_test),
+            }
+        return self.splits
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = self.load()
+        # Keep the data where the model is (the GPU when training there): batches are then free.
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
+
+    def train_dataloader(self) -> SliceLoader:
+        x, y = self.load()["train"]
+        return SliceLoader(x, y, self.batch_size, shuffle=True, seed=self.shuffle_seed)
+
+    def val_dataloader(self) -> SliceLoader:
+        return SliceLoader(*self.load()["val"], self.batch_size)
+
+    def test_dataloader(self) -> SliceLoader:
+        return SliceLoader(*self.load()["test"], self.batch_size)
+
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
+        dtype = torch.long if self.input_type == "tokens" else torch.float32
+        return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
+
+    def _check(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
+        expected = (*self.grid,) if self.input_type == "tokens" else (*self.grid, self.in_channels)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"{split} inputs have per-sample shape {tuple(x.shape[1:])}, but dataset.grid / "
+                f"dataset.in_channels declare {expected}"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"{split} labels fall outside dataset.num_classes={self.num_classes}")
+        if self.input_type == "tokens" and (x.min() < 0 or x.max() >= self.vocab_size):
+            raise ValueError(f"{split} tokens fall outside dataset.vocab_size={self.vocab_size}")

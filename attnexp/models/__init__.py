@@ -1,0 +1,1 @@
+"""Backbones: one file each, every attention variant fits every backbone."""

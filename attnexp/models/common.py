@@ -1,0 +1,165 @@
+"""What both backbones share: attention slots, the input embedding, the readout."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from attnexp.attention.base import AttentionModule, Kind, channels_first, channels_last
+
+AttentionFactory = Callable[..., AttentionModule]  # a Hydra partial: called with dim=..., grid_ndim=...
+
+
+def kind_of(attention: AttentionFactory) -> Kind:
+    """The kind of module ``attention`` builds, read from its class when it is a partial."""
+    cls = getattr(attention, "func", attention)
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, Kind):
+        raise TypeError(f"attention {cls!r} must be an AttentionModule class (or a partial of one)")
+    return kind
+
+
+def block_slot(
+    attention: AttentionFactory, dim: int, grid: Sequence[int], channels_first: bool = False
+) -> AttentionSlot | None:
+    """The slot inside a residual block: MIXER and GATE sit there; IDENTITY and POOL leave none."""
+    if kind_of(attention) in (Kind.MIXER, Kind.GATE):
+        return AttentionSlot(attention(dim=dim, grid_ndim=len(grid)), grid, channels_first)
+    return None
+
+
+def readout_slot(
+    attention: AttentionFactory, dim: int, grid: Sequence[int]
+) -> AttentionSlot | None:
+    """The readout's pooling slot: only POOL sits there (the others read out by the mean)."""
+    if kind_of(attention) is Kind.POOL:
+        return AttentionSlot(attention(dim=dim, grid_ndim=len(grid)), grid)
+    return None
+
+
+class AttentionSlot(nn.Module):
+    """One place in a backbone that holds an attention module and remembers the grid it sees.
+
+    ``channels_first=True`` for convolutional backbones: the module is tokens-last, so the slot
+    permutes around it. ``capture`` turns on ``return_weights`` (the slow path) for inspection only.
+    """
+
+    def __init__(self, module: AttentionModule, grid: Sequence[int], channels_first: bool = False):
+        super().__init__()
+        self.module = module
+        self.grid = tuple(grid)
+        self.channels_first = channels_first
+        self.capture = False
+        self.weights: dict[str, Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channels_first:
+            x = channels_last(x)
+        if self.capture:
+            if tuple(x.shape[1:-1]) != self.grid:
+                raise RuntimeError(f"slot built for grid {self.grid} saw {tuple(x.shape[1:-1])}")
+            y, self.weights = self.module(x, return_weights=True)
+        else:
+            y = self.module(x)
+        if self.channels_first and y.dim() == x.dim():  # pooling returns (B, C): nothing to undo
+            y = channels_first(y)
+        return y
+
+    def flops(self) -> int:
+        return int(self.module.flops(self.grid))
+
+
+class Backbone(nn.Module):
+    """Base for classifiers with attention slots: FLOP accounting and weight collection."""
+
+    def slots(self) -> Iterator[tuple[str, AttentionSlot]]:
+        for name, m in self.named_modules():
+            if isinstance(m, AttentionSlot):
+                yield name, m
+
+    def attention_flops(self) -> int:
+        """Analytic FLOPs of all attention slots for one sample."""
+        return sum(slot.flops() for _, slot in self.slots())
+
+    @torch.no_grad()
+    def attention_weights(self, x: Tensor) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
+        """Forward with ``return_weights=True`` in every slot: ``(logits, {slot: weights})``."""
+        slots = dict(self.slots())
+        with _capturing(slots.values()):
+            logits = self(x)
+            weights = {name: slot.weights for name, slot in slots.items()}
+        return logits, weights
+
+
+@contextlib.contextmanager
+def _capturing(slots):
+    slots = list(slots)
+    for s in slots:
+        s.capture = True
+    try:
+        yield
+    finally:
+        for s in slots:
+            s.capture, s.weights = False, None
+
+
+class InputEmbedding(nn.Module):
+    """Input -> tokens-last ``(B, *grid, dim)``.
+
+    Token ids get a lookup table; continuous sequences and images get a linear map of each
+    ``patch_size`` patch (a strided convolution), so ``grid`` shrinks by ``patch_size``.
+    """
+
+    def __init__(
+        self,
+        input_type: str,
+        grid: Sequence[int],
+        dim: int,
+        in_channels: int | None = None,
+        vocab_size: int | None = None,
+        patch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        grid = tuple(grid)
+        if input_type == "tokens":
+            if vocab_size is None:
+                raise ValueError("backbone.vocab_size is required for token inputs")
+            self.embed = nn.Embedding(vocab_size, dim)
+            self.grid = grid
+        elif input_type in ("sequence", "image"):
+            expected = 1 if input_type == "sequence" else 2
+            if len(grid) != expected:
+                raise ValueError(
+                    f"a {input_type} has a {expected}-D grid, got backbone.grid={grid}"
+                )
+            if in_channels is None:
+                raise ValueError(f"backbone.in_channels is required for {input_type} inputs")
+            if any(g % patch_size for g in grid):
+                raise ValueError(f"backbone.patch_size={patch_size} must divide the grid {grid}")
+            conv = nn.Conv1d if len(grid) == 1 else nn.Conv2d
+            self.embed = conv(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+            self.grid = tuple(g // patch_size for g in grid)
+        else:
+            raise ValueError(f"input_type must be sequence, tokens or image, got {input_type!r}")
+        self.input_type = input_type
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_type == "tokens":
+            return self.embed(x)
+        return channels_last(self.embed(channels_first(x)))
+
+
+class Readout(nn.Module):
+    """Tokens-last features -> logits: mean over the grid, or an attention-pooling slot."""
+
+    def __init__(self, dim: int, num_classes: int, pool: AttentionSlot | None = None) -> None:
+        super().__init__()
+        self.pool = pool
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, *grid, dim)
+        pooled = self.pool(x) if self.pool is not None else x.flatten(1, -2).mean(1)
+        return self.head(pooled)

@@ -1,0 +1,228 @@
+"""``train(cfg)`` and ``evaluate(cfg, ckpt)``: plain functions from a resolved config to results.
+
+Neither reads the command line or Hydra's global state; ``attnexp.cli`` does that and calls them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from attnexp.callbacks import RunStats
+from attnexp.classifier import Classifier
+from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, as_plain, config_hash
+from attnexp.data.datamodule import ArrayDataModule
+from attnexp.models.common import Backbone
+from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
+
+
+def build_data(cfg: DictConfig) -> ArrayDataModule:
+    return instantiate(cfg.dataset)
+
+
+def build_model(cfg: DictConfig) -> Backbone:
+    """The backbone with ``cfg.attention`` (a partial) in its slots."""
+    return instantiate(cfg.backbone, attention=instantiate(cfg.attention))
+
+
+def build_module(cfg: DictConfig, model: Backbone) -> Classifier:
+    return Classifier(
+        model,
+        num_classes=cfg.dataset.num_classes,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+    )
+
+
+def instantiate_each(group: DictConfig | None, key: str) -> list[Any]:
+    """Objects for every entry of a dict-of-configs group; ``null`` entries switch one off.
+
+    An entry without ``_target_`` is an error (a typo must not silently drop a callback).
+    """
+    objects = []
+    for name, entry in (group or {}).items():
+        if entry is None:
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ValueError(
+                f"{key}.{name} must be a config with a _target_ (or null), got {entry}"
+            )
+        objects.append(instantiate(entry))
+    return objects
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is not None and not wandb_cfg.get("offline", False):
+        _require_wandb_login()
+    return instantiate_each(cfg.get("logger"), "logger")
+
+
+def _require_wandb_login() -> None:
+    """Online W&B without a key would prompt (or hang without network): refuse up front."""
+    import wandb
+
+    if not wandb.login(prompt=False, verify=False):
+        raise RuntimeError(
+            "logger.wandb.offline=false needs a W&B API key (`wandb login` or WANDB_API_KEY); "
+            "or keep offline mode and upload later with `wandb sync`"
+        )
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> L.Trainer:
+    overrides: dict[str, Any] = {}
+    if cfg.trainer.get("enable_progress_bar") is None:
+        # A progress bar helps at a terminal and floods a log file.
+        overrides["enable_progress_bar"] = sys.stdout.isatty()
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Fit, test the best checkpoint, and write ``results.json`` in ``cfg.paths.output_dir``.
+
+    ``cfg`` must be resolvable without Hydra (``attnexp.cli`` resolves it inside the Hydra job).
+    Returns the results dict; on an exception writes it with status "failed" and re-raises.
+    """
+    start = time.perf_counter()
+    run_dir = Path(cfg.paths.output_dir)
+    results = _new_results(cfg, overrides, run_dir)
+    write_results(run_dir, results)
+    try:
+        if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+        L.seed_everything(cfg.seed, workers=True)
+        datamodule = build_data(cfg)
+        datamodule.load()  # generate/check the data before building anything that trains
+        model = build_model(cfg)
+        module = build_module(cfg, model)
+        stats = RunStats()
+        loggers = build_loggers(cfg)
+        trainer = build_trainer(
+            cfg, [*instantiate_each(cfg.get("callbacks"), "callbacks"), stats], loggers
+        )
+        results["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        results["attention_flops"] = model.attention_flops()
+        for logger in loggers:
+            logger.log_hyperparams(as_plain(cfg))
+
+        trainer.fit(module, datamodule=datamodule)
+        fit_metrics = _float_metrics(trainer.callback_metrics)  # test() replaces them
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # Without a best checkpoint (fast_dev_run, no validation) test the weights in memory.
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+
+        results.update(
+            status=COMPLETED,
+            metrics={**fit_metrics, **_float_metrics(trainer.callback_metrics)},
+            throughput=stats.throughput,
+            peak_memory_mb=stats.peak_memory_mb(),
+            wall_time_s=time.perf_counter() - start,
+            best_checkpoint=_relative_to(best, run_dir) if best else None,
+        )
+        run_stats = {
+            f"run/{k}": results[k]
+            for k in ("params", "throughput", "peak_memory_mb", "wall_time_s")
+        }
+        for logger in loggers:
+            logger.log_metrics({k: v for k, v in run_stats.items() if v is not None})
+    except BaseException as e:
+        results.update(
+            status=FAILED, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - start
+        )
+        write_results(run_dir, results)
+        raise
+    finally:
+        _finish_wandb()
+    write_results(run_dir, results)
+    return results
+
+
+def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, float]:
+    """Test metrics of ``ckpt_path`` on the test split described by ``cfg`` (the run's config)."""
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = build_data(cfg)
+    datamodule.load()
+    module = build_module(cfg, build_model(cfg))
+    trainer = build_trainer(cfg, callbacks=[], loggers=[])
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
+    return _float_metrics(trainer.callback_metrics, prefix="test/")
+
+
+def _new_results(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
+    choices = {g: cfg.choices.get(g) for g in CHOICE_GROUPS}
+    return {
+        "status": RUNNING,
+        "error": None,
+        "choices": {**choices, "seed": cfg.seed},
+        "overrides": list(overrides),
+        "config_hash": config_hash(cfg),
+        "metrics": {},
+        "params": None,
+        "attention_flops": None,
+        "throughput": None,
+        "peak_memory_mb": None,
+        "wall_time_s": None,
+        "run_dir": str(run_dir.resolve()),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+
+
+def _relative_to(path: str, run_dir: Path) -> str:
+    """``path`` relative to the run dir when inside it, so a moved run dir stays usable."""
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _float_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
+
+
+def _versions() -> dict[str, str]:
+    import hydra
+    import omegaconf
+    import torchmetrics
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "hydra": hydra.__version__,
+        "omegaconf": omegaconf.__version__,
+        "torchmetrics": torchmetrics.__version__,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _finish_wandb() -> None:
+    """Close a W&B run inside the task function, so the next job of a sweep starts clean."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()

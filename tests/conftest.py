@@ -1,0 +1,63 @@
+"""Shared test helpers: compose the real config as the CLI would, tiny and on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from attnexp.config import CONFIG_DIR, register_resolvers
+
+register_resolvers()
+
+ATTENTIONS = sorted(p.stem for p in (CONFIG_DIR / "attention").glob("*.yaml"))
+BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
+DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+
+# Small enough for a 2-core CI machine; num_samples keeps every class present.
+TINY = ["trainer=cpu", "logger=csv", "backbone.depth=1"]
+TINY_BACKBONE = {"cnn": ["backbone.width=16"], "transformer": ["backbone.dim=16"]}
+TINY_DATA = {
+    "mnist1d": ["dataset.source.num_samples=400"],
+    "digits": ["dataset.source.num_samples=300"],
+    "mqar": ["dataset.source.num_samples=400"],
+}
+
+
+def tiny(attention: str, backbone: str, dataset: str, data_dir: Path) -> list[str]:
+    """Overrides for a tiny CPU run of one grid cell."""
+    return [
+        f"attention={attention}",
+        f"backbone={backbone}",
+        f"dataset={dataset}",
+        f"paths.data_dir={data_dir}",
+        *TINY,
+        *TINY_BACKBONE[backbone],
+        *TINY_DATA[dataset],
+    ]
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
+    """The resolved train config for ``overrides``, as ``attnexp.cli`` hands it to ``train``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.choices...} resolve
+    with open_dict(cfg):
+        del cfg.hydra
+        if output_dir is not None:
+            cfg.paths.output_dir = str(output_dir)
+        else:
+            cfg.paths.output_dir = "unused"
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One cache of generated datasets for the whole session."""
+    return tmp_path_factory.mktemp("data")

@@ -1,0 +1,70 @@
+"""Loggers: W&B offline by default under the run dir, never prompting; only imported when chosen."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnexp.config import CHOICE_GROUPS, find_run_dir, load_run_config
+from attnexp.pipeline import build_loggers, train
+from tests.conftest import compose_cfg, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wandb_is_not_imported_unless_its_logger_is_chosen(data_dir):
+    code = (
+        "import sys; from tests.conftest import compose_cfg, tiny; "
+        "from attnexp.pipeline import build_loggers; "
+        f"build_loggers(compose_cfg(tiny('none', 'cnn', 'digits', {str(data_dir)!r}))); "
+        "assert 'wandb' not in sys.modules, 'wandb imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_default_loggers_write_csv_and_an_offline_wandb_run_in_the_run_dir(
+    tmp_path, data_dir, monkeypatch
+):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no credentials anywhere
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    overrides = [*tiny("none", "cnn", "digits", data_dir), "logger=many", "debug=limit"]
+    cfg = compose_cfg(overrides, tmp_path / "run")
+    assert cfg.logger.wandb.offline is True
+    assert cfg.logger.wandb.name == "none-cnn-digits-s0"
+    assert cfg.logger.wandb.group == "none-cnn-digits"
+    assert train(cfg)["status"] == "completed"
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+def test_online_wandb_without_a_key_fails_before_training(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    overrides = [
+        *tiny("none", "cnn", "digits", data_dir),
+        "logger=wandb",
+        "logger.wandb.offline=false",
+    ]
+    with pytest.raises(RuntimeError, match="logger.wandb.offline"):
+        build_loggers(compose_cfg(overrides, tmp_path))
+
+
+def test_a_checkpoint_path_leads_back_to_its_run_config(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(
+        "seed: 3\nchoices: {attention: '${hydra:runtime.choices.attention}'}\n"
+        "paths: {output_dir: '${hydra:runtime.output_dir}'}\n"
+    )
+    choices = "".join(f"      {g}: {g}-choice\n" for g in CHOICE_GROUPS)
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n{choices}")
+    assert find_run_dir(run / "checkpoints" / "best.ckpt") == run.resolve()
+    cfg = load_run_config(run)
+    assert cfg.choices.attention == "attention-choice" and cfg.paths.output_dir == str(run)
+    with pytest.raises(FileNotFoundError, match="not a training run"):
+        find_run_dir(tmp_path)

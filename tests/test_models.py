@@ -1,0 +1,140 @@
+"""Backbones place each kind of attention where its kind says, with throwaway modules."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+
+from attnexp.attention.base import AttentionModule, Kind, check_grid_input, flatten_grid
+from attnexp.attention.none import Identity
+from attnexp.models.cnn import CNN
+from attnexp.models.common import kind_of
+from attnexp.models.transformer import Transformer
+
+
+class Probe(AttentionModule):
+    """Records what it sees; flops = 7 * positions * dim (any formula the test can recompute)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.seen: list[tuple[int, ...]] = []
+        self.weight_calls = 0
+
+    def forward(self, x, return_weights=False):
+        check_grid_input(x, self.dim)  # tokens-last with C == dim, or it raises
+        self.seen.append(tuple(x.shape))
+        y = self.apply(x)
+        if return_weights:
+            self.weight_calls += 1
+            return y, {"probe": x.mean(-1)}
+        return y
+
+    def flops(self, grid):
+        return 7 * math.prod(grid) * self.dim
+
+
+class Mixer(Probe):
+    kind = Kind.MIXER
+
+    def apply(self, x):
+        return x + x.flatten(1, -2).mean(1).reshape(x.shape[0], *[1] * (x.dim() - 2), -1)
+
+
+class Gate(Probe):
+    kind = Kind.GATE
+
+    def apply(self, x):
+        return x * torch.sigmoid(x)
+
+
+class Pool(Probe):
+    kind = Kind.POOL
+
+    def apply(self, x):
+        return flatten_grid(x)[0].amax(1)
+
+
+SEQUENCE = dict(input_type="sequence", grid=[12], in_channels=1, num_classes=3)
+IMAGE = dict(input_type="image", grid=[8, 8], in_channels=1, num_classes=10)
+TOKENS = dict(input_type="tokens", grid=[9], vocab_size=20, num_classes=4)
+
+
+def example(spec, batch=5):
+    if spec["input_type"] == "tokens":
+        return torch.randint(0, spec["vocab_size"], (batch, *spec["grid"]))
+    return torch.randn(batch, *spec["grid"], spec["in_channels"])
+
+
+def transformer(cls, spec, **kw):
+    return Transformer(functools.partial(cls), **spec, dim=16, depth=3, **kw)
+
+
+def cnn(cls, spec, **kw):
+    return CNN(functools.partial(cls), **spec, width=16, depth=3, **kw)
+
+
+@pytest.mark.parametrize("build", [transformer, cnn])
+@pytest.mark.parametrize("cls", [Mixer, Gate])
+@pytest.mark.parametrize("spec", [SEQUENCE, IMAGE, TOKENS])
+def test_mixers_and_gates_fill_every_block_and_see_tokens_last(build, cls, spec):
+    model = build(cls, spec)
+    slots = dict(model.slots())
+    assert len(slots) == 3 and all(name.startswith("blocks.") for name in slots)
+    x = example(spec)
+    assert model(x).shape == (5, spec["num_classes"])
+    for slot in slots.values():
+        assert slot.module.seen == [(5, *spec["grid"], 16)]
+    assert model.attention_flops() == 3 * 7 * math.prod(spec["grid"]) * 16
+
+
+@pytest.mark.parametrize("build", [transformer, cnn])
+def test_pool_replaces_the_readout_and_blocks_have_no_slot(build):
+    model = build(Pool, IMAGE)
+    assert [name for name, _ in model.slots()] == ["readout.pool"]
+    assert model(example(IMAGE)).shape == (5, 10)
+    assert model.attention_flops() == 7 * 64 * 16
+
+
+@pytest.mark.parametrize("build", [transformer, cnn])
+def test_identity_leaves_no_slot_and_no_flops(build):
+    model = build(Identity, SEQUENCE)
+    assert list(model.slots()) == []
+    assert model.attention_flops() == 0
+    assert model(example(SEQUENCE)).shape == (5, 3)
+
+
+def test_patches_shrink_the_grid_the_slots_see():
+    model = transformer(Mixer, IMAGE, patch_size=2)
+    model(example(IMAGE))
+    for _, slot in model.slots():
+        assert slot.grid == (4, 4)
+        assert slot.module.seen == [(5, 4, 4, 16)]
+    assert model.attention_flops() == 3 * 7 * 16 * 16
+
+
+@pytest.mark.parametrize("build", [transformer, cnn])
+def test_weights_only_on_request(build):
+    model = build(Mixer, SEQUENCE).eval()
+    x = example(SEQUENCE)
+    logits = model(x)
+    slots = dict(model.slots())
+    assert all(s.module.weight_calls == 0 for s in slots.values())
+    again, weights = model.attention_weights(x)
+    torch.testing.assert_close(again, logits)
+    assert set(weights) == set(slots)
+    assert all(w["probe"].shape == (5, 12) for w in weights.values())
+    assert all(s.module.weight_calls == 1 and not s.capture for s in slots.values())
+
+
+def test_bad_shapes_are_refused_with_the_key_named():
+    with pytest.raises(ValueError, match="patch_size"):
+        transformer(Mixer, SEQUENCE, patch_size=5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        transformer(Mixer, {**TOKENS, "vocab_size": None})
+    with pytest.raises(ValueError, match="kernel_size"):
+        cnn(Mixer, SEQUENCE, kernel_size=4)
+    with pytest.raises(TypeError, match="AttentionModule"):
+        kind_of(functools.partial(torch.nn.Linear))

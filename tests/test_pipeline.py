@@ -1,0 +1,164 @@
+"""Training and evaluation end to end: in-process ``train(cfg)`` and the real command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnexp.config import CONFIG_DIR, config_hash
+from attnexp.pipeline import build_model, train
+from attnexp.results import find_results, read_results
+from tests.conftest import ATTENTIONS, compose_cfg, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_FIELDS = {
+    "status", "error", "choices", "overrides", "config_hash", "metrics", "params",
+    "attention_flops", "throughput", "peak_memory_mb", "wall_time_s", "run_dir", "started_at",
+    "versions", "git_commit",
+}  # fmt: skip
+LIMIT = ["debug=limit"]
+
+
+def test_train_writes_complete_results(tmp_path, data_dir):
+    cfg = compose_cfg([*tiny("none", "cnn", "mnist1d", data_dir), *LIMIT, "seed=0"], tmp_path)
+    results = train(cfg, overrides=["seed=0"])
+    assert read_results(tmp_path) == json.loads(json.dumps(results, default=str))
+    assert RESULT_FIELDS <= set(results)
+    assert results["status"] == "completed" and results["error"] is None
+    assert results["choices"] == {
+        "attention": "none", "backbone": "cnn", "dataset": "mnist1d", "experiment": None, "seed": 0,
+    }  # fmt: skip
+    assert results["overrides"] == ["seed=0"]
+    for key in ("test/acc", "test/f1", "val/acc", "val/acc_best", "train/loss"):
+        assert 0.0 <= results["metrics"][key] < 10.0, key
+    assert results["params"] == sum(p.numel() for p in build_model(cfg).parameters())
+    assert results["attention_flops"] == 0
+    assert (
+        results["throughput"] > 0 and results["peak_memory_mb"] > 0 and results["wall_time_s"] > 0
+    )
+    assert results["best_checkpoint"] == "checkpoints/best.ckpt"  # relative: the dir may move
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+
+
+def test_seed_zero_is_applied_and_other_seeds_differ(tmp_path, data_dir):
+    def run(seed, name):
+        overrides = [*tiny("none", "transformer", "digits", data_dir), *LIMIT, f"seed={seed}"]
+        return train(compose_cfg(overrides, tmp_path / name))["metrics"]["train/loss"]
+
+    first = run(0, "a")
+    assert run(0, "b") == first
+    assert run(1, "c") != first
+
+
+def test_a_failed_run_says_so_in_results_and_reraises(tmp_path, data_dir):
+    cfg = compose_cfg(
+        [*tiny("none", "cnn", "digits", data_dir), *LIMIT, "optim.optimizer.lr=-1"], tmp_path
+    )
+    with pytest.raises(ValueError, match="learning rate"):
+        train(cfg)
+    results = read_results(tmp_path)
+    assert results["status"] == "failed"
+    assert results["error"].startswith("ValueError:") and "learning rate" in results["error"]
+
+
+def test_config_hash_ignores_where_a_run_is_recorded_but_not_what_it_computes(data_dir):
+    base = tiny("none", "cnn", "digits", data_dir)
+    h = config_hash(compose_cfg(base))
+    assert config_hash(compose_cfg([*base, "logger=none", "paths.log_dir=/elsewhere"])) == h
+    assert config_hash(compose_cfg([*base, "optim.optimizer.lr=0.1"])) != h
+
+
+def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_every_attention_trains_from_the_command_line_and_eval_reproduces_it(tmp_path, data_dir):
+    """One multirun through train.py covers each attention variant on both backbones."""
+    run_cli(
+        "train.py", "-m",
+        f"attention={','.join(ATTENTIONS)}", "backbone=cnn,transformer", "dataset=mnist1d",
+        "trainer=cpu", "logger=csv", "debug=limit", "backbone.depth=1",
+        "dataset.source.num_samples=400", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}",
+    )  # fmt: skip
+    found = [read_results(p) for p in find_results(tmp_path / "multirun")]
+    cells = {(r["choices"]["attention"], r["choices"]["backbone"]) for r in found}
+    assert cells == {(a, b) for a in ATTENTIONS for b in ("cnn", "transformer")}
+    assert all(r["status"] == "completed" for r in found)
+    assert all(r["choices"]["dataset"] == "mnist1d" and r["choices"]["seed"] == 0 for r in found)
+    for r in found:
+        assert Path(r["run_dir"]).name.endswith(
+            f"{r['choices']['attention']}-{r['choices']['backbone']}-mnist1d-s0"
+        )
+
+    trained = found[0]
+    run_cli("eval.py", f"ckpt_path={trained['run_dir']}", f"paths.log_dir={tmp_path}")
+    (eval_json,) = (tmp_path / "eval").rglob("eval.json")
+    evaluated = json.loads(eval_json.read_text())["metrics"]
+    for key in ("test/acc", "test/f1"):
+        assert evaluated[key] == pytest.approx(trained["metrics"][key], abs=1e-6)
+
+
+def test_bad_choice_fails_before_training_with_the_allowed_options(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "attention=nonexistent", f"paths.log_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "nonexistent" in proc.stderr and "none" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fast_dev_run_tests_the_weights_in_memory(tmp_path, data_dir):
+    cfg = compose_cfg([*tiny("se", "transformer", "digits", data_dir), "debug=fdr"], tmp_path)
+    results = train(cfg)
+    assert results["status"] == "completed" and "test/acc" in results["metrics"]
+    assert results["attention_flops"] > 0
+
+
+def test_a_seed_that_is_not_an_integer_is_refused(tmp_path, data_dir):
+    cfg = compose_cfg([*tiny("none", "cnn", "digits", data_dir), "seed=abc"], tmp_path)
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        train(cfg)
+    assert read_results(tmp_path)["status"] == "failed"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_run_dirs_differ_even_when_started_in_the_same_second():
+    from omegaconf import OmegaConf
+
+    a = OmegaConf.create({"dir": "x-${uid:}", "again": "${dir}"})
+    b = OmegaConf.create({"dir": "x-${uid:}"})
+    assert a.dir == a.dir == a.again  # cached per config: every job of a sweep agrees
+    assert a.dir != b.dir
+
+
+def test_a_failed_job_does_not_end_the_sweep(tmp_path, data_dir):
+    proc = subprocess.run(
+        [
+            sys.executable, str(ROOT / "train.py"), "-m", "seed=abc,0",
+            *tiny("none", "cnn", "digits", data_dir), "debug=fdr", f"paths.log_dir={tmp_path}",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0  # the sweep reports the failure, after running every job
+    status = {r["choices"]["seed"]: r["status"] for r in map(read_results, find_results(tmp_path))}
+    assert status == {"abc": "failed", 0: "completed"}
+
+
+@pytest.mark.parametrize("optim", sorted(p.stem for p in (CONFIG_DIR / "optim").glob("*.yaml")))
+def test_every_optimizer_config_trains(optim, tmp_path, data_dir):
+    cfg = compose_cfg(
+        [*tiny("none", "cnn", "digits", data_dir), "debug=limit", f"optim={optim}"], tmp_path
+    )
+    assert train(cfg)["status"] == "completed"
