@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from attnexp.attention.base import AttentionModule, Kind, check_grid_input, flatten_grid
+from attnexp.attention.base import AttentionModule, Kind, flatten_grid
 from attnexp.attention.none import Identity
 from attnexp.models.cnn import CNN
 from attnexp.models.common import kind_of
@@ -18,13 +18,13 @@ from attnexp.models.transformer import Transformer
 class Probe(AttentionModule):
     """Records what it sees; flops = 7 * positions * dim (any formula the test can recompute)."""
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(dim)
+    def __init__(self, dim: int, grid_ndim: int = 1) -> None:
+        super().__init__(dim, grid_ndim)
         self.seen: list[tuple[int, ...]] = []
         self.weight_calls = 0
 
     def forward(self, x, return_weights=False):
-        check_grid_input(x, self.dim)  # tokens-last with C == dim, or it raises
+        self.check_input(x)  # tokens-last, grid rank == grid_ndim, C == dim, or it raises
         self.seen.append(tuple(x.shape))
         y = self.apply(x)
         if return_weights:
