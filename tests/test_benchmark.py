@@ -20,18 +20,23 @@ from attnexp.bench.measure import median_times, peak_memory_bytes, plain_loop_th
 from attnexp.bench.suite import (
     build,
     discover_variants,
-    evaluate_targets,
     main,
     numeric_check,
     randomise_constants,
 )
+from attnexp.bench.tables import evaluate_targets
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    # Keep the thread count the tests run with: set_num_threads is process-wide.
-    code = main(["--smoke", "--out", str(out), "--threads", str(torch.get_num_threads())])
+    # One thread: on a shared machine more threads than free cores make OpenMP spin for seconds.
+    # set_num_threads is process-wide, so the thread count of the other tests is restored.
+    threads = torch.get_num_threads()
+    try:
+        code = main(["--smoke", "--out", str(out), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     return code, json.loads(out.read_text()), out
 
 

@@ -34,6 +34,7 @@ from attnexp.bench.measure import (
     training_step,
 )
 from attnexp.bench.references import Reference, references_for, timm_or_reason
+from attnexp.bench.tables import evaluate_targets, markdown_report, save_scaling_plot
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "attention"
 OURS = "attnexp"
@@ -269,153 +270,6 @@ def bench_plain_loop(settings: Settings, device: torch.device) -> dict:
     return {"model": "StandInClassifier(mha, dim=64) on (40,) signals", **result}
 
 
-# --- targets, tables, plot -------------------------------------------------------------------------
-
-# (variant, reference, highest allowed ours/ref time ratio) at N=256, dim=128 (issue 7).
-TARGETS = [
-    ("mha", "torch.nn.MultiheadAttention", 1.05),
-    ("muse", "three-branch MUSE (matmul-softmax)", 1 / 1.25),
-    ("se", "timm SEModule", 1.1),
-    ("cbam", "timm CbamModule", 1.1),
-]
-
-
-def evaluate_targets(rows: list[dict], n: int = 256, dim: int = 128) -> list[dict]:
-    found = []
-    for variant, reference, limit in TARGETS:
-        match = [
-            r
-            for r in rows
-            if r["variant"] == variant
-            and r["implementation"] == reference
-            and math.prod(r["grid"]) == n
-            and r["dim"] == dim
-        ]
-        if match:
-            ratio = match[0]["ours_over_ref"]
-            found.append(
-                {
-                    "variant": variant,
-                    "reference": reference,
-                    "n": n,
-                    "dim": dim,
-                    "ours_over_ref": ratio,
-                    "limit": limit,
-                    "met": ratio <= limit,
-                }
-            )
-    return found
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return "–" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def report(results: dict) -> str:
-    modules = markdown_table(
-        ["variant", "implementation", "B", "grid", "C", "ms", "peak MB", "GFLOP/s", "ours ÷ ref"],
-        [
-            [
-                r["variant"],
-                r["implementation"],
-                r["batch"],
-                "×".join(map(str, r["grid"])),
-                r["dim"],
-                r["ms"],
-                r["peak_mb"],
-                r["gflop_per_s"],
-                r["ours_over_ref"],
-            ]
-            for r in results["modules"]
-        ],
-    )
-    checks = markdown_table(
-        ["variant", "reference", "B", "grid", "C", "max abs error", "ok"],
-        [
-            [
-                c["variant"],
-                c["reference"],
-                c["batch"],
-                "×".join(map(str, c["grid"])),
-                c["dim"],
-                c["max_abs_error"],
-                c["ok"],
-            ]
-            for c in results["checks"]
-        ],
-    )
-    variants = sorted({r["variant"] for r in results["scaling"]}, key=SCALING_VARIANTS.index)
-    by_key = {(r["variant"], r["n"]): r for r in results["scaling"]}
-    scaling = markdown_table(
-        ["N"] + [f"{v} {unit}" for v in variants for unit in ("ms", "MB")],
-        [
-            [n] + [by_key[v, n][k] for v in variants for k in ("ms", "peak_mb")]
-            for n in sorted({r["n"] for r in results["scaling"]})
-        ],
-    )
-    targets = markdown_table(
-        ["variant", "reference", "N", "C", "ours ÷ ref", "target", "met"],
-        [
-            [
-                t["variant"],
-                t["reference"],
-                t["n"],
-                t["dim"],
-                t["ours_over_ref"],
-                f"≤ {t['limit']:.3g}",
-                t["met"],
-            ]
-            for t in results["targets"]
-        ],
-    )
-    loop = results["plain_loop"]
-    return "\n\n".join(
-        [
-            "## Module benchmarks (forward + backward)",
-            modules,
-            "## Numeric checks (eval mode, atol = rtol = 1e-5)",
-            checks,
-            f"## Scaling (B={results['scaling'][0]['batch']}, C={results['scaling'][0]['dim']})",
-            scaling,
-            "## Targets (issue 7)",
-            targets if results["targets"] else "(N=256, C=128 not in this run)",
-            f"## Plain loop\n\n{loop['model']}: {loop['samples_per_s']:.1f} samples/s "
-            f"(batch {loop['batch_size']}, {loop['steps']} steps)",
-        ]
-    )
-
-
-def save_scaling_plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for variant in sorted({r["variant"] for r in rows}):
-        curve = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["n"])
-        for ax, key in zip(axes, ("ms", "peak_mb"), strict=True):
-            ax.plot(
-                [r["n"] for r in curve],
-                [max(r[key], 1e-3) for r in curve],
-                marker="o",
-                label=variant,
-            )
-    for ax, label in zip(axes, ("time per step (ms)", "peak memory (MB)"), strict=True):
-        ax.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel=label)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle("one forward + backward step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # --- running ---------------------------------------------------------------------------------------
 
 
@@ -498,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     save_scaling_plot(results["scaling"], args.out.with_name(args.out.stem + "_scaling.png"))
-    print(report(results))
+    print(markdown_report(results))
     failed = [c for c in results["checks"] if not c["ok"]]
     for check in failed:
         progress(
