@@ -67,6 +67,17 @@ def test_smoke_run_checks_every_reference_numerically(smoke):
     assert checked == {t for t in timed if t[1] != "attnexp"}
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--variants", "nope"], "invalid choice: 'nope'"), (["--threads", "0"], "--threads must be")],
+)
+def test_bad_arguments_are_refused_before_running(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def perturbed(module: nn.Module, name: str) -> nn.Module:
     """One entry changed: shifting all of them alike could cancel (a softmax's logits)."""
     with torch.no_grad():

@@ -335,11 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.set_num_threads (default: all cores)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", nargs="*", default=[], help="subset (default: all)")
-    parser.add_argument("--repeats", type=int, help="timed steps per case")
+    parser.add_argument(
+        "--variants", nargs="*", default=[], choices=discover_variants(), help="default: all"
+    )
+    parser.add_argument("--repeats", type=int, help="timed steps per case (default 15; smoke 3)")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    for key in ("threads", "repeats"):
+        if getattr(args, key) is not None and getattr(args, key) < 1:
+            parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
     torch.set_num_threads(args.threads)
     settings = smoke_settings() if args.smoke else full_settings()
     settings.variants = args.variants
