@@ -16,6 +16,7 @@ from attnexp.attention.mha import MultiHeadAttention
 from attnexp.attention.muse import MUSE
 from attnexp.attention.se import SqueezeExcite
 from attnexp.bench import references as refs
+from attnexp.bench import suite
 from attnexp.bench.measure import median_times, peak_memory_bytes, plain_loop_throughput
 from attnexp.bench.suite import (
     build,
@@ -105,6 +106,24 @@ def test_numeric_check_reports_a_mismatch(make, reference, param):
     perturbed(ref.module, param)
     result = numeric_check(module, ref, x)
     assert not result["ok"] and result["max_abs_error"] > 1e-5
+
+
+def test_a_failed_check_fails_the_run(tmp_path, monkeypatch):
+    def wrong_references(name, module):
+        found = refs.references_for(name, module)
+        for reference in found:
+            perturbed(reference.module, "attn.out_proj.bias")
+        return found
+
+    monkeypatch.setattr(suite, "references_for", wrong_references)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["--smoke", "--variants", "mha", "--out", str(out), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 1
+    assert not any(c["ok"] for c in json.loads(out.read_text())["checks"])
 
 
 def test_randomise_constants_breaks_every_constant():

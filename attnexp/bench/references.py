@@ -132,8 +132,9 @@ def _three_branch(cls, label: str, module) -> Reference:
             fc.bias.copy_(b) if b is not None else fc.bias.zero_()
         ref.fc_o.load_state_dict(module.proj.state_dict())
         for conv, k in zip(ref.convs, module.kernel_sizes, strict=True):
-            if k > 1:  # a sequence uses the centre row of our square kernel
-                conv.depth_conv.weight.copy_(module.depthwise[f"k{k}"][:, :, k // 2])
+            if k > 1:  # a sequence uses the centre row of a square (D, 1, k, k) kernel
+                weight = module.depthwise[f"k{k}"]
+                conv.depth_conv.weight.copy_(weight[:, :, k // 2] if weight.dim() == 4 else weight)
                 conv.depth_conv.bias.copy_(module.depthwise_bias[f"k{k}"])
             conv.pointwise_conv.weight.copy_(module.pointwise[f"k{k}"].unsqueeze(-1))
             conv.pointwise_conv.bias.copy_(module.pointwise_bias[f"k{k}"])
