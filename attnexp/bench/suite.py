@@ -114,14 +114,8 @@ def randomise_constants(module: nn.Module, seed: int = 0) -> None:
     exercise them; a check against constants could pass for the wrong formula."""
     generator = torch.Generator().manual_seed(seed)
     for tensor in [*module.parameters(), *module.buffers()]:
-        if (
-            tensor.is_floating_point()
-            and tensor.numel() > 1
-            and (tensor == tensor.flatten()[0]).all()
-        ):
+        if tensor.is_floating_point() and tensor.numel() and (tensor == tensor.flatten()[0]).all():
             tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-        elif tensor.is_floating_point() and tensor.numel() == 1:
-            tensor.fill_(torch.rand((), generator=generator).item() + 0.5)
 
 
 def to_layout(x: Tensor, layout: str) -> Tensor:
@@ -137,7 +131,8 @@ def from_layout(y: Tensor, layout: str) -> Tensor:
 
 def numeric_check(module: nn.Module, reference: Reference, x: Tensor) -> dict:
     """Our output against the reference's on ``x`` (eval mode), to ``TOLERANCE``."""
-    module.eval(), reference.module.eval()
+    module.eval()
+    reference.module.eval()
     with torch.no_grad():
         ours = module(x)
         theirs = from_layout(reference.module(to_layout(x, reference.layout)), reference.layout)
@@ -177,16 +172,12 @@ def bench_module(
         OURS: (module, "tokens_last"),
         **{r.label: (r.module, r.layout) for r in references},
     }
-    steps, grad = {}, None
+    with torch.no_grad():  # one fixed upstream gradient, shaped as the output, for everyone
+        grad = torch.randn(module(x).shape, generator=torch.Generator().manual_seed(1))
+    steps = {}
     for label, (candidate, layout) in candidates.items():
         candidate.to(device).train()
         inp = to_layout(x, layout).to(device).requires_grad_()
-        out = from_layout(candidate(inp), layout)
-        grad = (
-            torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-            if grad is None
-            else grad
-        )
         steps[label] = training_step(candidate, inp, to_layout(grad, layout).to(device))
     seconds = median_times(steps, settings.warmup, settings.repeats, device)
     flops = 3 * module.flops(grid) * batch
@@ -331,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads",
         type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="torch.set_num_threads (default: all cores)",
+        help="torch.set_num_threads (default: all cores; 1 with --smoke, whose timings do not "
+        "matter and which more threads than free cores slow down many times on a shared machine)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
@@ -343,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("threads", "repeats"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
+    if args.threads is None:
+        args.threads = 1 if args.smoke else len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads)
     settings = smoke_settings() if args.smoke else full_settings()
     settings.variants = args.variants
