@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 # Without a GPU, take PyTorch's CPU build: the default PyPI wheel drags in several GB of CUDA.
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install train test lint clean
+.PHONY: install train test bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ train: install
 
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+# timm pulls torchvision, which must be the build for the installed torch: keep the torch pin and
+# the same index, or pip pairs a CPU torch with a CUDA torchvision that fails on import.
+bench: install
+	$(PY) -m pip install -q -e ".[bench]" "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
+	$(PY) scripts/benchmark.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,256 @@
+"""The benchmark suite: the smoke run covers every discovered variant with finite timings and
+passing numeric checks; a check can fail; the measuring tools answer known cases."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from attnexp.attention.cbam import CBAM
+from attnexp.attention.mha import MultiHeadAttention
+from attnexp.attention.muse import MUSE
+from attnexp.attention.se import SqueezeExcite
+from attnexp.bench import references as refs
+from attnexp.bench import suite
+from attnexp.bench.measure import median_times, peak_memory_bytes, plain_loop_throughput
+from attnexp.bench.suite import (
+    build,
+    discover_variants,
+    main,
+    numeric_check,
+    randomise_constants,
+)
+from attnexp.bench.tables import evaluate_targets
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    # One thread: on a shared machine more threads than free cores make OpenMP spin for seconds.
+    # set_num_threads is process-wide, so the thread count of the other tests is restored.
+    threads = torch.get_num_threads()
+    try:
+        code = main(["--smoke", "--out", str(out), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    return code, json.loads(out.read_text()), out
+
+
+def test_smoke_run_passes_and_covers_every_variant(smoke):
+    code, results, out = smoke
+    assert code == 0
+    ours = [r for r in results["modules"] if r["implementation"] == "attnexp"]
+    assert {r["variant"] for r in ours} == set(discover_variants())
+    for row in results["modules"] + results["scaling"]:
+        assert math.isfinite(row["ms"]) and row["ms"] > 0, row
+        assert math.isfinite(row["peak_mb"]) and row["peak_mb"] >= 0, row
+    assert {r["variant"] for r in results["scaling"]} == {"mha", "muse", "linear"}
+    assert out.with_name("bench_scaling.png").stat().st_size > 0
+    assert results["plain_loop"]["samples_per_s"] > 0
+
+
+def test_smoke_run_checks_every_reference_numerically(smoke):
+    _, results, _ = smoke
+    checked = {(c["variant"], c["reference"]) for c in results["checks"]}
+    gate_refs = {"timm SEModule", "timm CbamModule", "formula SE", "formula CBAM"}
+    assert ("mha", "torch.nn.MultiheadAttention") in checked
+    assert ("muse", "three-branch MUSE (matmul-softmax)") in checked
+    assert ("muse", "three-branch MUSE (SDPA)") in checked
+    assert {v for v, r in checked if r in gate_refs} == {"se", "cbam"}
+    assert all(c["ok"] and c["max_abs_error"] <= 1e-5 for c in results["checks"])
+    # Every reference timed is also checked, and the other way round.
+    timed = {(r["variant"], r["implementation"]) for r in results["modules"]}
+    assert checked == {t for t in timed if t[1] != "attnexp"}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--variants", "nope"], "invalid choice: 'nope'"), (["--threads", "0"], "--threads must be")],
+)
+def test_bad_arguments_are_refused_before_running(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--smoke", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def perturbed(module: nn.Module, name: str) -> nn.Module:
+    """One entry changed: shifting all of them alike could cancel (a softmax's logits)."""
+    with torch.no_grad():
+        dict(module.named_parameters())[name].view(-1)[0] += 1e-2
+    return module
+
+
+@pytest.mark.parametrize(
+    "make,reference,param",
+    [
+        (lambda: MultiHeadAttention(dim=32), refs.torch_mha, "attn.in_proj_weight"),
+        (lambda: MUSE(dim=32), refs.three_branch_muse, "dy_paras"),
+        (lambda: MUSE(dim=32), refs.sdpa_three_branch_muse, "convs.1.depth_conv.weight"),
+        (lambda: SqueezeExcite(dim=32), refs.formula_se, "fc2.bias"),
+        (lambda: CBAM(dim=32), refs.formula_cbam, "conv.weight"),
+    ],
+)
+def test_numeric_check_reports_a_mismatch(make, reference, param):
+    torch.manual_seed(0)
+    module = make()
+    randomise_constants(module)
+    x = torch.randn(2, 4, 4, 32) if module.kind.value == "gate" else torch.randn(2, 10, 32)
+    ref = reference(module)
+    assert numeric_check(module, ref, x)["ok"]
+    perturbed(ref.module, param)
+    result = numeric_check(module, ref, x)
+    assert not result["ok"] and result["max_abs_error"] > 1e-5
+
+
+def test_a_failed_check_fails_the_run(tmp_path, monkeypatch):
+    def wrong_references(name, module):
+        found = refs.references_for(name, module)
+        for reference in found:
+            perturbed(reference.module, "attn.out_proj.bias")
+        return found
+
+    monkeypatch.setattr(suite, "references_for", wrong_references)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["--smoke", "--variants", "mha", "--out", str(out), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 1
+    assert not any(c["ok"] for c in json.loads(out.read_text())["checks"])
+
+
+def test_randomise_constants_breaks_every_constant():
+    module = CBAM(dim=32)
+    muse = MUSE(dim=32)
+    randomise_constants(module)
+    randomise_constants(muse)
+    assert muse.branch_logits.unique().numel() == 3
+    assert module.spatial_norm.running_var.item() >= 0.5  # a valid variance
+    assert module.spatial_norm.running_mean.item() != 0
+
+
+class TakesGridRank(nn.Module):
+    def __init__(self, dim: int, grid_ndim: int = 1) -> None:
+        super().__init__()
+        self.dim, self.grid_ndim = dim, grid_ndim
+
+
+def test_build_passes_grid_ndim_only_when_the_constructor_takes_it(tmp_path):
+    (tmp_path / "ranked.yaml").write_text(
+        "_target_: tests.test_benchmark.TakesGridRank\n_partial_: true\n"
+    )
+    assert build("ranked", 16, 2, conf_dir=tmp_path).grid_ndim == 2
+    assert build("se", 16, 2).dim == 16  # today's modules take no grid_ndim
+
+
+def test_peak_memory_counts_live_tensors():
+    def step():
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 4 MB, both alive
+        del a
+        c = b + 1  # 4 MB, a already freed
+        return c
+
+    peak = peak_memory_bytes(step, torch.device("cpu"))
+    assert 8e6 <= peak < 9e6
+
+
+def test_median_times_interleaves_and_is_at_least_the_sleep():
+    calls = {"a": 0, "b": 0}
+
+    def sleeper(label, seconds):
+        def step():
+            calls[label] += 1
+            time.sleep(seconds)
+
+        return step
+
+    medians = median_times(
+        {"a": sleeper("a", 0.002), "b": sleeper("b", 0.0)}, 2, 5, torch.device("cpu")
+    )
+    assert calls == {"a": 7, "b": 7}
+    assert medians["a"] >= 0.002 and medians["b"] >= 0
+    with pytest.raises(ValueError, match="repeats"):
+        median_times({"a": sleeper("a", 0)}, 0, 0, torch.device("cpu"))
+
+
+class Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        return self.linear(x)
+
+
+def test_plain_loop_trains_and_counts_samples():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(96, 2, generator=generator)
+    targets = (inputs[:, 0] > 0).long()  # linearly separable
+    models = []
+
+    def factory():
+        models.append(Counting())
+        return models[-1]
+
+    result = plain_loop_throughput(
+        factory,
+        inputs,
+        targets,
+        batch_size=32,
+        steps=30,
+        warmup_steps=2,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.5),
+    )
+    assert models[0].seen == 32 * 32  # warm-up + timed steps, whole batches only
+    assert result["steps"] == 30 and result["batch_size"] == 32
+    assert math.isfinite(result["samples_per_s"]) and result["samples_per_s"] > 0
+    assert result["last_loss"] < 0.5 * result["first_loss"]
+
+
+def test_plain_loop_refuses_bad_arguments():
+    x, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
+    kwargs = {"optimizer_factory": lambda p: torch.optim.SGD(p, lr=0.1), "steps": 1}
+    with pytest.raises(ValueError, match="batch_size"):
+        plain_loop_throughput(Counting, x, y, batch_size=9, **kwargs)
+    with pytest.raises(ValueError, match="differ in length"):
+        plain_loop_throughput(Counting, x, y[:4], batch_size=2, **kwargs)
+
+
+def test_targets_are_read_at_n256_dim128():
+    rows = [
+        {
+            "variant": "mha",
+            "implementation": "torch.nn.MultiheadAttention",
+            "grid": [256],
+            "dim": 128,
+            "ours_over_ref": 1.2,
+        },
+        {
+            "variant": "se",
+            "implementation": "timm SEModule",
+            "grid": [16, 16],
+            "dim": 128,
+            "ours_over_ref": 0.9,
+        },
+        {
+            "variant": "mha",
+            "implementation": "torch.nn.MultiheadAttention",
+            "grid": [64],
+            "dim": 128,
+            "ours_over_ref": 0.5,
+        },
+    ]
+    found = {t["variant"]: t for t in evaluate_targets(rows)}
+    assert set(found) == {"mha", "se"}
+    assert found["mha"]["ours_over_ref"] == 1.2 and not found["mha"]["met"]
+    assert found["se"]["met"]
