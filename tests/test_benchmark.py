@@ -92,8 +92,8 @@ def perturbed(module: nn.Module, name: str) -> nn.Module:
         (lambda: MultiHeadAttention(dim=32), refs.torch_mha, "attn.in_proj_weight"),
         (lambda: MUSE(dim=32), refs.three_branch_muse, "dy_paras"),
         (lambda: MUSE(dim=32), refs.sdpa_three_branch_muse, "convs.1.depth_conv.weight"),
-        (lambda: SqueezeExcite(dim=32), refs.formula_se, "fc2.bias"),
-        (lambda: CBAM(dim=32), refs.formula_cbam, "conv.weight"),
+        (lambda: SqueezeExcite(dim=32, grid_ndim=2), refs.formula_se, "fc2.bias"),
+        (lambda: CBAM(dim=32, grid_ndim=2), refs.formula_cbam, "conv.weight"),
     ],
 )
 def test_numeric_check_reports_a_mismatch(make, reference, param):
