@@ -10,7 +10,7 @@ import pytest
 
 from attnexp.config import CHOICE_GROUPS, find_run_dir, load_run_config
 from attnexp.pipeline import build_loggers, train
-from tests.conftest import compose_cfg, tiny
+from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,9 @@ def test_wandb_is_not_imported_unless_its_logger_is_chosen(data_dir):
         f"build_loggers(compose_cfg(tiny('none', 'cnn', 'digits', {str(data_dir)!r}))); "
         "assert 'wandb' not in sys.modules, 'wandb imported'"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -12,7 +12,7 @@ import pytest
 from attnexp.config import CONFIG_DIR, config_hash
 from attnexp.pipeline import build_model, train
 from attnexp.results import find_results, read_results
-from tests.conftest import ATTENTIONS, compose_cfg, tiny
+from tests.conftest import ATTENTIONS, SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_FIELDS = {
@@ -77,7 +77,7 @@ def test_config_hash_ignores_where_a_run_is_recorded_but_not_what_it_computes(da
 def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -112,7 +112,7 @@ def test_every_attention_trains_from_the_command_line_and_eval_reproduces_it(tmp
 def test_bad_choice_fails_before_training_with_the_allowed_options(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "attention=nonexistent", f"paths.log_dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode != 0
     assert "nonexistent" in proc.stderr and "none" in proc.stderr
@@ -149,7 +149,7 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path, data_dir):
             sys.executable, str(ROOT / "train.py"), "-m", "seed=abc,0",
             *tiny("none", "cnn", "digits", data_dir), "debug=fdr", f"paths.log_dir={tmp_path}",
         ],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode != 0  # the sweep reports the failure, after running every job
     status = {r["choices"]["seed"]: r["status"] for r in map(read_results, find_results(tmp_path))}
