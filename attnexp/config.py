@@ -19,7 +19,8 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
 
 # Keys that say where or how a run is recorded, not what it computes: left out of the hash.
-UNHASHED_KEYS = ("paths", "logger", "callbacks", "choices", "run_name", "hydra")
+# ``force`` only says whether to re-run a completed job (attnexp.sweep).
+UNHASHED_KEYS = ("paths", "logger", "callbacks", "choices", "run_name", "hydra", "force")
 
 
 def register_resolvers() -> None:
@@ -29,13 +30,46 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("run_group"):
+        OmegaConf.register_new_resolver("run_group", run_group)
+    if not OmegaConf.has_resolver("run_tags"):
+        # W&B tags from the choices; a run outside any experiment has no experiment tag.
+        OmegaConf.register_new_resolver(
+            "run_tags", lambda *choices: [str(c) for c in choices if c is not None]
+        )
+
+
+def run_group(mode: Any, sweep_dir: str, cell: str) -> str:
+    """The W&B group of a run: its sweep's dir name in a multirun (``mode`` is Hydra's run mode),
+    so one sweep is one group; ``cell`` for a single run."""
+    return Path(str(sweep_dir)).name if str(mode).endswith("MULTIRUN") else cell
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config minus the keys that only say where/how it is recorded."""
+    """sha256 of the resolved config minus the keys that only say where/how it is recorded.
+
+    Paths elsewhere in the config (the trainer's root dir, the data cache) are hashed as
+    ``${paths.<key>}``, so a run hashes the same wherever its outputs and checkout live.
+    """
     data = OmegaConf.to_container(cfg, resolve=True)
+    paths = {f"${{paths.{k}}}": str(v) for k, v in (data.get("paths") or {}).items() if v}
     data = {k: v for k, v in data.items() if k not in UNHASHED_KEYS}
+    data = _replace_paths(data, sorted(paths.items(), key=lambda kv: -len(kv[1])))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _replace_paths(data: Any, paths: list[tuple[str, str]]) -> Any:
+    """``data`` with every string that starts with a path value starting with its name instead
+    (the longest, most specific path first)."""
+    if isinstance(data, dict):
+        return {k: _replace_paths(v, paths) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_replace_paths(v, paths) for v in data]
+    if isinstance(data, str):
+        for name, value in paths:
+            if data == value or data.startswith(value.rstrip("/") + "/"):
+                return name + data[len(value) :]
+    return data
 
 
 def find_run_dir(path: str | Path) -> Path:
