@@ -19,8 +19,11 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
 
 # Keys that say where or how a run is recorded, not what it computes: left out of the hash.
-# ``force`` only says whether to re-run a completed job (attnexp.sweep).
-UNHASHED_KEYS = ("paths", "logger", "callbacks", "choices", "run_name", "hydra", "force")
+# ``force`` only says whether to re-run a completed job (attnexp.sweep), ``figures`` how many test
+# samples to draw after testing.
+UNHASHED_KEYS = (
+    "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures",
+)  # fmt: skip
 
 
 def register_resolvers() -> None:
@@ -32,11 +35,6 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("run_group"):
         OmegaConf.register_new_resolver("run_group", run_group)
-    if not OmegaConf.has_resolver("run_tags"):
-        # W&B tags from the choices; a run outside any experiment has no experiment tag.
-        OmegaConf.register_new_resolver(
-            "run_tags", lambda *choices: [str(c) for c in choices if c is not None]
-        )
 
 
 def run_group(mode: Any, sweep_dir: str, cell: str) -> str:

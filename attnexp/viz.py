@@ -19,10 +19,14 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from attnexp.plotting import new_figure, safe_filename, save_figure
+
+if TYPE_CHECKING:
+    from attnexp.models.common import Backbone
 
 
 def _check_dims(key: str, w: Tensor, ndim: int, shape: str) -> None:
@@ -155,4 +159,28 @@ def save_attention_figures(
             fig.suptitle(f"{slot}: {key}", fontsize="medium")
             name = safe_filename(f"{slot}.{key}") + ".png"
             paths.append(save_figure(fig, Path(out_dir) / name))
+    return paths
+
+
+def save_model_figures(
+    model: Backbone, x: Tensor, out_dir: str | os.PathLike, max_samples: int = 4
+) -> list[Path]:
+    """Figures of what every attention slot of ``model`` does on the inputs ``x``, one file per
+    slot x weight kind in ``out_dir``; none (and no dir) for a model without slots (``none``).
+
+    Runs ``model`` in eval mode (restoring its mode after) on the first ``max_samples`` inputs.
+    """
+    slots = dict(model.slots())
+    if not slots or max_samples < 1:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        _, weights = model.attention_weights(x[:max_samples].to(device))
+    finally:
+        model.train(was_training)
+    paths = []
+    for name, slot in slots.items():  # each slot with its own grid (patches shrink it)
+        paths += save_attention_figures({name: weights[name]}, slot.grid, out_dir, max_samples)
     return paths
