@@ -27,12 +27,14 @@ UNHASHED_KEYS = (
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${uid:}`` (a short random suffix, cached per config so a sweep's
-    jobs agree on it, as Hydra's ``${now:}`` is)."""
+    """``${project_root:}``, ``${uid:}`` (a short random suffix, cached per config so a sweep's
+    jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}`` and ``${run_group:...}``."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("join"):  # ${join:${attention.kernel_sizes},_} -> "1_3_5"
+        OmegaConf.register_new_resolver("join", lambda xs, sep="_": sep.join(map(str, xs)))
     if not OmegaConf.has_resolver("run_group"):
         OmegaConf.register_new_resolver("run_group", run_group)
 

@@ -1,0 +1,213 @@
+"""Sweeps: named experiments expand to the intended jobs; resume, failure summary and joblib
+through the real command line; the helpers behind them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from attnexp.config import CONFIG_DIR, config_hash, run_group
+from attnexp.results import find_results, read_results, write_results
+from attnexp.sweep import previous_result, sweep_outcome, threads_per_job
+from tests.conftest import compose_cfg, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Jobs each named study runs (its hydra.sweeper.params multiplied out); a new experiment is added
+# here on purpose. mqar_recall sweeps nothing itself (the attention list is given on the command line).
+EXPECTED_JOBS = {
+    "ablation_digits": 6 * 2 * 3,
+    "ablation_mnist1d": 6 * 2 * 3,
+    "design_space": 5 * 3 * 2 * 3,
+    "mqar_length": 6 * 3 * 3,
+    "mqar_recall": 1,
+    "muse_kernels": 5 * 2 * 3,
+}
+
+
+def sweep_params(experiment: str) -> dict[str, str]:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", [f"experiment={experiment}"], return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params or {})
+
+
+def expand(params: dict[str, str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of ``params``: one override list per job."""
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    (batch,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return batch
+
+
+def test_every_experiment_is_listed():
+    assert sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")) == sorted(
+        EXPECTED_JOBS
+    )
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPECTED_JOBS))
+def test_experiment_sweeps_expand_to_the_intended_jobs(experiment):
+    jobs = expand(sweep_params(experiment))
+    assert len(jobs) == EXPECTED_JOBS[experiment]
+    assert len({tuple(sorted(j)) for j in jobs}) == len(jobs)
+
+
+def test_muse_kernel_lists_parse_as_lists():
+    jobs = expand(
+        {"attention.kernel_sizes": sweep_params("muse_kernels")["attention.kernel_sizes"]}
+    )
+    assert sorted(j[0] for j in jobs) == sorted(
+        f"attention.kernel_sizes={k}" for k in ("[1,3,5]", "[3,15]", "[1]", "[3]", "[5]")
+    )
+
+
+@pytest.mark.parametrize("experiment", ["design_space", "mqar_length", "muse_kernels"])
+def test_swept_values_name_their_runs_apart(experiment, data_dir):
+    """A value override (not a group choice) must reach the run name, or the report would merge
+    different settings into one row. Group choices and the seed are in the name by construction."""
+    params = {k: v for k, v in sweep_params(experiment).items() if "." in k}
+    jobs = expand(params)
+    names = {
+        compose_cfg([f"experiment={experiment}", f"paths.data_dir={data_dir}", *job]).run_name
+        for job in jobs
+    }
+    assert len(names) == len(jobs) > 1
+
+
+def test_muse_kernel_runs_are_named_by_their_kernels(data_dir):
+    cfg = compose_cfg(["experiment=muse_kernels", "attention.kernel_sizes=[3,15]"])
+    assert cfg.choices.attention == "muse-k3_15"
+    assert list(cfg.attention.kernel_sizes) == [3, 15]
+
+
+@pytest.mark.parametrize(
+    ("n_jobs", "cores", "threads"), [(1, 8, 8), (2, 8, 4), (3, 8, 2), (16, 8, 1), (-1, 8, 1), (-2, 8, 1), (-5, 8, 2)]
+)  # fmt: skip
+def test_threads_per_job_share_the_cores(n_jobs, cores, threads):
+    assert threads_per_job(n_jobs, cores) == threads
+
+
+def test_threads_per_job_refuses_zero_jobs():
+    with pytest.raises(ValueError, match="n_jobs"):
+        threads_per_job(0, 4)
+
+
+def test_config_hash_is_the_same_wherever_the_run_lives(data_dir, tmp_path):
+    base = tiny("none", "cnn", "mnist1d", data_dir)  # mnist1d's cache dir is a path in dataset/
+    here = compose_cfg([*base, f"paths.log_dir={tmp_path}/a"], tmp_path / "a" / "run")
+    there = compose_cfg(
+        [*base, f"paths.log_dir={tmp_path}/b", "paths.data_dir=/elsewhere/data"],
+        tmp_path / "b" / "r",
+    )
+    assert here.trainer.default_root_dir != there.trainer.default_root_dir
+    assert config_hash(here) == config_hash(there)
+    assert config_hash(compose_cfg([*base, "force=true", "figures=0"])) == config_hash(
+        compose_cfg(base)
+    )
+    assert config_hash(compose_cfg([*base, "trainer.max_epochs=3"])) != config_hash(
+        compose_cfg(base)
+    )
+
+
+def test_previous_result_only_for_a_completed_run_of_the_same_config(data_dir, tmp_path):
+    cfg = compose_cfg(tiny("none", "cnn", "digits", data_dir), tmp_path)
+    assert previous_result(cfg) is None  # nothing there
+    done = {
+        "status": "completed",
+        "config_hash": config_hash(cfg),
+        "metrics": {"val/acc_best": 0.5},
+    }
+    write_results(tmp_path, done)
+    assert previous_result(cfg) == done
+    write_results(tmp_path, {**done, "status": "failed"})
+    assert previous_result(cfg) is None
+    write_results(tmp_path, {**done, "config_hash": "something else"})
+    assert previous_result(cfg) is None
+    write_results(tmp_path, done)
+    assert previous_result(compose_cfg([*tiny("none", "cnn", "digits", data_dir), "force=true"], tmp_path)) is None  # fmt: skip
+
+
+def test_sweep_outcome_counts_jobs_that_died_without_results(tmp_path):
+    def job(name, results=None):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
+        if results is not None:
+            write_results(tmp_path / name, results)
+
+    job("0-ok", {"status": "completed", "started_at": "2020-01-01T00:00:00+00:00"})
+    job("1-new", {"status": "completed", "started_at": "2030-01-01T00:00:00+00:00"})
+    job("2-bad", {"status": "failed", "error": "ValueError: boom"})
+    job("3-died")
+    job("4-running", {"status": "running"})
+    out = sweep_outcome(tmp_path, started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert [p.name for p in out.completed] == ["0-ok", "1-new"]
+    assert [p.name for p in out.reused] == ["0-ok"]
+    assert [(p.name, e.split(" ")[0]) for p, e in out.failed] == [
+        ("2-bad", "ValueError:"), ("3-died", "no"), ("4-running", "status"),
+    ]  # fmt: skip
+    assert not out.ok
+
+
+def test_a_sweep_groups_its_runs_in_wandb_and_a_single_run_by_its_cell():
+    assert run_group("RunMode.MULTIRUN", "/x/multirun/2026-01-01_12-00-00-ab12cd", "c") == (
+        "2026-01-01_12-00-00-ab12cd"
+    )
+    assert run_group("RunMode.RUN", "/x/multirun/whatever", "mha-cnn-digits") == "mha-cnn-digits"
+    cfg = OmegaConf.create({"g": "${run_group:MULTIRUN,/a/b/sweep-1,cell}"})
+    assert cfg.g == "sweep-1"
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_sweep_runs_in_parallel_resumes_and_reports_its_failures(tmp_path, data_dir):
+    """joblib with 2 jobs; the same sweep again skips both; force=true re-runs, and a job that
+    fails is named in the summary, recorded, and makes the sweep exit non-zero."""
+    common = [
+        *tiny("mha", "cnn", "digits", data_dir), "debug=fdr", f"paths.log_dir={tmp_path}",
+    ]  # fmt: skip
+    first = train_cli(*common, "attention.num_heads=4,2", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2")  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "multirun").iterdir()
+    files = find_results(sweep_dir)
+    assert len(files) == 2
+    assert all(read_results(f)["status"] == "completed" for f in files)
+    assert all(list((f.parent / "figures").glob("*.attn.png")) for f in files)
+    assert (sweep_dir / "comparison.md").is_file() and (sweep_dir / "comparison.csv").is_file()
+    assert "2 completed, 0 failed" in first.stderr
+    before = {f: f.read_bytes() for f in files}
+    first_started = read_results(files[0])["started_at"]
+
+    again = train_cli(*common, "attention.num_heads=4,2", f"hydra.sweep.dir={sweep_dir}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("skipped") >= 2
+    assert "2 completed (2 skipped: completed before), 0 failed" in again.stderr
+    assert {f: f.read_bytes() for f in files} == before  # nothing re-ran
+
+    forced = train_cli(*common, "attention.num_heads=4,3", "force=true",
+                       f"hydra.sweep.dir={sweep_dir}")  # fmt: skip
+    assert forced.returncode != 0
+    ok, bad = (read_results(f) for f in sorted(find_results(sweep_dir)))
+    assert ok["status"] == "completed" and ok["started_at"] != first_started
+    assert bad["status"] == "failed" and "num_heads=3" in bad["error"]
+    assert "1 completed, 1 failed" in forced.stderr
+    assert f"failed {Path(bad['run_dir']).name}:" in forced.stderr
+    assert "num_heads=3" in (sweep_dir / "comparison.md").read_text()
+
