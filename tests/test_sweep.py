@@ -211,3 +211,28 @@ def test_a_sweep_runs_in_parallel_resumes_and_reports_its_failures(tmp_path, dat
     assert f"failed {Path(bad['run_dir']).name}:" in forced.stderr
     assert "num_heads=3" in (sweep_dir / "comparison.md").read_text()
 
+
+def compose_hydra(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize(("search", "backbone", "width"), [
+    ("optuna", "cnn", "backbone.width"), ("optuna_transformer", "transformer", "backbone.dim"),
+])  # fmt: skip
+def test_optuna_search_tunes_lr_width_and_heads_of_the_backbone_it_names(search, backbone, width):
+    cfg = compose_hydra([f"hparams_search={search}", "attention=muse"])
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == "maximize"
+    assert set(cfg.hydra.sweeper.params) == {"optim.optimizer.lr", width, "attention.num_heads"}
+    assert cfg.hydra.runtime.choices.backbone == backbone
+    # Every searched value is a key of the composed config (a typo would fail every trial).
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_slurm_launcher_composes_with_its_defaults():
+    launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.timeout_min == 60 and launcher.gpus_per_node == 1
