@@ -44,6 +44,7 @@ def test_train_writes_complete_results(tmp_path, data_dir):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert not (tmp_path / "figures").exists()  # `none` has no attention to draw
 
 
 def test_seed_zero_is_applied_and_other_seeds_differ(tmp_path, data_dir):
@@ -124,6 +125,8 @@ def test_fast_dev_run_tests_the_weights_in_memory(tmp_path, data_dir):
     results = train(cfg)
     assert results["status"] == "completed" and "test/acc" in results["metrics"]
     assert results["attention_flops"] > 0
+    # Looking inside: one figure of each block's channel gates (depth 1: one block).
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["blocks.0.slot.channel.png"]
 
 
 def test_a_seed_that_is_not_an_integer_is_refused(tmp_path, data_dir):
