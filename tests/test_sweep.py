@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from attnexp.config import CONFIG_DIR, config_hash, run_group
 from attnexp.results import find_results, read_results, write_results
-from attnexp.sweep import previous_result, sweep_outcome, threads_per_job
+from attnexp.sweep import SweepSummary, previous_result, sweep_outcome, threads_per_job
 from tests.conftest import compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,12 +136,17 @@ def test_previous_result_only_for_a_completed_run_of_the_same_config(data_dir, t
     assert previous_result(compose_cfg([*tiny("none", "cnn", "digits", data_dir), "force=true"], tmp_path)) is None  # fmt: skip
 
 
+def make_job(sweep_dir: Path, name: str, results: dict | None = None) -> None:
+    """A job dir as Hydra leaves it (``.hydra/``), with ``results`` as its results.json."""
+    (sweep_dir / name / ".hydra").mkdir(parents=True)
+    (sweep_dir / name / ".hydra" / "config.yaml").write_text("{}")
+    if results is not None:
+        write_results(sweep_dir / name, results)
+
+
 def test_sweep_outcome_counts_jobs_that_died_without_results(tmp_path):
     def job(name, results=None):
-        (tmp_path / name / ".hydra").mkdir(parents=True)
-        (tmp_path / name / ".hydra" / "config.yaml").write_text("{}")
-        if results is not None:
-            write_results(tmp_path / name, results)
+        make_job(tmp_path, name, results)
 
     job("0-ok", {"status": "completed", "started_at": "2020-01-01T00:00:00+00:00"})
     job("1-new", {"status": "completed", "started_at": "2030-01-01T00:00:00+00:00"})
@@ -155,6 +160,26 @@ def test_sweep_outcome_counts_jobs_that_died_without_results(tmp_path):
         ("2-bad", "ValueError:"), ("3-died", "no"), ("4-running", "status"),
     ]  # fmt: skip
     assert not out.ok
+
+
+def test_the_end_of_a_sweep_writes_its_report_and_exits_1_only_on_failure(tmp_path, capsys):
+    choices = {"attention": "mha", "backbone": "cnn", "dataset": "digits", "seed": 0}
+    done = {"status": "completed", "choices": choices, "metrics": {"test/acc": 0.75}}
+    make_job(tmp_path, "0-mha-cnn-digits-s0", done)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "logger": {}})
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+    summary.on_multirun_end(config)  # no failure: returns
+    assert "| digits | cnn | mha | 75.00 ± – |" in (tmp_path / "comparison.md").read_text()
+    assert "1 completed, 0 failed" in capsys.readouterr().err
+
+    make_job(tmp_path, "1-mha-cnn-digits-s1", {**done, "status": "failed", "error": "E: bad"})
+    with pytest.raises(SystemExit) as exit_:
+        summary.on_multirun_end(config)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "1 completed, 1 failed" in err and "failed 1-mha-cnn-digits-s1: E: bad" in err
+    assert "E: bad" in (tmp_path / "comparison.md").read_text()
 
 
 def test_a_sweep_groups_its_runs_in_wandb_and_a_single_run_by_its_cell():
