@@ -147,7 +147,10 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         outcome = sweep_outcome(sweep_dir, self.started)
         if self.report and outcome.completed + outcome.failed:
-            self._write_report(sweep_dir, config)
+            try:
+                self._write_report(sweep_dir, config)
+            except Exception:  # a broken report must not hide the jobs' outcome and exit status
+                log.exception("the comparison report of %s failed", sweep_dir)
         print_outcome(sweep_dir, outcome)
         if not outcome.ok:
             # Hydra turns a callback's Exception into a warning; SystemExit passes through it.
