@@ -7,6 +7,8 @@ One figure per slot x weight kind, for the first ``max_samples`` samples of the 
 - ``pool``    (B, heads, N):    weights over positions, drawn on the grid for images, as lines else.
 - ``channel`` (B, C):           one bar plot of the channel gates per sample.
 - ``spatial`` (B, *grid):       one heat map (2-D grid) or line (1-D grid) per sample.
+- ``node``    (B, 1, N):        as ``pool`` (the GCNet context block's weights over positions).
+- ``branches`` (K,):            bars of the mixing weights of a module's K branches (muse).
 
 A key this module does not know is skipped with a warning: a new variant may return extra
 tensors, and its figures should not stop a run.
@@ -120,12 +122,25 @@ def _plot_spatial(w: Tensor, grid: Sequence[int], max_samples: int):
     return fig
 
 
+def _plot_branches(w: Tensor, grid: Sequence[int], max_samples: int):
+    """A module's mixing weights over its branches (muse), shared by every sample."""
+    _check_dims("branches", w, 1, "(branches,)")
+    fig, axes = new_figure(1, 1, cell=(max(2.5, 0.6 * len(w)), 2.2))
+    axes[0, 0].bar(range(len(w)), w)
+    axes[0, 0].set_xticks(range(len(w)))
+    axes[0, 0].set_xlabel("branch", fontsize="x-small")
+    axes[0, 0].set_ylabel("mixing weight", fontsize="x-small")
+    return fig
+
+
 # The weight kinds of the attention contract and how each is drawn.
 PLOTTERS: dict[str, Callable] = {
     "attn": _plot_attn,
     "pool": _plot_pool,
+    "node": _plot_pool,  # node (GCNet context): (B, 1, N) pooling weights over positions
     "channel": _plot_channel,
     "spatial": _plot_spatial,
+    "branches": _plot_branches,
 }
 
 

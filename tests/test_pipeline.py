@@ -89,7 +89,7 @@ def test_every_attention_trains_from_the_command_line_and_eval_reproduces_it(tmp
     run_cli(
         "train.py", "-m",
         f"attention={','.join(ATTENTIONS)}", "backbone=cnn,transformer", "dataset=mnist1d",
-        "trainer=cpu", "logger=csv", "debug=limit", "backbone.depth=1",
+        "trainer=cpu", "logger=csv", "debug=limit", "backbone.depth=1", "figures=0",
         "dataset.source.num_samples=400", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}",
     )  # fmt: skip
     found = [read_results(p) for p in find_results(tmp_path / "multirun")]
