@@ -46,7 +46,9 @@ def train_main(cfg: DictConfig) -> float | None:
     if n_jobs is not None:
         import torch
 
-        torch.set_num_threads(threads_per_job(n_jobs, available_cores()))
+        cores = available_cores()
+        torch.set_num_threads(threads_per_job(n_jobs, cores))
+        log.info("%d torch threads per job (n_jobs=%d on %d cores)", torch.get_num_threads(), n_jobs, cores)  # fmt: skip
     try:
         OmegaConf.resolve(cfg)
         done = previous_result(cfg)

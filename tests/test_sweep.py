@@ -17,7 +17,13 @@ from omegaconf import OmegaConf
 
 from attnexp.config import CONFIG_DIR, config_hash, run_group
 from attnexp.results import find_results, read_results, write_results
-from attnexp.sweep import SweepSummary, previous_result, sweep_outcome, threads_per_job
+from attnexp.sweep import (
+    SweepSummary,
+    available_cores,
+    previous_result,
+    sweep_outcome,
+    threads_per_job,
+)
 from tests.conftest import compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,6 +223,9 @@ def test_a_sweep_runs_in_parallel_resumes_and_reports_its_failures(tmp_path, dat
     assert all(list((f.parent / "figures").glob("*.attn.png")) for f in files)
     assert (sweep_dir / "comparison.md").is_file() and (sweep_dir / "comparison.csv").is_file()
     assert "2 completed, 0 failed" in first.stderr
+    threads = threads_per_job(2, available_cores())
+    for f in files:  # each worker shares the cores
+        assert f"{threads} torch threads per job (n_jobs=2" in (f.parent / "train.log").read_text()
     before = {f: f.read_bytes() for f in files}
     first_started = read_results(files[0])["started_at"]
 
