@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.config import (
@@ -31,11 +33,35 @@ OBJECTIVE = "val/acc_best"
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
-    """Train one configuration; returns the objective metric for sweepers."""
-    from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
+    """Train one configuration; returns the objective metric for sweepers.
 
-    OmegaConf.resolve(cfg)
-    results = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    In a multirun a failed job returns NaN instead of raising (its results.json says why), so the
+    sweep goes on and ends with ``attnexp.sweep.SweepSummary``, which exits non-zero.
+    """
+    from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
+    from attnexp.sweep import available_cores, previous_result, threads_per_job
+
+    hydra_cfg = HydraConfig.get()
+    n_jobs = hydra_cfg.launcher.get("n_jobs")  # joblib: jobs share the cores
+    if n_jobs is not None:
+        import torch
+
+        cores = available_cores()
+        torch.set_num_threads(threads_per_job(n_jobs, cores))
+        log.info("%d torch threads per job (n_jobs=%d on %d cores)", torch.get_num_threads(), n_jobs, cores)  # fmt: skip
+    try:
+        OmegaConf.resolve(cfg)
+        done = previous_result(cfg)
+        if done is not None:
+            log.info("skipped %s: completed before with the same config (force=true re-runs it)",
+                     cfg.paths.output_dir)  # fmt: skip
+            return done["metrics"].get(OBJECTIVE)
+        results = train(cfg, overrides=list(hydra_cfg.overrides.task))
+    except Exception:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed; recorded in %s", Path(cfg.paths.output_dir) / "results.json")
+        return math.nan
     log.info("results: %s", Path(cfg.paths.output_dir) / "results.json")
     return results["metrics"].get(OBJECTIVE)
 

@@ -19,23 +19,57 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
 
 # Keys that say where or how a run is recorded, not what it computes: left out of the hash.
-UNHASHED_KEYS = ("paths", "logger", "callbacks", "choices", "run_name", "hydra")
+# ``force`` only says whether to re-run a completed job (attnexp.sweep), ``figures`` how many test
+# samples to draw after testing.
+UNHASHED_KEYS = (
+    "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures",
+)  # fmt: skip
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${uid:}`` (a short random suffix, cached per config so a sweep's
-    jobs agree on it, as Hydra's ``${now:}`` is)."""
+    """``${project_root:}``, ``${uid:}`` (a short random suffix, cached per config so a sweep's
+    jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}`` and ``${run_group:...}``."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("join"):  # ${join:${attention.kernel_sizes},_} -> "1_3_5"
+        OmegaConf.register_new_resolver("join", lambda xs, sep="_": sep.join(map(str, xs)))
+    if not OmegaConf.has_resolver("run_group"):
+        OmegaConf.register_new_resolver("run_group", run_group)
+
+
+def run_group(mode: Any, sweep_dir: str, cell: str) -> str:
+    """The W&B group of a run: its sweep's dir name in a multirun (``mode`` is Hydra's run mode),
+    so one sweep is one group; ``cell`` for a single run."""
+    return Path(str(sweep_dir)).name if str(mode).endswith("MULTIRUN") else cell
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config minus the keys that only say where/how it is recorded."""
+    """sha256 of the resolved config minus the keys that only say where/how it is recorded.
+
+    Paths elsewhere in the config (the trainer's root dir, the data cache) are hashed as
+    ``${paths.<key>}``, so a run hashes the same wherever its outputs and checkout live.
+    """
     data = OmegaConf.to_container(cfg, resolve=True)
+    paths = {f"${{paths.{k}}}": str(v) for k, v in (data.get("paths") or {}).items() if v}
     data = {k: v for k, v in data.items() if k not in UNHASHED_KEYS}
+    data = _replace_paths(data, sorted(paths.items(), key=lambda kv: -len(kv[1])))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _replace_paths(data: Any, paths: list[tuple[str, str]]) -> Any:
+    """``data`` with every string that starts with a path value starting with its name instead
+    (the longest, most specific path first)."""
+    if isinstance(data, dict):
+        return {k: _replace_paths(v, paths) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_replace_paths(v, paths) for v in data]
+    if isinstance(data, str):
+        for name, value in paths:
+            if data == value or data.startswith(value.rstrip("/") + "/"):
+                return name + data[len(value) :]
+    return data
 
 
 def find_run_dir(path: str | Path) -> Path:

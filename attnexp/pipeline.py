@@ -25,6 +25,8 @@ from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, as_plain, config_hash
 from attnexp.data.datamodule import ArrayDataModule
 from attnexp.models.common import Backbone
 from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
+from attnexp.tracking import publish_to_wandb
+from attnexp.viz import save_model_figures
 
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
@@ -136,6 +138,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         }
         for logger in loggers:
             logger.log_metrics({k: v for k, v in run_stats.items() if v is not None})
+        # Looking inside: what the attention does on a few test samples; figures also go to W&B.
+        figures = save_model_figures(
+            model, datamodule.load()["test"][0], run_dir / "figures", cfg.get("figures", 4)
+        )
+        publish_to_wandb(loggers, results, figures)
     except BaseException as e:
         results.update(
             status=FAILED, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - start

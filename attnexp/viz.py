@@ -7,6 +7,8 @@ One figure per slot x weight kind, for the first ``max_samples`` samples of the 
 - ``pool``    (B, heads, N):    weights over positions, drawn on the grid for images, as lines else.
 - ``channel`` (B, C):           one bar plot of the channel gates per sample.
 - ``spatial`` (B, *grid):       one heat map (2-D grid) or line (1-D grid) per sample.
+- ``node``    (B, 1, N):        as ``pool`` (the GCNet context block's weights over positions).
+- ``branches`` (K,):            bars of the mixing weights of a module's K branches (muse).
 
 A key this module does not know is skipped with a warning: a new variant may return extra
 tensors, and its figures should not stop a run.
@@ -19,10 +21,14 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from attnexp.plotting import new_figure, safe_filename, save_figure
+
+if TYPE_CHECKING:
+    from attnexp.models.common import Backbone
 
 
 def _check_dims(key: str, w: Tensor, ndim: int, shape: str) -> None:
@@ -116,12 +122,25 @@ def _plot_spatial(w: Tensor, grid: Sequence[int], max_samples: int):
     return fig
 
 
+def _plot_branches(w: Tensor, grid: Sequence[int], max_samples: int):
+    """A module's mixing weights over its branches (muse), shared by every sample."""
+    _check_dims("branches", w, 1, "(branches,)")
+    fig, axes = new_figure(1, 1, cell=(max(2.5, 0.6 * len(w)), 2.2))
+    axes[0, 0].bar(range(len(w)), w)
+    axes[0, 0].set_xticks(range(len(w)))
+    axes[0, 0].set_xlabel("branch", fontsize="x-small")
+    axes[0, 0].set_ylabel("mixing weight", fontsize="x-small")
+    return fig
+
+
 # The weight kinds of the attention contract and how each is drawn.
 PLOTTERS: dict[str, Callable] = {
     "attn": _plot_attn,
     "pool": _plot_pool,
+    "node": _plot_pool,  # node (GCNet context): (B, 1, N) pooling weights over positions
     "channel": _plot_channel,
     "spatial": _plot_spatial,
+    "branches": _plot_branches,
 }
 
 
@@ -155,4 +174,28 @@ def save_attention_figures(
             fig.suptitle(f"{slot}: {key}", fontsize="medium")
             name = safe_filename(f"{slot}.{key}") + ".png"
             paths.append(save_figure(fig, Path(out_dir) / name))
+    return paths
+
+
+def save_model_figures(
+    model: Backbone, x: Tensor, out_dir: str | os.PathLike, max_samples: int = 4
+) -> list[Path]:
+    """Figures of what every attention slot of ``model`` does on the inputs ``x``, one file per
+    slot x weight kind in ``out_dir``; none (and no dir) for a model without slots (``none``).
+
+    Runs ``model`` in eval mode (restoring its mode after) on the first ``max_samples`` inputs.
+    """
+    slots = dict(model.slots())
+    if not slots or max_samples < 1:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        _, weights = model.attention_weights(x[:max_samples].to(device))
+    finally:
+        model.train(was_training)
+    paths = []
+    for name, slot in slots.items():  # each slot with its own grid (patches shrink it)
+        paths += save_attention_figures({name: weights[name]}, slot.grid, out_dir, max_samples)
     return paths

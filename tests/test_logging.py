@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from attnexp import pipeline, tracking
 from attnexp.config import CHOICE_GROUPS, find_run_dir, load_run_config
 from attnexp.pipeline import build_loggers, train
 from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
@@ -31,16 +32,35 @@ def test_wandb_is_not_imported_unless_its_logger_is_chosen(data_dir):
 def test_default_loggers_write_csv_and_an_offline_wandb_run_in_the_run_dir(
     tmp_path, data_dir, monkeypatch
 ):
+    """Also what the run hands W&B at the end: the summary numbers and the attention figures."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no credentials anywhere
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    overrides = [*tiny("none", "cnn", "digits", data_dir), "logger=many", "debug=limit"]
+    seen = {}
+
+    def publish(loggers, results, figures):  # the real one, then what the W&B run holds
+        tracking.publish_to_wandb(loggers, results, figures)
+        (run,) = [lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"]
+        seen.update(group=run.group, tags=set(run.tags), summary=dict(run.summary), figures=figures)
+
+    monkeypatch.setattr(pipeline, "publish_to_wandb", publish)
+    overrides = [*tiny("se", "cnn", "digits", data_dir), "logger=many", "debug=limit"]
     cfg = compose_cfg(overrides, tmp_path / "run")
     assert cfg.logger.wandb.offline is True
-    assert cfg.logger.wandb.name == "none-cnn-digits-s0"
-    assert cfg.logger.wandb.group == "none-cnn-digits"
-    assert train(cfg)["status"] == "completed"
+    assert cfg.logger.wandb.name == "se-cnn-digits-s0"
+    assert cfg.logger.wandb.group == "se-cnn-digits"  # a single run: its cell (a sweep: its dir)
+    results = train(cfg)
+    assert results["status"] == "completed"
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+    assert seen["group"] == "se-cnn-digits" and seen["tags"] == {"se", "cnn", "digits"}
+    for key in ("val/acc_best", "test/acc", "test/f1"):
+        assert seen["summary"][key] == pytest.approx(results["metrics"][key])
+    for key in ("params", "throughput", "attention_flops"):
+        assert seen["summary"][f"run/{key}"] == pytest.approx(results[key])
+    assert [p.name for p in seen["figures"]] == ["blocks.0.slot.channel.png"]
+    (offline_run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("files/media/images/attention/blocks.0.slot.channel*.png"))
 
 
 def test_online_wandb_without_a_key_fails_before_training(tmp_path, data_dir, monkeypatch):

@@ -44,6 +44,7 @@ def test_train_writes_complete_results(tmp_path, data_dir):
     assert (tmp_path / "checkpoints" / "best.ckpt").is_file()
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert not (tmp_path / "figures").exists()  # `none` has no attention to draw
 
 
 def test_seed_zero_is_applied_and_other_seeds_differ(tmp_path, data_dir):
@@ -88,7 +89,7 @@ def test_every_attention_trains_from_the_command_line_and_eval_reproduces_it(tmp
     run_cli(
         "train.py", "-m",
         f"attention={','.join(ATTENTIONS)}", "backbone=cnn,transformer", "dataset=mnist1d",
-        "trainer=cpu", "logger=csv", "debug=limit", "backbone.depth=1",
+        "trainer=cpu", "logger=csv", "debug=limit", "backbone.depth=1", "figures=0",
         "dataset.source.num_samples=400", f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path}",
     )  # fmt: skip
     found = [read_results(p) for p in find_results(tmp_path / "multirun")]
@@ -124,6 +125,8 @@ def test_fast_dev_run_tests_the_weights_in_memory(tmp_path, data_dir):
     results = train(cfg)
     assert results["status"] == "completed" and "test/acc" in results["metrics"]
     assert results["attention_flops"] > 0
+    # Looking inside: one figure of each block's channel gates (depth 1: one block).
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["blocks.0.slot.channel.png"]
 
 
 def test_a_seed_that_is_not_an_integer_is_refused(tmp_path, data_dir):
@@ -141,19 +144,6 @@ def test_run_dirs_differ_even_when_started_in_the_same_second():
     b = OmegaConf.create({"dir": "x-${uid:}"})
     assert a.dir == a.dir == a.again  # cached per config: every job of a sweep agrees
     assert a.dir != b.dir
-
-
-def test_a_failed_job_does_not_end_the_sweep(tmp_path, data_dir):
-    proc = subprocess.run(
-        [
-            sys.executable, str(ROOT / "train.py"), "-m", "seed=abc,0",
-            *tiny("none", "cnn", "digits", data_dir), "debug=fdr", f"paths.log_dir={tmp_path}",
-        ],
-        cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode != 0  # the sweep reports the failure, after running every job
-    status = {r["choices"]["seed"]: r["status"] for r in map(read_results, find_results(tmp_path))}
-    assert status == {"abc": "failed", 0: "completed"}
 
 
 @pytest.mark.parametrize("optim", sorted(p.stem for p in (CONFIG_DIR / "optim").glob("*.yaml")))

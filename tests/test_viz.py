@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from attnexp.viz import PLOTTERS, save_attention_figures
+from attnexp.pipeline import build_model
+from attnexp.viz import PLOTTERS, save_attention_figures, save_model_figures
+from tests.conftest import ATTENTIONS, compose_cfg, tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 B, HEADS, C = 5, 2, 16
 
 
 def _weights(grid: tuple[int, ...]) -> dict[str, dict[str, torch.Tensor]]:
-    """What mha, pool, se and cbam return with return_weights=True, as the contract states."""
+    """What mha, pool, se, cbam, node and muse return with return_weights=True."""
     n = 1
     for g in grid:
         n *= g
@@ -25,6 +29,8 @@ def _weights(grid: tuple[int, ...]) -> dict[str, dict[str, torch.Tensor]]:
             "channel": torch.rand(B, C, generator=g),
             "spatial": torch.rand(B, *grid, generator=g),
         },
+        "blocks.3.node": {"node": torch.rand(B, 1, n, generator=g).softmax(-1)},
+        "blocks.4.muse": {"branches": torch.rand(3, generator=g).softmax(-1)},
     }
 
 
@@ -70,7 +76,22 @@ def test_wrong_shapes_are_clear_errors(tmp_path):
 
 
 def test_every_contract_kind_has_a_plotter():
-    assert set(PLOTTERS) == {"attn", "pool", "channel", "spatial"}
+    assert set(PLOTTERS) == {"attn", "pool", "node", "channel", "spatial", "branches"}
+
+
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_every_variant_in_a_model_is_drawn_whole(attention, data_dir, tmp_path):
+    """Every weight kind each variant returns has a figure (an unknown kind would only warn), and a
+    model without attention slots draws nothing and makes no dir."""
+    model = build_model(compose_cfg(tiny(attention, "transformer", "mnist1d", data_dir)))
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        paths = save_model_figures(model, torch.randn(3, 40, 1), tmp_path / "f", max_samples=2)
+    assert model.training  # the mode is restored
+    assert bool(paths) == (attention != "none")
+    assert (tmp_path / "f").exists() == (attention != "none")
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
 
 
 def test_self_attention_on_an_image_grid_adds_the_centre_query_maps(tmp_path):

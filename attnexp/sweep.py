@@ -1,0 +1,177 @@
+"""Sweeps: skip jobs that already completed, threads per parallel job, the end-of-sweep summary.
+
+- ``previous_result(cfg)``: a job whose run dir already holds a completed ``results.json`` with the
+  same config hash is skipped (re-running a sweep into its old ``hydra.sweep.dir`` resumes it);
+  ``force=true`` re-runs it anyway.
+- ``threads_per_job``: torch threads for one of ``n_jobs`` jobs sharing the cores (joblib launcher).
+- ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in ``conf/hydra/default.yaml``): at the
+  end of a multirun, reads every job's ``results.json``, prints what completed and what failed,
+  writes the comparison report into the sweep dir, logs the table to W&B when the sweep used it,
+  and exits non-zero when any job failed.
+
+Jobs never raise into Hydra in a multirun (``attnexp.cli`` records the failure instead): Hydra's
+sweepers re-raise the first failed job before ``on_multirun_end``, which would skip this summary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from attnexp.config import config_hash
+from attnexp.results import COMPLETED, FAILED, RESULTS_FILE, read_results
+
+log = logging.getLogger(__name__)
+
+
+def previous_result(cfg: DictConfig) -> dict[str, Any] | None:
+    """The completed results in ``cfg.paths.output_dir`` if they came from this very config.
+
+    None when there are none, they failed or are unreadable, the config differs, or ``cfg.force``.
+    """
+    if cfg.get("force", False):
+        return None
+    try:
+        results = read_results(Path(cfg.paths.output_dir) / RESULTS_FILE)
+    except (OSError, ValueError):
+        return None
+    if (
+        isinstance(results, dict)
+        and results.get("status") == COMPLETED
+        and results.get("config_hash") == config_hash(cfg)
+    ):
+        return results
+    return None
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_job(n_jobs: int, cores: int) -> int:
+    """Threads for each of ``n_jobs`` concurrent jobs on ``cores`` cores, at least one.
+
+    ``n_jobs`` follows joblib: -1 means one job per core, -2 all cores but one, and so on.
+    """
+    if n_jobs == 0:
+        raise ValueError("hydra.launcher.n_jobs must not be 0 (joblib: -1 = one job per core)")
+    concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // concurrent)
+
+
+# --------------------------------------------------------------------------- the summary
+
+
+@dataclass
+class Outcome:
+    """What the jobs of one sweep dir ended as."""
+
+    completed: list[Path] = field(default_factory=list)  # run dirs
+    reused: list[Path] = field(default_factory=list)  # completed before this sweep started
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # run dir, error
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcome:
+    """Every job dir of ``sweep_dir`` (a dir holding ``.hydra/config.yaml``) and how it ended.
+
+    A job dir without a readable ``results.json``, or one still ``running``, counts as failed: the
+    job died before recording anything. Runs started before ``started`` count as reused.
+    """
+    out = Outcome()
+    for hydra_dir in sorted(sweep_dir.glob("*/.hydra")):
+        run_dir = hydra_dir.parent
+        try:
+            results = read_results(run_dir / RESULTS_FILE)
+        except (OSError, ValueError) as e:
+            out.failed.append((run_dir, f"no readable {RESULTS_FILE} ({type(e).__name__})"))
+            continue
+        status = results.get("status")
+        if status == COMPLETED:
+            out.completed.append(run_dir)
+            if started is not None and _started_before(results.get("started_at"), started):
+                out.reused.append(run_dir)
+        elif status == FAILED:
+            out.failed.append((run_dir, results.get("error") or "(no error recorded)"))
+        else:
+            out.failed.append((run_dir, f"status {status!r}: the job ended without recording"))
+    return out
+
+
+def _started_before(started_at: Any, t: dt.datetime) -> bool:
+    try:
+        return dt.datetime.fromisoformat(str(started_at)) < t
+    except ValueError:
+        return False
+
+
+def print_outcome(sweep_dir: Path, outcome: Outcome) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    done = len(outcome.completed)
+    reused = f" ({len(outcome.reused)} skipped: completed before)" if outcome.reused else ""
+    console.print(
+        f"sweep {sweep_dir}: {done} completed{reused}, {len(outcome.failed)} failed", soft_wrap=True
+    )
+    for run_dir, error in outcome.failed:
+        console.print(
+            f"[red]failed[/red] {run_dir.name}: {' '.join(error.split())}", soft_wrap=True
+        )
+
+
+class SweepSummary(Callback):
+    """End of a multirun: summary, comparison report (and W&B table), non-zero exit on failure."""
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
+        self.started: dt.datetime | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Seconds, as results.json's started_at: a job started in this second is not "reused".
+        self.started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        outcome = sweep_outcome(sweep_dir, self.started)
+        if self.report and outcome.completed + outcome.failed:
+            try:
+                self._write_report(sweep_dir, config)
+            except Exception:  # a broken report must not hide the jobs' outcome and exit status
+                log.exception("the comparison report of %s failed", sweep_dir)
+        print_outcome(sweep_dir, outcome)
+        if not outcome.ok:
+            # Hydra turns a callback's Exception into a warning; SystemExit passes through it.
+            raise SystemExit(1)
+
+    @staticmethod
+    def _write_report(sweep_dir: Path, config: DictConfig) -> None:
+        from attnexp.report import ReportError, build_report, log_to_wandb
+
+        try:
+            report = build_report([sweep_dir])
+        except ReportError as e:  # e.g. every job died before writing results.json
+            log.warning("no comparison report: %s", e)
+            return
+        log.info("comparison report: %s", sweep_dir / "comparison.md")
+        wandb_cfg = (config.get("logger") or {}).get("wandb")
+        if wandb_cfg is not None:
+            log_to_wandb(
+                report.rows,
+                project=wandb_cfg.project,
+                group=sweep_dir.name,
+                mode="offline" if wandb_cfg.get("offline", False) else "online",
+                dir=sweep_dir,
+            )
