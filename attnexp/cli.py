@@ -34,8 +34,15 @@ def train_main(cfg: DictConfig) -> float | None:
     """Train one configuration; returns the objective metric for sweepers."""
     from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
 
+    overrides = list(HydraConfig.get().overrides.task)
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.get("resume"):  # continue an interrupted run in its own dir (attnexp.checkpoint)
+        from attnexp.checkpoint import prepare_resume
+
+        others = [o for o in overrides if not o.startswith("resume=")]
+        cfg, overrides, ckpt_path = prepare_resume(cfg.resume, others)
     OmegaConf.resolve(cfg)
-    results = train(cfg, overrides=list(HydraConfig.get().overrides.task))
+    results = train(cfg, overrides=overrides, ckpt_path=ckpt_path)
     log.info("results: %s", Path(cfg.paths.output_dir) / "results.json")
     return results["metrics"].get(OBJECTIVE)
 

@@ -18,15 +18,30 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # Groups that name a run; `experiment` may be null.
 CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
 
-# Keys that say where or how a run is recorded, not what it computes: left out of the hash.
-UNHASHED_KEYS = ("paths", "logger", "callbacks", "choices", "run_name", "hydra")
+# Keys that say where or how a run is recorded or started, not what it computes: left out of the
+# hash (a resumed run computes what the uninterrupted one would have).
+UNHASHED_KEYS = (
+    "paths",
+    "logger",
+    "callbacks",
+    "choices",
+    "run_name",
+    "hydra",
+    "resume",
+    "ckpt_path",
+)
 
 
 def register_resolvers() -> None:
-    """``${project_root:}`` and ``${uid:}`` (a short random suffix, cached per config so a sweep's
-    jobs agree on it, as Hydra's ``${now:}`` is)."""
+    """``${project_root:}``, ``${if_set:v,a,b}`` and ``${uid:}`` (a short random suffix, cached per
+    config so a sweep's jobs agree on it, as Hydra's ``${now:}`` is)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("if_set"):
+        # `${if_set:${resume},a,b}`: a when resuming (the resumed run's dir), else b.
+        OmegaConf.register_new_resolver(
+            "if_set", lambda value, then, otherwise: then if value else otherwise
+        )
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
 

@@ -19,12 +19,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from attnexp.callbacks import RunStats
+from attnexp.callbacks import FiniteLoss, RunStats
+from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp, check_resumable
 from attnexp.classifier import Classifier
 from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, as_plain, config_hash
 from attnexp.data.datamodule import ArrayDataModule
 from attnexp.models.common import Backbone
 from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
+from attnexp.seeding import EpochSeed
+from attnexp.validate import validate
 
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
@@ -85,13 +88,23 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
     if cfg.trainer.get("enable_progress_bar") is None:
         # A progress bar helps at a terminal and floods a log file.
         overrides["enable_progress_bar"] = sys.stdout.isatty()
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    # Checkpoints are written atomically and loaded weights-only (attnexp.checkpoint).
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **overrides,
+    )
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, overrides: Sequence[str] = (), ckpt_path: str | Path | None = None
+) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json`` in ``cfg.paths.output_dir``.
 
     ``cfg`` must be resolvable without Hydra (``attnexp.cli`` resolves it inside the Hydra job).
+    ``ckpt_path`` continues training from a checkpoint made with the same computed config.
     Returns the results dict; on an exception writes it with status "failed" and re-raises.
     """
     start = time.perf_counter()
@@ -99,8 +112,10 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     results = _new_results(cfg, overrides, run_dir)
     write_results(run_dir, results)
     try:
-        if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+        validate(cfg)  # bad input fails here, in well under a second
+        if ckpt_path is not None:
+            check_resumable(ckpt_path, cfg)
+            results["resumed_from"] = _relative_to(str(ckpt_path), run_dir)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)
         datamodule.load()  # generate/check the data before building anything that trains
@@ -108,15 +123,17 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         module = build_module(cfg, model)
         stats = RunStats()
         loggers = build_loggers(cfg)
-        trainer = build_trainer(
-            cfg, [*instantiate_each(cfg.get("callbacks"), "callbacks"), stats], loggers
-        )
+        callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
+        callbacks += [stats, EpochSeed(cfg.seed), FiniteLoss(), ConfigStamp(cfg)]
+        trainer = build_trainer(cfg, callbacks, loggers)
         results["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         results["attention_flops"] = model.attention_flops()
         for logger in loggers:
             logger.log_hyperparams(as_plain(cfg))
 
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path), weights_only=True
+        )
         fit_metrics = _float_metrics(trainer.callback_metrics)  # test() replaces them
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         # Without a best checkpoint (fast_dev_run, no validation) test the weights in memory.
