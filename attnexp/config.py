@@ -50,6 +50,8 @@ def config_hash(cfg: DictConfig) -> str:
     """sha256 of the resolved config minus the keys that only say where/how it is recorded."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data = {k: v for k, v in data.items() if k not in UNHASHED_KEYS}
+    if isinstance(data.get("trainer"), dict):  # the run dir again: where, not what
+        data["trainer"].pop("default_root_dir", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
