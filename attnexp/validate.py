@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from omegaconf import DictConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig
 
 # A key whose name ends like this is a count or a size: it must be positive when set (null means
 # "derive it", e.g. head_dim). ``_ratio`` keys are positive floats.
@@ -63,10 +64,11 @@ def _check_model(cfg: DictConfig) -> None:
 
     try:
         build_model(cfg)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, InstantiationException) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
         choices = cfg.get("choices") or {}
         where = f"attention={choices.get('attention')}, backbone={choices.get('backbone')}"
-        raise ValueError(f"bad model config ({where}): {e}") from e
+        raise ValueError(f"bad model config ({where}): {cause}") from e
 
 
 def _leaves(
@@ -80,4 +82,4 @@ def _leaves(
         if isinstance(v, (dict, DictConfig)):
             yield from _leaves(v, None, f"{key}.")
         else:
-            yield key, v
+            yield key, list(v) if isinstance(v, ListConfig) else v

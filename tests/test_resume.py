@@ -33,7 +33,9 @@ COMPARED = ("test/acc", "test/f1", "val/acc_best", "val/loss", "train/loss", "tr
 
 def train_cli(*args: str) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "train.py"), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
 
 
 def finish(proc: subprocess.Popen) -> str:
