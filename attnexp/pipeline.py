@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from attnexp.callbacks import FiniteLoss, RunStats
@@ -28,6 +29,10 @@ from attnexp.models.common import Backbone
 from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
 from attnexp.seeding import EpochSeed
 from attnexp.validate import validate
+
+
+# Under data-parallel training every rank runs train(); only rank 0 writes the results file.
+record = rank_zero_only(write_results)
 
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
@@ -110,7 +115,7 @@ def train(
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     results = _new_results(cfg, overrides, run_dir)
-    write_results(run_dir, results)
+    record(run_dir, results)
     try:
         validate(cfg)  # bad input fails here, in well under a second
         if ckpt_path is not None:
@@ -157,11 +162,11 @@ def train(
         results.update(
             status=FAILED, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - start
         )
-        write_results(run_dir, results)
+        record(run_dir, results)
         raise
     finally:
         _finish_wandb()
-    write_results(run_dir, results)
+    record(run_dir, results)
     return results
 
 

@@ -105,3 +105,43 @@ def test_every_run_dir_records_config_versions_and_commit_even_when_it_fails(tmp
     assert {"torch", "lightning", "hydra", "python"} <= set(results["versions"])
     assert results["git_commit"] is None or len(results["git_commit"]) == 40
     assert results["config_hash"] and results["overrides"] == []
+
+
+def test_ddp_cpu_trains_two_processes_and_rank_zero_writes_synchronised_metrics(
+    tmp_path, data_dir
+):
+    from attnexp.config import load_run_config
+    from attnexp.pipeline import evaluate
+
+    run = tmp_path / "run"
+    args = [
+        "trainer=ddp_cpu", "attention=none", "backbone=cnn", "dataset=digits", "logger=csv",
+        "backbone.depth=1", "backbone.width=16", "dataset.source.num_samples=600",
+        "dataset.batch_size=32", "trainer.max_epochs=3", f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    out = finish(train_cli(*args))
+    results = read_results(run)
+    assert results["status"] == "completed", out[-2000:]
+    assert list(run.glob("results.json*")) == [run / "results.json"]  # no stray temp files
+    assert (run / "train_ddp_process_1.log").is_file()  # a second process did train
+    # Rank 0 saw half the test split: its numbers equal a one-process evaluation of the same
+    # checkpoint on the whole split only if the metrics were synchronised.
+    cfg = load_run_config(run)
+    cfg.trainer.devices, cfg.trainer.strategy = 1, "auto"
+    single = evaluate(cfg, run / results["best_checkpoint"])
+    for key in ("test/acc", "test/f1"):
+        assert results["metrics"][key] == pytest.approx(single[key], abs=1e-6), key
+
+
+def test_only_rank_zero_writes_results(tmp_path, monkeypatch):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from attnexp.pipeline import record
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    record(tmp_path, {"status": "completed"})
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    record(tmp_path, {"status": "completed"})
+    assert read_results(tmp_path)["status"] == "completed"
