@@ -19,9 +19,12 @@ from attnexp.config import (
     best_checkpoint,
     find_run_dir,
     load_run_config,
+    prepare_resume,
     register_resolvers,
 )
-from attnexp.results import atomic_write_text
+from attnexp.provenance import new_results
+from attnexp.results import FAILED, atomic_write_text, write_results
+from attnexp.validate import validate
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -32,16 +35,22 @@ OBJECTIVE = "val/acc_best"
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
     """Train one configuration; returns the objective metric for sweepers."""
-    from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
-
     overrides = list(HydraConfig.get().overrides.task)
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("resume"):  # continue an interrupted run in its own dir (attnexp.checkpoint)
-        from attnexp.checkpoint import prepare_resume
-
         others = [o for o in overrides if not o.startswith("resume=")]
         cfg, overrides, ckpt_path = prepare_resume(cfg.resume, others)
     OmegaConf.resolve(cfg)
+    try:
+        validate(cfg)  # before the slow Lightning import: a bad value fails in seconds
+    except Exception as e:
+        refused = new_results(cfg, overrides, Path(cfg.paths.output_dir))
+        write_results(
+            cfg.paths.output_dir, {**refused, "status": FAILED, "error": f"{type(e).__name__}: {e}"}
+        )
+        raise
+    from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
+
     results = train(cfg, overrides=overrides, ckpt_path=ckpt_path)
     log.info("results: %s", Path(cfg.paths.output_dir) / "results.json")
     return results["metrics"].get(OBJECTIVE)

@@ -87,3 +87,32 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 def as_plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def prepare_resume(
+    resume: str | Path, other_overrides: list[str]
+) -> tuple[DictConfig, list[str], Path]:
+    """``(saved config, its overrides, last checkpoint)`` to continue the run in ``resume``.
+
+    The run continues in its own dir with its own saved config, so nothing may be overridden.
+    """
+    if other_overrides:
+        raise ValueError(
+            f"resume=<run dir> continues that run with its saved config; drop the other overrides "
+            f"{other_overrides}, or start a new run from a checkpoint with ckpt_path=<file>"
+        )
+    if not Path(resume).exists():
+        raise FileNotFoundError(f"resume={resume}: no such directory")
+    run_dir = find_run_dir(resume)
+    ckpt = run_dir / LAST_CHECKPOINT
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"resume={resume}: no {LAST_CHECKPOINT} yet (the run stopped before its first epoch "
+            "ended): start it again instead"
+        )
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    return load_run_config(run_dir), overrides, ckpt

@@ -5,9 +5,6 @@ Neither reads the command line or Hydra's global state; ``attnexp.cli`` does tha
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
@@ -23,13 +19,14 @@ from omegaconf import DictConfig
 from attnexp.callbacks import FiniteLoss, RunStats
 from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp, check_resumable
 from attnexp.classifier import Classifier
-from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, as_plain, config_hash
+from attnexp.config import as_plain
 from attnexp.data.datamodule import ArrayDataModule
+from attnexp.models import build_model
 from attnexp.models.common import Backbone
-from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
+from attnexp.provenance import new_results
+from attnexp.results import COMPLETED, FAILED, write_results
 from attnexp.seeding import EpochSeed
 from attnexp.validate import validate
-
 
 # Under data-parallel training every rank runs train(); only rank 0 writes the results file.
 record = rank_zero_only(write_results)
@@ -37,11 +34,6 @@ record = rank_zero_only(write_results)
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
     return instantiate(cfg.dataset)
-
-
-def build_model(cfg: DictConfig) -> Backbone:
-    """The backbone with ``cfg.attention`` (a partial) in its slots."""
-    return instantiate(cfg.backbone, attention=instantiate(cfg.attention))
 
 
 def build_module(cfg: DictConfig, model: Backbone) -> Classifier:
@@ -114,7 +106,7 @@ def train(
     """
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    results = _new_results(cfg, overrides, run_dir)
+    results = new_results(cfg, overrides, run_dir)
     record(run_dir, results)
     try:
         validate(cfg)  # bad input fails here, in well under a second
@@ -181,27 +173,6 @@ def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, float]:
     return _float_metrics(trainer.callback_metrics, prefix="test/")
 
 
-def _new_results(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
-    choices = {g: cfg.choices.get(g) for g in CHOICE_GROUPS}
-    return {
-        "status": RUNNING,
-        "error": None,
-        "choices": {**choices, "seed": cfg.seed},
-        "overrides": list(overrides),
-        "config_hash": config_hash(cfg),
-        "metrics": {},
-        "params": None,
-        "attention_flops": None,
-        "throughput": None,
-        "peak_memory_mb": None,
-        "wall_time_s": None,
-        "run_dir": str(run_dir.resolve()),
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-    }
-
-
 def _relative_to(path: str, run_dir: Path) -> str:
     """``path`` relative to the run dir when inside it, so a moved run dir stays usable."""
     try:
@@ -212,35 +183,6 @@ def _relative_to(path: str, run_dir: Path) -> str:
 
 def _float_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
-
-
-def _versions() -> dict[str, str]:
-    import hydra
-    import omegaconf
-    import torchmetrics
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__,
-        "torchmetrics": torchmetrics.__version__,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _finish_wandb() -> None:

@@ -60,7 +60,7 @@ def _check_positive(
 
 
 def _check_model(cfg: DictConfig) -> None:
-    from attnexp.pipeline import build_model  # the one way a model is built
+    from attnexp.models import build_model  # the one way a model is built; no Lightning
 
     try:
         build_model(cfg)

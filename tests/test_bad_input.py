@@ -15,7 +15,8 @@ import lightning as L
 import pytest
 import torch
 
-from attnexp.checkpoint import CheckpointError, load_checkpoint, prepare_resume
+from attnexp.checkpoint import CheckpointError, load_checkpoint
+from attnexp.config import prepare_resume
 from attnexp.pipeline import train
 from attnexp.results import read_results
 from tests.conftest import compose_cfg, tiny

@@ -84,9 +84,18 @@ def tiny_digits(data_dir: Path, *extra: str) -> list[str]:
     return [*RUN, f"paths.data_dir={data_dir}", "trainer.max_epochs=2", *extra]
 
 
-def test_identical_configs_give_identical_runs_and_another_seed_differs(tmp_path, data_dir):
-    torch.set_num_threads(1)  # thread count changes float reduction order; fix it for the test
+@pytest.fixture
+def one_thread():
+    """The thread count changes the order of float reductions: hold it fixed for a comparison."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
+
+def test_identical_configs_give_identical_runs_and_another_seed_differs(
+    tmp_path, data_dir, one_thread
+):
     def run(name: str, *extra: str):
         results = train(compose_cfg(tiny_digits(data_dir, *extra), tmp_path / name))
         return results["metrics"], weights(tmp_path / name)
