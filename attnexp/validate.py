@@ -1,4 +1,5 @@
-"""``validate(cfg)``: refuse a bad config in well under a second, before any data is generated.
+"""``validate(cfg)``: refuse a bad config in seconds, before any data is generated or Lightning
+is imported (the command line calls it first; ``train`` calls it again for Python callers).
 
 Checks what the modules cannot see alone (full dotted key names, epochs, batch and sample sizes),
 then builds the model once, so every constructor check of the attention and backbone modules (an
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, ListConfig
 # "derive it", e.g. head_dim). ``_ratio`` keys are positive floats.
 POSITIVE_SUFFIXES = (
     "size", "sizes", "dim", "width", "depth", "heads", "samples", "classes", "pairs", "queries",
-    "len", "epochs", "stride",
+    "len", "stride",
 )  # fmt: skip
 ODD_KEYS = ("kernel_size", "kernel_sizes")
 CHECKED_GROUPS = ("attention", "backbone", "dataset")
@@ -31,7 +32,7 @@ def validate(cfg: DictConfig) -> None:
     for key, value in _leaves(cfg, CHECKED_GROUPS):
         name = key.rsplit(".", 1)[-1]
         if name.endswith(POSITIVE_SUFFIXES):
-            _check_positive(key, value, integer=not name.endswith("ratio"))
+            _check_positive(key, value)
         elif name.endswith("ratio"):
             _check_positive(key, value, integer=False)
         if name in ODD_KEYS:
