@@ -7,6 +7,7 @@ says ``failed`` and why (that is the documented contract), never ``completed``, 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,14 @@ def test_the_command_line_exits_non_zero_with_the_message(tmp_path, data_dir):
 
     proc = run_cli(f"resume={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'r2'}")
     assert proc.returncode != 0 and "no such directory" in proc.stderr
+
+
+def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file_intact(tmp_path):
+    from attnexp.checkpoint import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    with pytest.raises(pickle.PicklingError):  # a lambda: the write fails part-way
+        io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(3)}, "f": lambda: 0}, path)
+    assert io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
