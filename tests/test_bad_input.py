@@ -194,7 +194,7 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file_intact(tmp
 
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
-    with pytest.raises(pickle.PicklingError):  # a lambda: the write fails part-way
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a local lambda: fails part-way
         io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(3)}, "f": lambda: 0}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
