@@ -51,3 +51,23 @@ class RunStats(L.Callback):
             return torch.cuda.max_memory_allocated() / 2**20
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB else
+
+
+class FiniteLoss(L.Callback):
+    """Stop at the first NaN or infinite training loss, naming the step.
+
+    Raising here (before any later checkpoint) leaves ``last.ckpt`` at the last good epoch, and the
+    pipeline marks the run failed with this message.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss).all():
+            ckpt = trainer.checkpoint_callback
+            last = getattr(ckpt, "last_model_path", "") or "none saved yet"
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {trainer.global_step} "
+                f"(epoch {trainer.current_epoch}, batch {batch_idx}); last good checkpoint: "
+                f"{last}. Try a lower optim.optimizer.lr or gradient clipping "
+                "(trainer.gradient_clip_val)"
+            )

@@ -45,6 +45,7 @@ class Classifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
         self._loss_sum = torch.zeros(())
         self._loss_count = 0
 
@@ -64,7 +65,8 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
-            self.log("train/loss_epoch", self._loss_sum / self._loss_count)
+            # The mean over all ranks' batches under data-parallel training.
+            self.log("train/loss_epoch", self._loss_sum / self._loss_count, sync_dist=True)
         self._loss_sum, self._loss_count = torch.zeros(()), 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -77,17 +79,19 @@ class Classifier(L.LightningModule):
         values = {**self.val_metrics.compute(), "val/loss": self.val_loss.compute()}
         self.val_metrics.reset()
         self.val_loss.reset()
-        self.log_dict(values)
+        # torchmetrics already reduced these over all ranks; sync_dist only averages equal values
+        # (and tells Lightning so, instead of warning).
+        self.log_dict(values, sync_dist=True)
         if not self.trainer.sanity_checking:  # the sanity check's untrained score is no "best"
             self.val_acc_best.update(values["val/acc"])
-            self.log("val/acc_best", self.val_acc_best.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         self.test_metrics.update(self(x), y)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     def configure_optimizers(self):

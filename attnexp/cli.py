@@ -21,9 +21,12 @@ from attnexp.config import (
     best_checkpoint,
     find_run_dir,
     load_run_config,
+    prepare_resume,
     register_resolvers,
 )
-from attnexp.results import atomic_write_text
+from attnexp.provenance import new_results
+from attnexp.results import FAILED, atomic_write_text, write_results
+from attnexp.validate import validate
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -38,10 +41,10 @@ def train_main(cfg: DictConfig) -> float | None:
     In a multirun a failed job returns NaN instead of raising (its results.json says why), so the
     sweep goes on and ends with ``attnexp.sweep.SweepSummary``, which exits non-zero.
     """
-    from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
     from attnexp.sweep import available_cores, previous_result, threads_per_job
 
     hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
     n_jobs = hydra_cfg.launcher.get("n_jobs")  # joblib: jobs share the cores
     if n_jobs is not None:
         import torch
@@ -50,13 +53,27 @@ def train_main(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads_per_job(n_jobs, cores))
         log.info("%d torch threads per job (n_jobs=%d on %d cores)", torch.get_num_threads(), n_jobs, cores)  # fmt: skip
     try:
+        ckpt_path = cfg.get("ckpt_path")
+        if cfg.get("resume"):  # continue an interrupted run in its own dir (attnexp.checkpoint)
+            others = [o for o in overrides if not o.startswith("resume=")]
+            cfg, overrides, ckpt_path = prepare_resume(cfg.resume, others)
         OmegaConf.resolve(cfg)
         done = previous_result(cfg)
         if done is not None:
             log.info("skipped %s: completed before with the same config (force=true re-runs it)",
                      cfg.paths.output_dir)  # fmt: skip
             return done["metrics"].get(OBJECTIVE)
-        results = train(cfg, overrides=list(hydra_cfg.overrides.task))
+        try:
+            validate(cfg)  # before the slow Lightning import: a bad value fails in seconds
+        except Exception as e:
+            refused = new_results(cfg, overrides, Path(cfg.paths.output_dir))
+            write_results(
+                cfg.paths.output_dir, {**refused, "status": FAILED, "error": f"{type(e).__name__}: {e}"}
+            )
+            raise
+        from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
+
+        results = train(cfg, overrides=overrides, ckpt_path=ckpt_path)
     except Exception:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise

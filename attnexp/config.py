@@ -18,19 +18,26 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 # Groups that name a run; `experiment` may be null.
 CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
 
-# Keys that say where or how a run is recorded, not what it computes: left out of the hash.
-# ``force`` only says whether to re-run a completed job (attnexp.sweep), ``figures`` how many test
-# samples to draw after testing.
+# Keys that say where or how a run is recorded or started, not what it computes: left out of the
+# hash (a resumed run computes what the uninterrupted one would have). ``force`` only says whether
+# to re-run a completed job (attnexp.sweep), ``figures`` how many test samples to draw after testing.
 UNHASHED_KEYS = (
-    "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures",
+    "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures", "resume",
+    "ckpt_path",
 )  # fmt: skip
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${uid:}`` (a short random suffix, cached per config so a sweep's
-    jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}`` and ``${run_group:...}``."""
+    """``${project_root:}``, ``${if_set:v,a,b}``, ``${uid:}`` (a short random suffix, cached per
+    config so a sweep's jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}`` and
+    ``${run_group:...}``."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("if_set"):
+        # `${if_set:${resume},a,b}`: a when resuming (the resumed run's dir), else b.
+        OmegaConf.register_new_resolver(
+            "if_set", lambda value, then, otherwise: then if value else otherwise
+        )
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("join"):  # ${join:${attention.kernel_sizes},_} -> "1_3_5"
@@ -104,3 +111,32 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 def as_plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def prepare_resume(
+    resume: str | Path, other_overrides: list[str]
+) -> tuple[DictConfig, list[str], Path]:
+    """``(saved config, its overrides, last checkpoint)`` to continue the run in ``resume``.
+
+    The run continues in its own dir with its own saved config, so nothing may be overridden.
+    """
+    if other_overrides:
+        raise ValueError(
+            f"resume=<run dir> continues that run with its saved config; drop the other overrides "
+            f"{other_overrides}, or start a new run from a checkpoint with ckpt_path=<file>"
+        )
+    if not Path(resume).exists():
+        raise FileNotFoundError(f"resume={resume}: no such directory")
+    run_dir = find_run_dir(resume)
+    ckpt = run_dir / LAST_CHECKPOINT
+    if not ckpt.is_file():
+        raise FileNotFoundError(
+            f"resume={resume}: no {LAST_CHECKPOINT} yet (the run stopped before its first epoch "
+            "ended): start it again instead"
+        )
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    return load_run_config(run_dir), overrides, ckpt

@@ -5,9 +5,6 @@ Neither reads the command line or Hydra's global state; ``attnexp.cli`` does tha
 
 from __future__ import annotations
 
-import datetime as dt
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -15,27 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from attnexp.callbacks import RunStats
+from attnexp.callbacks import FiniteLoss, RunStats
+from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp, check_resumable
 from attnexp.classifier import Classifier
-from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, as_plain, config_hash
+from attnexp.config import as_plain
 from attnexp.data.datamodule import ArrayDataModule
+from attnexp.models import build_model
 from attnexp.models.common import Backbone
-from attnexp.results import COMPLETED, FAILED, RUNNING, write_results
+from attnexp.provenance import new_results
+from attnexp.results import COMPLETED, FAILED, write_results
+from attnexp.seeding import EpochSeed
 from attnexp.tracking import publish_to_wandb
+from attnexp.validate import validate
 from attnexp.viz import save_model_figures
+
+# Under data-parallel training every rank runs train(); only rank 0 writes the results file.
+record = rank_zero_only(write_results)
 
 
 def build_data(cfg: DictConfig) -> ArrayDataModule:
     return instantiate(cfg.dataset)
-
-
-def build_model(cfg: DictConfig) -> Backbone:
-    """The backbone with ``cfg.attention`` (a partial) in its slots."""
-    return instantiate(cfg.backbone, attention=instantiate(cfg.attention))
 
 
 def build_module(cfg: DictConfig, model: Backbone) -> Classifier:
@@ -87,22 +87,34 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
     if cfg.trainer.get("enable_progress_bar") is None:
         # A progress bar helps at a terminal and floods a log file.
         overrides["enable_progress_bar"] = sys.stdout.isatty()
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+    # Checkpoints are written atomically and loaded weights-only (attnexp.checkpoint).
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **overrides,
+    )
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, overrides: Sequence[str] = (), ckpt_path: str | Path | None = None
+) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json`` in ``cfg.paths.output_dir``.
 
     ``cfg`` must be resolvable without Hydra (``attnexp.cli`` resolves it inside the Hydra job).
+    ``ckpt_path`` continues training from a checkpoint made with the same computed config.
     Returns the results dict; on an exception writes it with status "failed" and re-raises.
     """
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
-    results = _new_results(cfg, overrides, run_dir)
-    write_results(run_dir, results)
+    results = new_results(cfg, overrides, run_dir)
+    record(run_dir, results)
     try:
-        if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-            raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+        validate(cfg)  # bad input fails here, in well under a second
+        if ckpt_path is not None:
+            check_resumable(ckpt_path, cfg)
+            results["resumed_from"] = _relative_to(str(ckpt_path), run_dir)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)
         datamodule.load()  # generate/check the data before building anything that trains
@@ -110,15 +122,17 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         module = build_module(cfg, model)
         stats = RunStats()
         loggers = build_loggers(cfg)
-        trainer = build_trainer(
-            cfg, [*instantiate_each(cfg.get("callbacks"), "callbacks"), stats], loggers
-        )
+        callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
+        callbacks += [stats, EpochSeed(cfg.seed), FiniteLoss(), ConfigStamp(cfg)]
+        trainer = build_trainer(cfg, callbacks, loggers)
         results["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         results["attention_flops"] = model.attention_flops()
         for logger in loggers:
             logger.log_hyperparams(as_plain(cfg))
 
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(
+            module, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path), weights_only=True
+        )
         fit_metrics = _float_metrics(trainer.callback_metrics)  # test() replaces them
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         # Without a best checkpoint (fast_dev_run, no validation) test the weights in memory.
@@ -139,19 +153,20 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         for logger in loggers:
             logger.log_metrics({k: v for k, v in run_stats.items() if v is not None})
         # Looking inside: what the attention does on a few test samples; figures also go to W&B.
-        figures = save_model_figures(
-            model, datamodule.load()["test"][0], run_dir / "figures", cfg.get("figures", 4)
-        )
-        publish_to_wandb(loggers, results, figures)
+        if trainer.is_global_zero:
+            figures = save_model_figures(
+                model, datamodule.load()["test"][0], run_dir / "figures", cfg.get("figures", 4)
+            )
+            publish_to_wandb(loggers, results, figures)
     except BaseException as e:
         results.update(
             status=FAILED, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - start
         )
-        write_results(run_dir, results)
+        record(run_dir, results)
         raise
     finally:
         _finish_wandb()
-    write_results(run_dir, results)
+    record(run_dir, results)
     return results
 
 
@@ -166,27 +181,6 @@ def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, float]:
     return _float_metrics(trainer.callback_metrics, prefix="test/")
 
 
-def _new_results(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dict[str, Any]:
-    choices = {g: cfg.choices.get(g) for g in CHOICE_GROUPS}
-    return {
-        "status": RUNNING,
-        "error": None,
-        "choices": {**choices, "seed": cfg.seed},
-        "overrides": list(overrides),
-        "config_hash": config_hash(cfg),
-        "metrics": {},
-        "params": None,
-        "attention_flops": None,
-        "throughput": None,
-        "peak_memory_mb": None,
-        "wall_time_s": None,
-        "run_dir": str(run_dir.resolve()),
-        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "git_commit": _git_commit(),
-    }
-
-
 def _relative_to(path: str, run_dir: Path) -> str:
     """``path`` relative to the run dir when inside it, so a moved run dir stays usable."""
     try:
@@ -197,35 +191,6 @@ def _relative_to(path: str, run_dir: Path) -> str:
 
 def _float_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {k: float(v) for k, v in sorted(metrics.items()) if k.startswith(prefix)}
-
-
-def _versions() -> dict[str, str]:
-    import hydra
-    import omegaconf
-    import torchmetrics
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-        "hydra": hydra.__version__,
-        "omegaconf": omegaconf.__version__,
-        "torchmetrics": torchmetrics.__version__,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _finish_wandb() -> None:

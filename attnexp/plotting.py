@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from attnexp.results import atomic_open
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, cell: tuple[float, float] = (3.2, 2.6), **kw):
@@ -23,17 +24,9 @@ def new_figure(nrows: int = 1, ncols: int = 1, *, cell: tuple[float, float] = (3
 
 def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     """Save ``fig`` as a PNG at ``path`` atomically (temp file + rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    return Path(path)
 
 
 def safe_filename(name: str) -> str:

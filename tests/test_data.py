@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnexp.data import mnist1d
-from attnexp.data.datamodule import ArrayDataModule, SliceLoader
+from attnexp.data.datamodule import ArrayDataModule, EpochOrder, SliceLoader
 from attnexp.data.digits import load_digits
 from attnexp.data.mqar import load_mqar, make_mqar
 
@@ -92,16 +92,28 @@ def test_digits_split_is_stratified_and_scaled():
 def test_slice_loader_covers_each_sample_once_per_epoch_reproducibly():
     x = torch.arange(10).float()[:, None]
     y = torch.arange(10)
-    loader = SliceLoader(x, y, batch_size=4, shuffle=True, seed=7)
-    assert len(loader) == 3
-    epoch1 = torch.cat([b[1] for b in loader])
-    epoch2 = torch.cat([b[1] for b in loader])
-    assert sorted(epoch1.tolist()) == list(range(10))
-    assert not torch.equal(epoch1, epoch2)  # reshuffled each epoch
-    again = SliceLoader(x, y, batch_size=4, shuffle=True, seed=7)
-    assert torch.equal(torch.cat([b[1] for b in again]), epoch1)
+
+    def epoch(e, seed=7):
+        loader = SliceLoader(x, y, batch_size=4, sampler=EpochOrder(10, shuffle=True, seed=seed))
+        assert len(loader) == 3
+        loader.sampler.set_epoch(e)
+        return torch.cat([b[1] for b in loader])
+
+    assert sorted(epoch(0).tolist()) == list(range(10))
+    assert not torch.equal(epoch(0), epoch(1))  # reshuffled each epoch
+    assert torch.equal(epoch(1), epoch(1))  # a function of (seed, epoch): a resume replays it
+    assert not torch.equal(epoch(1), epoch(1, seed=8))
     ordered = torch.cat([b[1] for b in SliceLoader(x, y, batch_size=4)])
     assert torch.equal(ordered, y)
+
+
+def test_ranks_share_an_epoch_without_overlap_and_train_ranks_get_equal_batches():
+    train = [EpochOrder(10, True, seed=3, rank=r, world_size=3, pad=True) for r in range(3)]
+    parts = [o.indices().tolist() for o in train]
+    assert [len(p) for p in parts] == [4, 4, 4] == [len(o) for o in train]
+    assert set(sum(parts, [])) == set(range(10))  # 12 slots: two samples repeated as padding
+    evals = [EpochOrder(10, False, rank=r, world_size=3).indices().tolist() for r in range(3)]
+    assert sorted(sum(evals, [])) == list(range(10))  # evaluation: each sample exactly once
 
 
 def digits_module(**kw):

@@ -72,6 +72,7 @@ def test_config_hash_ignores_where_a_run_is_recorded_but_not_what_it_computes(da
     base = tiny("none", "cnn", "digits", data_dir)
     h = config_hash(compose_cfg(base))
     assert config_hash(compose_cfg([*base, "logger=none", "paths.log_dir=/elsewhere"])) == h
+    assert config_hash(compose_cfg(base, output_dir=Path("elsewhere"))) == h  # another run dir
     assert config_hash(compose_cfg([*base, "optim.optimizer.lr=0.1"])) != h
 
 

@@ -12,38 +12,86 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnexp.seeding import derive_seed
+
 INPUT_TYPES = ("sequence", "tokens", "image")
 
 # A source returns (x_train, y_train, x_test, y_test) as arrays; x is tokens-last.
 Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-class SliceLoader:
-    """Yields ``(x, y)`` slices of in-memory tensors; reshuffles each epoch from a seeded generator."""
+class EpochOrder:
+    """The sample indices of one epoch for one rank, a pure function of (seed, epoch).
+
+    Lightning calls ``set_epoch`` before each training epoch (as for a ``DistributedSampler``), also
+    after a resume, so the batch order never depends on how many epochs this process has run.
+    With several ranks each takes every ``world_size``-th index; ``pad`` repeats the first indices
+    so that every rank gets the same number of batches (data-parallel training needs that).
+    """
 
     def __init__(
-        self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0
-    ) -> None:
+        self, n: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
+        pad: bool = False,
+    ) -> None:  # fmt: skip
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.shuffle and self.world_size == 1
+
+    def indices(self) -> Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        if self.world_size > 1:
+            if self.pad and self.n % self.world_size:
+                order = torch.cat([order, order[: self.world_size - self.n % self.world_size]])
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.n
+        if self.pad:
+            return -(-self.n // self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class SliceLoader:
+    """Yields ``(x, y)`` batches of in-memory tensors in the order of ``sampler`` (an ``EpochOrder``;
+    Lightning finds it under the name ``sampler`` to call ``set_epoch``)."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, sampler: EpochOrder | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.x, self.y = x, y
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
+        self.sampler = sampler or EpochOrder(len(y), shuffle=False)
+        self.batch_sampler = None  # DataLoader's interface, which Lightning inspects
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.y)
-        if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.y.device)
+        n = len(self.sampler)
+        if self.sampler.is_identity:  # contiguous slices are views: no copy
             for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                yield self.x[idx], self.y[idx]
-        else:
-            for start in range(0, n, self.batch_size):
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                yield (
+                    self.x[start : start + self.batch_size],
+                    self.y[start : start + self.batch_size],
+                )
+            return
+        order = self.sampler.indices().to(self.y.device)
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield self.x[idx], self.y[idx]
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -68,6 +116,8 @@ class ArrayDataModule(L.LightningDataModule):
         shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
         if input_type not in INPUT_TYPES:
             raise ValueError(f"dataset.input_type must be one of {INPUT_TYPES}, got {input_type!r}")
         if not 0.0 < val_fraction < 1.0:
@@ -75,7 +125,9 @@ class ArrayDataModule(L.LightningDataModule):
         if input_type == "tokens" and vocab_size is None:
             raise ValueError("dataset.vocab_size is required when dataset.input_type is 'tokens'")
         if input_type != "tokens" and in_channels is None:
-            raise ValueError(f"dataset.in_channels is required when dataset.input_type is {input_type!r}")
+            raise ValueError(
+                f"dataset.in_channels is required when dataset.input_type is {input_type!r}"
+            )
         self.source = source
         self.input_type = input_type
         self.grid = tuple(grid)
@@ -99,6 +151,11 @@ class ArrayDataModule(L.LightningDataModule):
             order = np.random.default_rng(self.split_seed).permutation(len(y_train))
             n_val = max(1, int(round(len(y_train) * self.val_fraction)))
             val, train = order[:n_val], order[n_val:]
+            if self.batch_size > len(train):
+                raise ValueError(
+                    f"dataset.batch_size={self.batch_size} is larger than the training split "
+                    f"({len(train)} samples once validation is carved out): use at most {len(train)}"
+                )
             self.splits = {
                 "train": self._tensors(x_train[train], y_train[train]),
                 "val": self._tensors(x_train[val], y_train[val]),
@@ -114,14 +171,23 @@ class ArrayDataModule(L.LightningDataModule):
             self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
 
     def train_dataloader(self) -> SliceLoader:
-        x, y = self.load()["train"]
-        return SliceLoader(x, y, self.batch_size, shuffle=True, seed=self.shuffle_seed)
+        return self._loader("train", shuffle=True, pad=True)
 
     def val_dataloader(self) -> SliceLoader:
-        return SliceLoader(*self.load()["val"], self.batch_size)
+        return self._loader("val")
 
     def test_dataloader(self) -> SliceLoader:
-        return SliceLoader(*self.load()["test"], self.batch_size)
+        return self._loader("test")
+
+    def _loader(self, split: str, shuffle: bool = False, pad: bool = False) -> SliceLoader:
+        """Under data-parallel training each rank gets its share of ``split``. Evaluation splits
+        are not padded (a sample counted twice would bias the synchronised metrics)."""
+        x, y = self.load()[split]
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
+        order = EpochOrder(len(y), shuffle, self.shuffle_seed, rank, world, pad)
+        return SliceLoader(x, y, self.batch_size, order)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         dtype = torch.long if self.input_type == "tokens" else torch.float32

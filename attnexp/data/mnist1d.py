@@ -32,8 +32,14 @@ def load_mnist1d(data_dir: str, num_samples: int = 5000, seed: int = 42) -> Spli
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **data)
         tmp.replace(path)  # atomic: two runs generating at once never read a half-written file
-    with np.load(path) as f:
-        return (f["x"][..., None], f["y"], f["x_test"][..., None], f["y_test"])
+    try:
+        with np.load(path) as f:  # allow_pickle stays False: loading runs no code
+            return (f["x"][..., None], f["y"], f["x_test"][..., None], f["y_test"])
+    except Exception as e:
+        raise ValueError(
+            f"cached dataset file {path} is unreadable ({type(e).__name__}: {e}); delete it and "
+            "the next run regenerates it"
+        ) from e
 
 
 def _generate(args) -> dict[str, np.ndarray]:

@@ -1,1 +1,18 @@
 """Backbones: one file each, every attention variant fits every backbone."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from attnexp.models.common import Backbone
+
+
+def build_model(cfg: DictConfig) -> Backbone:
+    """The backbone with ``cfg.attention`` (a partial) in its slots. Needs torch, not Lightning,
+    so ``attnexp.validate`` can build it before the slow Lightning import."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.backbone, attention=instantiate(cfg.attention))

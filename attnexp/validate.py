@@ -1,0 +1,86 @@
+"""``validate(cfg)``: refuse a bad config in seconds, before any data is generated or Lightning
+is imported (the command line calls it first; ``train`` calls it again for Python callers).
+
+Checks what the modules cannot see alone (full dotted key names, epochs, batch and sample sizes),
+then builds the model once, so every constructor check of the attention and backbone modules (an
+unknown ``score``, an even MUSE kernel, ``num_heads`` not dividing ``dim``, ...) also fires here.
+Checks that need the data (a batch larger than the training split) run when it is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, ListConfig
+
+# A key whose name ends like this is a count or a size: it must be positive when set (null means
+# "derive it", e.g. head_dim). ``_ratio`` keys are positive floats.
+POSITIVE_SUFFIXES = (
+    "size", "sizes", "dim", "width", "depth", "heads", "samples", "classes", "pairs", "queries",
+    "len", "stride",
+)  # fmt: skip
+ODD_KEYS = ("kernel_size", "kernel_sizes")
+CHECKED_GROUPS = ("attention", "backbone", "dataset")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` naming the key and what is allowed for the first bad value found."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    for key, value in _leaves(cfg, CHECKED_GROUPS):
+        name = key.rsplit(".", 1)[-1]
+        if name.endswith(POSITIVE_SUFFIXES):
+            _check_positive(key, value)
+        elif name.endswith("ratio"):
+            _check_positive(key, value, integer=False)
+        if name in ODD_KEYS:
+            for k in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(k, int) and k % 2 == 0:
+                    raise ValueError(
+                        f"{key} must be odd (same padding keeps the grid), got {value!r}"
+                    )
+    _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
+    _check_model(cfg)
+
+
+def _check_positive(
+    key: str, value: Any, integer: bool = True, allow_minus_one: bool = False
+) -> None:
+    if value is None or (allow_minus_one and value == -1):
+        return
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if isinstance(v, str):  # e.g. an interpolated grid entry; its own key is checked
+            continue
+        number = not isinstance(v, bool) and isinstance(v, (int, float))
+        if not number or (integer and not isinstance(v, int)) or v <= 0:
+            what = "a positive integer" if integer else "a positive number"
+            raise ValueError(f"{key} must be {what}, got {value!r}")
+
+
+def _check_model(cfg: DictConfig) -> None:
+    from attnexp.models import build_model  # the one way a model is built; no Lightning
+
+    try:
+        build_model(cfg)
+    except (ValueError, TypeError, InstantiationException) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        choices = cfg.get("choices") or {}
+        where = f"attention={choices.get('attention')}, backbone={choices.get('backbone')}"
+        raise ValueError(f"bad model config ({where}): {cause}") from e
+
+
+def _leaves(
+    cfg: Any, keys: tuple[str, ...] | None = None, prefix: str = ""
+) -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` for every non-dict leaf under ``keys`` (all keys when None)."""
+    for k, v in cfg.items():
+        if keys is not None and k not in keys:
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, (dict, DictConfig)):
+            yield from _leaves(v, None, f"{key}.")
+        else:
+            yield key, list(v) if isinstance(v, ListConfig) else v

@@ -1,0 +1,156 @@
+"""Resume after a crash and reproducibility: a SIGKILLed run resumed with `resume=<run dir>` ends
+exactly where the uninterrupted run ends; identical configs give identical runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnexp.checkpoint import load_checkpoint
+from attnexp.pipeline import train
+from attnexp.results import read_results
+from tests.conftest import compose_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+# One thread per process: on a shared 2-core machine thread contention slows a tiny model ~10x.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Dropout and attention dropout make the run depend on the global RNGs, the shuffled loader on the
+# batch order, the warm-up/cosine scheduler on the step count: all must be restored on resume.
+RUN = [
+    "attention=mha", "backbone=transformer", "dataset=digits", "trainer=cpu", "logger=csv",
+    "backbone.depth=1", "backbone.dim=16", "backbone.dropout=0.2", "attention.attn_drop=0.1",
+    "dataset.source.num_samples=300", "dataset.batch_size=8", "trainer.max_epochs=5",
+]  # fmt: skip
+COMPARED = ("test/acc", "test/f1", "val/acc_best", "val/loss", "train/loss", "train/loss_epoch")
+
+
+def train_cli(*args: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "train.py"), *args]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, data_dir):
+    args = [*RUN, f"paths.data_dir={data_dir}"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    finish(train_cli(*args, f"hydra.run.dir={full}"))
+
+    proc = train_cli(*args, f"hydra.run.dir={killed}")
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)  # a real crash: no handler, no cleanup
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    interrupted = read_results(killed)
+    assert interrupted["status"] == "running"  # killed before it could finish
+    epoch_at_kill = load_checkpoint(last)["epoch"]
+    assert epoch_at_kill < 4
+
+    out = finish(train_cli(f"resume={killed}"))
+    resumed, uninterrupted = read_results(killed), read_results(full)
+    assert resumed["status"] == "completed", out[-2000:]
+    assert resumed["resumed_from"] == "checkpoints/last.ckpt"
+    assert resumed["config_hash"] == uninterrupted["config_hash"]
+    assert resumed["overrides"] == uninterrupted["overrides"]
+    for key in COMPARED:
+        assert resumed["metrics"][key] == uninterrupted["metrics"][key], key
+    a, b = weights(killed), weights(full)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((killed / ".hydra").glob("*resume*"))  # the saved config is untouched
+    assert "resume" not in (killed / ".hydra" / "overrides.yaml").read_text()
+
+
+def tiny_digits(data_dir: Path, *extra: str) -> list[str]:
+    return [*RUN, f"paths.data_dir={data_dir}", "trainer.max_epochs=2", *extra]
+
+
+@pytest.fixture
+def one_thread():
+    """The thread count changes the order of float reductions: hold it fixed for a comparison."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_identical_configs_give_identical_runs_and_another_seed_differs(
+    tmp_path, data_dir, one_thread
+):
+    def run(name: str, *extra: str):
+        results = train(compose_cfg(tiny_digits(data_dir, *extra), tmp_path / name))
+        return results["metrics"], weights(tmp_path / name)
+
+    (m1, w1), (m2, w2), (m3, w3) = run("a"), run("b"), run("c", "seed=1")
+    assert m1 == m2 and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert m3["val/loss"] != m1["val/loss"]
+    assert not all(torch.equal(w1[k], w3[k]) for k in w1)
+
+
+def test_every_run_dir_records_config_versions_and_commit_even_when_it_fails(tmp_path, data_dir):
+    with pytest.raises(ValueError):
+        train(compose_cfg(tiny_digits(data_dir, "dataset.batch_size=100000"), tmp_path))
+    results = read_results(tmp_path)
+    assert results["status"] == "failed"
+    assert {"torch", "lightning", "hydra", "python"} <= set(results["versions"])
+    assert results["git_commit"] is None or len(results["git_commit"]) == 40
+    assert results["config_hash"] and results["overrides"] == []
+
+
+def test_ddp_cpu_trains_two_processes_and_rank_zero_writes_synchronised_metrics(
+    tmp_path, data_dir
+):
+    from attnexp.config import load_run_config
+    from attnexp.pipeline import evaluate
+
+    run = tmp_path / "run"
+    args = [
+        "trainer=ddp_cpu", "attention=none", "backbone=cnn", "dataset=digits", "logger=csv",
+        "backbone.depth=1", "backbone.width=16", "dataset.source.num_samples=600",
+        "dataset.batch_size=32", "trainer.max_epochs=3", f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    out = finish(train_cli(*args))
+    results = read_results(run)
+    assert results["status"] == "completed", out[-2000:]
+    assert list(run.glob("results.json*")) == [run / "results.json"]  # no stray temp files
+    assert (run / "train_ddp_process_1.log").is_file()  # a second process did train
+    # Rank 0 saw half the test split: its numbers equal a one-process evaluation of the same
+    # checkpoint on the whole split only if the metrics were synchronised.
+    cfg = load_run_config(run)
+    cfg.trainer.devices, cfg.trainer.strategy = 1, "auto"
+    single = evaluate(cfg, run / results["best_checkpoint"])
+    for key in ("test/acc", "test/f1"):
+        assert results["metrics"][key] == pytest.approx(single[key], abs=1e-6), key
+
+
+def test_only_rank_zero_writes_results(tmp_path, monkeypatch):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    from attnexp.pipeline import record
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    record(tmp_path, {"status": "completed"})
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    record(tmp_path, {"status": "completed"})
+    assert read_results(tmp_path)["status"] == "completed"
