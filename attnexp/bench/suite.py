@@ -3,8 +3,8 @@ pick instead, the MQAR scaling curve of a real training step, the framework over
 ``train.py`` against a plain loop, and (on CUDA) model FLOP utilisation.
 
 ``python scripts/benchmark.py [--smoke] [--out FILE]`` (or ``attnexp-bench``) prints Markdown
-tables and writes JSON plus a scaling plot beside it; ``--overhead``, ``--mfu`` and
-``--ablation-timing`` run one section alone. Conventions (also stored in the JSON):
+tables and writes JSON plus a scaling plot beside it; ``--scaling``, ``--overhead``,
+``--mfu`` and ``--ablation-timing`` run one section alone. Conventions (also stored in the JSON):
 time is the median of one forward + backward step; FLOP/s = 3 x the module's analytic forward
 FLOPs (``flops(grid)``, backward ~ 2 x forward) x batch / time, the same count for a module and its
 references; peak memory as in ``measure``.
@@ -245,16 +245,7 @@ def run_suite(
                 f"[{time.perf_counter() - started:6.1f} s] {name} B={batch} N={n} C={dim}: "
                 + ", ".join(f"{r['implementation']} {r['ms']:.2f} ms" for r in rows)
             )
-    scaling = bench_mqar_scaling(
-        [v for v in SCALING_VARIANTS if v in chosen],
-        settings.scaling_lengths,
-        batch=settings.scaling_batch,
-        warmup=1,
-        repeats=settings.scaling_repeats,
-        budget_s=settings.step_budget_s,
-        device=device,
-        progress=progress,
-    )
+    scaling = run_scaling(settings, [v for v in SCALING_VARIANTS if v in chosen], device)
     _, timm_reason = timm_or_reason()
     return {
         "meta": meta(settings, device, timm=timm_reason or "imported"),
@@ -291,6 +282,19 @@ def meta(settings: Settings, device: torch.device, **extra) -> dict:
     }
 
 
+def run_scaling(settings: Settings, variants: list[str], device: torch.device) -> list[dict]:
+    return bench_mqar_scaling(
+        variants,
+        settings.scaling_lengths,
+        batch=settings.scaling_batch,
+        warmup=1,
+        repeats=settings.scaling_repeats,
+        budget_s=settings.step_budget_s,
+        device=device,
+        progress=progress,
+    )
+
+
 def run_overhead(settings: Settings) -> dict:
     progress("framework overhead: train() and the plain loop, alternating ...")
     result = measure_overhead(
@@ -314,7 +318,7 @@ def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict
     )
 
 
-SECTIONS = ("overhead", "mfu", "ablation_timing")
+SECTIONS = ("scaling", "overhead", "mfu", "ablation_timing")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, help="timed steps per case (default 15; smoke 3)")
     section = parser.add_mutually_exclusive_group()
+    section.add_argument(
+        "--scaling", action="store_true", help="only the MQAR scaling curve (mha, muse, linear)"
+    )
     section.add_argument(
         "--overhead", action="store_true", help="only the framework-overhead ratio"
     )
@@ -385,9 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     chosen = next((name for name in SECTIONS if getattr(args, name)), None)
     if chosen is not None:
-        if chosen == "overhead":
+        if chosen == "scaling":
+            names = [v for v in SCALING_VARIANTS if not settings.variants or v in settings.variants]
+            result = run_scaling(settings, names, device)
+        elif chosen == "overhead":
             result = run_overhead(settings)
         elif chosen == "mfu":
+            if device.type != "cuda":  # the large sizes are for a GPU: check the arithmetic only
+                settings.mfu = smoke_settings().mfu
+                progress(f"--mfu on {device}: tiny size {settings.mfu}, FLOP/s only")
             result = run_mfu(settings, device, args.peak_tflops * 1e12)
         else:
             result = ablation.time_ablation(

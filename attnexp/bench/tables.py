@@ -71,7 +71,6 @@ def markdown_report(results: dict) -> str:
             for t in results["targets"]
         ],
     )  # fmt: skip
-    curve = results["scaling"]
     parts = [
         "## Module benchmarks (one forward + backward step)",
         modules,
@@ -79,10 +78,7 @@ def markdown_report(results: dict) -> str:
         checks,
         "## Targets (issue 7, at N=256, C=128)",
         targets if results["targets"] else "(not measured in this run)",
-        f"## Scaling on MQAR (one training step, transformer backbone, B={curve[0]['batch']})"
-        if curve
-        else "## Scaling on MQAR",
-        scaling_table(curve),
+        section_report("scaling", results["scaling"]),
         section_report("overhead", results["overhead"]),
     ]
     if results.get("mfu"):
@@ -107,7 +103,13 @@ def scaling_table(curve: list[dict]) -> str:
 
 
 def section_report(name: str, result: dict) -> str:
-    """The Markdown of one stand-alone section: overhead, mfu or ablation_timing."""
+    """The Markdown of one stand-alone section: scaling, overhead, mfu or ablation_timing."""
+    if name == "scaling":
+        batch = f", B={result[0]['batch']}" if result else ""
+        return (
+            f"## Scaling on MQAR (one training step, transformer backbone{batch})\n\n"
+            + scaling_table(result)
+        )
     if name == "overhead":
         r = result
         return (
@@ -162,7 +164,7 @@ def section_report(name: str, result: dict) -> str:
             f"{r['target_s']} s: {'met' if r['met'] else 'NOT met'})"
             + (f"\n\n```\n{r['stderr_tail']}\n```" if r["stderr_tail"] else "")
         )
-    raise ValueError(f"unknown section {name!r}; one of overhead, mfu, ablation_timing")
+    raise ValueError(f"unknown section {name!r}; one of scaling, overhead, mfu, ablation_timing")
 
 
 def save_scaling_plot(rows: list[dict], path: Path) -> Path:
