@@ -35,7 +35,9 @@ def evaluate_targets(rows: list[dict], n: int = 256, dim: int = 128) -> list[dic
 def cell(value) -> str:
     if value is None:
         return "–"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return str(value)
 
 
 def table(header: list[str], rows: list[list]) -> str:
