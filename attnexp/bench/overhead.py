@@ -75,6 +75,11 @@ def framework_round(overrides: Sequence[str], work_dir: Path) -> dict:
     return {"samples_per_s": results["throughput"], "wall_time_s": results["wall_time_s"]}
 
 
+def uses_cuda(accelerator: str) -> bool:
+    """Where Lightning trains for ``trainer.accelerator``: the plain loop must run there too."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def plain_round(cfg: DictConfig) -> dict:
     """The plain loop on what ``cfg`` trains: same model (same seed), training tensors, batch
     size, optimizer and per-step schedule, as many timed samples as the framework's fit."""
@@ -88,7 +93,7 @@ def plain_round(cfg: DictConfig) -> dict:
     if cfg.optim.get("scheduler"):
         make = instantiate(cfg.optim.scheduler)
         scheduler = lambda opt: make(optimizer=opt, total_steps=total_steps)  # noqa: E731
-    device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda") else "cpu")
+    device = torch.device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")
     return plain_loop_throughput(
         lambda: build_model(cfg),
         x.to(device),
