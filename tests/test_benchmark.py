@@ -323,3 +323,28 @@ def test_ablation_command_composes_with_the_joblib_launcher():
     assert set(cfg.logger) == {"csv"}
     with pytest.raises(ValueError, match="n_jobs"):
         ablation_command(n_jobs=0)
+
+
+def test_overhead_rounds_alternate_order_and_ratio_is_the_median(monkeypatch, data_dir):
+    from attnexp.bench import overhead
+
+    calls = []
+    speeds = iter([100.0, 50.0, 90.0, 45.0, 80.0, 100.0])  # in call order
+
+    def fake(side):
+        def run(*args):
+            calls.append(side)
+            return {"samples_per_s": next(speeds)}
+
+        return run
+
+    monkeypatch.setattr(overhead, "framework_round", fake("framework"))
+    monkeypatch.setattr(overhead, "plain_round", fake("plain"))
+    result = overhead.measure_overhead([f"paths.data_dir={data_dir}"], epochs=1, rounds=3)
+    assert calls == ["framework", "plain", "plain", "framework", "framework", "plain"]
+    # Per round framework / plain: 100/50, 45/90, 80/100 -> median 0.8.
+    assert result["framework_samples_per_s"] == [100.0, 45.0, 80.0]
+    assert result["plain_samples_per_s"] == [50.0, 90.0, 100.0]
+    assert result["ratio"] == pytest.approx(0.8) and result["met"] is False
+    with pytest.raises(ValueError, match="rounds"):
+        overhead.measure_overhead(rounds=0)

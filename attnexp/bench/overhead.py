@@ -4,8 +4,9 @@ loop on the same model, data, batch size, optimizer and schedule, run in the sam
 The framework side is ``attnexp.pipeline.train`` itself (what ``train.py`` runs: the configured
 trainer, callbacks and loggers, then the test); its samples/s is the ``RunStats`` figure it
 writes to results.json. The plain side is ``measure.plain_loop_throughput`` on a fresh model built
-from the same config with the same seed, over the same number of samples. Rounds alternate
-framework, plain, framework, plain, ... so a drift in machine load hits both alike.
+from the same config with the same seed, over the same number of samples. Each round runs both,
+framework first in even rounds and plain first in odd ones (A B B A ...), so a drift in machine
+load hits both alike.
 """
 
 from __future__ import annotations
@@ -119,9 +120,14 @@ def measure_overhead(
     with tempfile.TemporaryDirectory(prefix="overhead-", dir=work_dir) as tmp:
         cfg = compose_train_config(overrides, Path(tmp) / "plain")
         framework, plain = [], []
-        for _ in range(rounds):
-            framework.append(framework_round(overrides, Path(tmp)))
-            plain.append(plain_round(cfg))
+        for i in range(rounds):
+            # Order A B, then B A, ...: a steady drift in load favours neither side over a pair.
+            if i % 2 == 0:
+                framework.append(framework_round(overrides, Path(tmp)))
+                plain.append(plain_round(cfg))
+            else:
+                plain.append(plain_round(cfg))
+                framework.append(framework_round(overrides, Path(tmp)))
     fw = statistics.median(r["samples_per_s"] for r in framework)
     pl = statistics.median(r["samples_per_s"] for r in plain)
     ratio = statistics.median(
