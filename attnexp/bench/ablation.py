@@ -37,6 +37,7 @@ def ablation_command(
 def time_ablation(command: Sequence[str], sweep_dir: Path) -> dict:
     """Run ``command`` (an ``ablation_command``) from the project root with its sweep written to
     ``sweep_dir``; its wall time and how many jobs completed."""
+    sweep_dir = Path(sweep_dir).resolve()  # the command runs from the project root
     command = [*command, f"hydra.sweep.dir={sweep_dir}"]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
