@@ -1,5 +1,6 @@
-"""Benchmark every attention variant against its references: ``python scripts/benchmark.py
-[--smoke] [--out FILE]``.
+"""Benchmark every attention variant against its references, the MQAR scaling curve and the
+framework overhead: ``python scripts/benchmark.py [--smoke] [--out FILE]``; one section alone with
+``--scaling``, ``--overhead``, ``--mfu`` or ``--ablation-timing``.
 
 A thin entry point; the logic lives in ``attnexp.bench.suite`` (also installed as ``attnexp-bench``).
 """

@@ -29,13 +29,16 @@ from attnexp.bench.tables import evaluate_targets
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
+def smoke(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     # One thread: on a shared machine more threads than free cores make OpenMP spin for seconds.
     # set_num_threads is process-wide, so the thread count of the other tests is restored.
     threads = torch.get_num_threads()
     try:
-        code = main(["--smoke", "--out", str(out), "--threads", "1"])
+        code = main(
+            ["--smoke", "--out", str(out), "--threads", "1",
+             "--override", f"paths.data_dir={data_dir}"]
+        )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     return code, json.loads(out.read_text()), out
@@ -51,7 +54,13 @@ def test_smoke_run_passes_and_covers_every_variant(smoke):
         assert math.isfinite(row["peak_mb"]) and row["peak_mb"] >= 0, row
     assert {r["variant"] for r in results["scaling"]} == {"mha", "muse", "linear"}
     assert out.with_name("bench_scaling.png").stat().st_size > 0
-    assert results["plain_loop"]["samples_per_s"] > 0
+    overhead = results["overhead"]
+    (framework,), (plain,) = overhead["framework_samples_per_s"], overhead["plain_samples_per_s"]
+    assert framework > 0 and plain > 0
+    assert overhead["ratio"] == pytest.approx(framework / plain)
+    assert overhead["choices"]["attention"] == "mha" and overhead["loggers"] == ["csv"]
+    mfu = results["mfu"]  # on CPU: the arithmetic runs, no utilisation figure
+    assert mfu["flops_per_step"] > 0 and mfu["achieved_tflop_per_s"] > 0 and mfu["mfu"] is None
 
 
 def test_smoke_run_checks_every_reference_numerically(smoke):
@@ -254,3 +263,88 @@ def test_targets_are_read_at_n256_dim128():
     assert set(found) == {"mha", "se"}
     assert found["mha"]["ours_over_ref"] == 1.2 and not found["mha"]["met"]
     assert found["se"]["met"]
+
+
+def test_training_flops_match_the_hand_count():
+    from functools import partial
+
+    from attnexp.bench.model_step import training_flops_per_sample
+    from attnexp.models.transformer import Transformer
+
+    n, c, hidden, heads, classes = 6, 8, 16, 2, 3
+    model = Transformer(
+        partial(MultiHeadAttention, num_heads=heads), "sequence", (n,), classes,
+        in_channels=1, dim=c, depth=1, mlp_ratio=hidden / c,
+    )  # fmt: skip
+    # Dense layers, 2 FLOPs per weight per token they see: the 1x1 conv embedding and the MLP on
+    # every token, the head once on the pooled vector. Norms and positions are not counted.
+    embed, mlp, head = (
+        (1 * c + c),
+        (c * hidden + hidden) + (hidden * c + c),
+        (c * classes + classes),
+    )
+    dense = 2 * (n * (embed + mlp) + head)
+    # mha: qkv and output projections, scores q.k, softmax (4 per score per head), weighted values.
+    attention = (
+        2 * n * c * 3 * c + 2 * n * c * c + 2 * n * n * c + 4 * n * n * heads + 2 * n * n * c
+    )
+    assert training_flops_per_sample(model, n) == 3 * (dense + attention)
+
+
+def test_scaling_skips_a_variant_once_a_step_exceeds_the_budget():
+    from attnexp.bench.model_step import bench_mqar_scaling
+
+    rows = bench_mqar_scaling(
+        ["linear"], [16, 32], batch=1, warmup=0, repeats=1, budget_s=0.0, device=torch.device("cpu")
+    )
+    first, second = rows
+    assert first["n"] == 16 and first["ms"] > 0 and first["skipped"] is None
+    assert second["n"] == 32 and second["ms"] is None and "N=16" in second["skipped"]
+
+
+def test_ablation_command_composes_with_the_joblib_launcher():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from attnexp.bench.ablation import ATTENTIONS, BACKBONES, ablation_command
+    from attnexp.config import CONFIG_DIR
+
+    command = ablation_command(n_jobs=2)
+    assert command[1:3] == ["train.py", "-m"]
+    assert f"attention={','.join(ATTENTIONS)}" in command
+    assert f"backbone={','.join(BACKBONES)}" in command
+    # One cell of the sweep, composed as the multirun composes each job.
+    cell = [o.split(",")[0] for o in command[3:]]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=cell, return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 2
+    assert set(cfg.logger) == {"csv"}
+    with pytest.raises(ValueError, match="n_jobs"):
+        ablation_command(n_jobs=0)
+
+
+def test_overhead_rounds_alternate_order_and_ratio_is_the_median(monkeypatch, data_dir):
+    from attnexp.bench import overhead
+
+    calls = []
+    speeds = iter([100.0, 50.0, 90.0, 45.0, 80.0, 100.0])  # in call order
+
+    def fake(side):
+        def run(*args):
+            calls.append(side)
+            return {"samples_per_s": next(speeds)}
+
+        return run
+
+    monkeypatch.setattr(overhead, "framework_round", fake("framework"))
+    monkeypatch.setattr(overhead, "plain_round", fake("plain"))
+    result = overhead.measure_overhead([f"paths.data_dir={data_dir}"], epochs=1, rounds=3)
+    assert calls == ["framework", "plain", "plain", "framework", "framework", "plain"]
+    # Per round framework / plain: 100/50, 45/90, 80/100 -> median 0.8.
+    assert result["framework_samples_per_s"] == [100.0, 45.0, 80.0]
+    assert result["plain_samples_per_s"] == [50.0, 90.0, 100.0]
+    assert result["ratio"] == pytest.approx(0.8) and result["met"] is False
+    with pytest.raises(ValueError, match="rounds"):
+        overhead.measure_overhead(rounds=0)

@@ -90,10 +90,12 @@ def plain_loop_throughput(
     warmup_steps: int = 2,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     seed: int = 0,
+    scheduler_factory: Callable[[torch.optim.Optimizer], object] | None = None,
 ) -> dict[str, float]:
     """Training samples/s of a plain PyTorch loop: shuffled mini-batches of ``batch_size`` from
     ``inputs``/``targets`` (incomplete last batch dropped, reshuffled every epoch), forward, loss,
-    backward, optimizer step. The first ``warmup_steps`` are not timed. This is the baseline the
+    backward, optimizer step (and ``scheduler_factory(optimizer)``'s step, when given). The first
+    ``warmup_steps`` are not timed. This is the baseline the
     framework-overhead ratio divides by: the same model, data, batch size and optimizer."""
     if len(inputs) != len(targets):
         raise ValueError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
@@ -106,6 +108,7 @@ def plain_loop_throughput(
     torch.manual_seed(seed)
     model = model_factory().to(inputs.device).train()
     optimizer = optimizer_factory(model.parameters())
+    scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
     generator = torch.Generator().manual_seed(seed)
     per_epoch = len(inputs) // batch_size
 
@@ -127,6 +130,8 @@ def plain_loop_throughput(
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         losses.append(loss.detach())
     synchronize(inputs.device)
     seconds = time.perf_counter() - start

@@ -1,8 +1,10 @@
 """The benchmark suite of issue 7: every attention variant against the references a user would
-pick instead, the scaling curve in sequence length, and plain-loop training throughput.
+pick instead, the MQAR scaling curve of a real training step, the framework overhead of
+``train.py`` against a plain loop, and (on CUDA) model FLOP utilisation.
 
 ``python scripts/benchmark.py [--smoke] [--out FILE]`` (or ``attnexp-bench``) prints Markdown
-tables and writes JSON plus a scaling plot beside it. Conventions (also stored in the JSON):
+tables and writes JSON plus a scaling plot beside it; ``--scaling``, ``--overhead``,
+``--mfu`` and ``--ablation-timing`` run one section alone. Conventions (also stored in the JSON):
 time is the median of one forward + backward step; FLOP/s = 3 x the module's analytic forward
 FLOPs (``flops(grid)``, backward ~ 2 x forward) x batch / time, the same count for a module and its
 references; peak memory as in ``measure``.
@@ -27,14 +29,17 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from attnexp.attention import AttentionModule, Kind
-from attnexp.bench.measure import (
-    median_times,
-    peak_memory_bytes,
-    plain_loop_throughput,
-    training_step,
-)
+from attnexp.bench import ablation
+from attnexp.bench.measure import median_times, peak_memory_bytes, training_step
+from attnexp.bench.model_step import H100_BF16_PEAK, bench_mqar_scaling, measure_mfu
+from attnexp.bench.overhead import measure_overhead
 from attnexp.bench.references import Reference, references_for, timm_or_reason
-from attnexp.bench.tables import evaluate_targets, markdown_report, save_scaling_plot
+from attnexp.bench.tables import (
+    evaluate_targets,
+    markdown_report,
+    save_scaling_plot,
+    section_report,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "attention"
 OURS = "attnexp"
@@ -45,17 +50,26 @@ SCALING_VARIANTS = ("mha", "muse", "linear")
 @dataclass
 class Settings:
     """One suite run. ``module_sizes``: (batch, positions N, dim); gates run on a sqrt(N) x
-    sqrt(N) image, everything else on a length-N sequence."""
+    sqrt(N) image, everything else on a length-N sequence. Scaling: one training step of the
+    transformer backbone on MQAR at each of ``scaling_lengths``; a variant whose step exceeds
+    ``step_budget_s`` is skipped at longer lengths. Overhead: ``train.py``'s default config plus
+    ``overhead_overrides``, ``overhead_epochs`` epochs, ``overhead_rounds`` alternating rounds.
+    MFU: a transformer + mha training step of ``mfu`` sizes."""
 
     module_sizes: list[tuple[int, int, int]]
     scaling_lengths: list[int]
-    scaling_dim: int = 128
-    scaling_batch: int = 1
+    scaling_batch: int = 4
+    scaling_repeats: int = 5
+    step_budget_s: float = 2.0
     warmup: int = 3
     repeats: int = 15
-    loop_steps: int = 50
-    loop_batch: int = 64
-    loop_samples: int = 4000
+    overhead_overrides: list[str] = field(default_factory=list)
+    overhead_epochs: int = 3
+    overhead_rounds: int = 3
+    mfu: dict = field(
+        default_factory=lambda: {"dim": 1024, "depth": 8, "heads": 16, "seq_len": 2048, "batch": 16}
+    )
+    mfu_on_cpu: bool = False  # the full sizes are for a GPU; smoke checks the arithmetic on CPU
     variants: list[str] = field(default_factory=list)  # empty: all discovered
 
 
@@ -70,13 +84,17 @@ def full_settings() -> Settings:
 def smoke_settings() -> Settings:
     return Settings(
         module_sizes=[(2, 16, 32), (2, 64, 32)],
-        scaling_lengths=[16, 64, 256],
-        scaling_dim=32,
+        scaling_lengths=[16, 64],
+        scaling_batch=2,
+        scaling_repeats=2,
         warmup=1,
         repeats=3,
-        loop_steps=3,
-        loop_batch=16,
-        loop_samples=64,
+        # A small MNIST-1D (360 training samples, batches of 32), one epoch, one round.
+        overhead_overrides=["dataset.source.num_samples=400", "dataset.batch_size=32"],
+        overhead_epochs=1,
+        overhead_rounds=1,
+        mfu={"dim": 32, "depth": 1, "heads": 4, "seq_len": 64, "batch": 2},
+        mfu_on_cpu=True,
     )
 
 
@@ -199,68 +217,6 @@ def bench_module(
     return rows, checks
 
 
-def bench_scaling(settings: Settings, variants: list[str], device: torch.device) -> list[dict]:
-    """One training step of each of ``variants`` against sequence length, timed interleaved."""
-    rows = []
-    for n in settings.scaling_lengths:
-        steps = {}
-        for name in variants:
-            torch.manual_seed(0)
-            module = build(name, settings.scaling_dim, 1).to(device).train()
-            x = torch.randn(settings.scaling_batch, n, settings.scaling_dim, device=device)
-            steps[name] = training_step(module, x.requires_grad_(), torch.randn_like(x))
-        seconds = median_times(steps, settings.warmup, settings.repeats, device)
-        for name, step in steps.items():
-            rows.append(
-                {
-                    "variant": name,
-                    "n": n,
-                    "batch": settings.scaling_batch,
-                    "dim": settings.scaling_dim,
-                    "ms": 1e3 * seconds[name],
-                    "peak_mb": peak_memory_bytes(step, device) / 2**20,
-                }
-            )
-        progress(
-            f"scaling N={n}: "
-            + ", ".join(f"{r['variant']} {r['ms']:.2f} ms" for r in rows[-len(variants) :])
-        )
-    return rows
-
-
-# --- plain loop ----------------------------------------------------------------------------------
-
-
-class StandInClassifier(nn.Module):
-    """An MNIST-1D-shaped classifier (40-sample signals, 10 classes) around one attention module,
-    so the plain loop runs until the training pipeline's own models are hooked up."""
-
-    def __init__(self, attention: AttentionModule, dim: int, classes: int = 10) -> None:
-        super().__init__()
-        self.embed, self.attention = nn.Linear(1, dim), attention
-        self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x.unsqueeze(-1))
-        h = h + self.attention(self.norm(h))
-        return self.head(h.mean(dim=1))
-
-
-def bench_plain_loop(settings: Settings, device: torch.device) -> dict:
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(settings.loop_samples, 40, generator=generator).to(device)
-    targets = torch.randint(0, 10, (settings.loop_samples,), generator=generator).to(device)
-    result = plain_loop_throughput(
-        lambda: StandInClassifier(build("mha", 64, 1), 64),
-        inputs,
-        targets,
-        batch_size=settings.loop_batch,
-        optimizer_factory=lambda p: torch.optim.AdamW(p, lr=1e-3),
-        steps=settings.loop_steps,
-    )
-    return {"model": "StandInClassifier(mha, dim=64) on (40,) signals", **result}
-
-
 # --- running ---------------------------------------------------------------------------------------
 
 
@@ -268,7 +224,12 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_suite(settings: Settings, device: torch.device, conf_dir: Path = CONF_DIR) -> dict:
+def run_suite(
+    settings: Settings,
+    device: torch.device,
+    conf_dir: Path = CONF_DIR,
+    peak_flops: float = H100_BF16_PEAK,
+) -> dict:
     variants = discover_variants(conf_dir)
     unknown = set(settings.variants) - set(variants)
     if unknown:
@@ -284,30 +245,80 @@ def run_suite(settings: Settings, device: torch.device, conf_dir: Path = CONF_DI
                 f"[{time.perf_counter() - started:6.1f} s] {name} B={batch} N={n} C={dim}: "
                 + ", ".join(f"{r['implementation']} {r['ms']:.2f} ms" for r in rows)
             )
-    scaling = bench_scaling(settings, [v for v in SCALING_VARIANTS if v in chosen], device)
+    scaling = run_scaling(settings, [v for v in SCALING_VARIANTS if v in chosen], device)
     _, timm_reason = timm_or_reason()
     return {
-        "meta": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "timm": timm_reason or "imported",
-            "settings": asdict(settings),
-            "conventions": {
-                "ms": "median wall time of one forward + backward step after warm-up",
-                "gflop_per_s": "3 x analytic forward FLOPs x batch / time (same count for references)",
-                "peak_mb": "peak tensor memory allocated during one step above the level before it "
-                "(CPU: profiler allocation events; GPU: max_memory_allocated)",
-                "ours_over_ref": "our time / the reference's time (< 1: ours is faster)",
-            },
-        },
+        "meta": meta(settings, device, timm=timm_reason or "imported"),
         "modules": modules,
         "checks": checks,
         "scaling": scaling,
         "targets": evaluate_targets(modules),
-        "plain_loop": bench_plain_loop(settings, device),
+        "overhead": run_overhead(settings),
+        "mfu": run_mfu(settings, device, peak_flops)
+        if device.type == "cuda" or settings.mfu_on_cpu
+        else None,
     }
+
+
+def meta(settings: Settings, device: torch.device, **extra) -> dict:
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        **extra,
+        "settings": asdict(settings),
+        "conventions": {
+            "ms": "median wall time of one forward + backward step after warm-up",
+            "gflop_per_s": "3 x analytic forward FLOPs x batch / time (same count for references)",
+            "peak_mb": "peak tensor memory allocated during one step above the level before it "
+            "(CPU: profiler allocation events; GPU: max_memory_allocated)",
+            "ours_over_ref": "our time / the reference's time (< 1: ours is faster)",
+            "scaling": "one optimizer step (forward, loss, backward, AdamW) of the transformer "
+            "backbone on an MQAR batch of the given length",
+            "overhead.ratio": "median over rounds of train.py samples/s / plain-loop samples/s",
+            "mfu": "3 x (2 x dense params x tokens + attention flops()) x batch / step time / peak",
+        },
+    }
+
+
+def run_scaling(settings: Settings, variants: list[str], device: torch.device) -> list[dict]:
+    return bench_mqar_scaling(
+        variants,
+        settings.scaling_lengths,
+        batch=settings.scaling_batch,
+        warmup=1,
+        repeats=settings.scaling_repeats,
+        budget_s=settings.step_budget_s,
+        device=device,
+        progress=progress,
+    )
+
+
+def run_overhead(settings: Settings) -> dict:
+    progress("framework overhead: train() and the plain loop, alternating ...")
+    result = measure_overhead(
+        settings.overhead_overrides, settings.overhead_epochs, settings.overhead_rounds
+    )
+    progress(f"framework overhead: ratio {result['ratio']:.3f}")
+    return result
+
+
+def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict:
+    sizes = settings.mfu
+    if sizes["dim"] % sizes["heads"]:
+        raise ValueError(f"MFU heads must divide dim: {sizes['heads']} heads, dim {sizes['dim']}")
+    return measure_mfu(
+        **sizes,
+        peak_flops=peak_flops,
+        device=device,
+        bf16=device.type == "cuda",
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+    )
+
+
+SECTIONS = ("scaling", "overhead", "mfu", "ablation_timing")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,22 +341,78 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="*", default=[], choices=discover_variants(), help="default: all"
     )
     parser.add_argument("--repeats", type=int, help="timed steps per case (default 15; smoke 3)")
+    section = parser.add_mutually_exclusive_group()
+    section.add_argument(
+        "--scaling", action="store_true", help="only the MQAR scaling curve (mha, muse, linear)"
+    )
+    section.add_argument(
+        "--overhead", action="store_true", help="only the framework-overhead ratio"
+    )
+    section.add_argument(
+        "--mfu", action="store_true", help="only model FLOP utilisation (the figure on CUDA only)"
+    )
+    section.add_argument(
+        "--ablation-timing",
+        action="store_true",
+        help="only: run the full MNIST-1D ablation (train.py -m, joblib launcher) and time it",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra train.py override for --overhead and --ablation-timing (repeatable)",
+    )
+    parser.add_argument("--epochs", type=int, help="overhead: epochs per round (default 3)")
+    parser.add_argument("--rounds", type=int, help="overhead: alternating rounds (default 3)")
+    parser.add_argument("--n-jobs", type=int, default=2, help="ablation: joblib jobs (default 2)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_BF16_PEAK / 1e12,
+        help="MFU: the device's peak TFLOP/s (default: H100 dense bf16, 989)",
+    )
     args = parser.parse_args(argv)
-    for key in ("threads", "repeats"):
-        if getattr(args, key) is not None and getattr(args, key) < 1:
-            parser.error(f"--{key} must be >= 1, got {getattr(args, key)}")
+    for key in ("threads", "repeats", "epochs", "rounds", "n_jobs", "peak_tflops"):
+        value = getattr(args, key)
+        if value is not None and value <= 0:
+            parser.error(f"--{key.replace('_', '-')} must be positive, got {value}")
     if args.threads is None:
         args.threads = 1 if args.smoke else len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads)
     settings = smoke_settings() if args.smoke else full_settings()
     settings.variants = args.variants
-    if args.repeats is not None:
-        settings.repeats = args.repeats
-    results = run_suite(settings, torch.device(args.device))
-    results["meta"]["command"] = " ".join(
-        ["benchmark.py", *(argv if argv is not None else sys.argv[1:])]
-    )
+    settings.overhead_overrides += args.override
+    for key, field_name in (("repeats", "repeats"), ("epochs", "overhead_epochs"),
+                            ("rounds", "overhead_rounds")):  # fmt: skip
+        if getattr(args, key) is not None:
+            setattr(settings, field_name, getattr(args, key))
+    device = torch.device(args.device)
+    command = " ".join(["benchmark.py", *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    chosen = next((name for name in SECTIONS if getattr(args, name)), None)
+    if chosen is not None:
+        if chosen == "scaling":
+            names = [v for v in SCALING_VARIANTS if not settings.variants or v in settings.variants]
+            result = run_scaling(settings, names, device)
+        elif chosen == "overhead":
+            result = run_overhead(settings)
+        elif chosen == "mfu":
+            if device.type != "cuda":  # the large sizes are for a GPU: check the arithmetic only
+                settings.mfu = smoke_settings().mfu
+                progress(f"--mfu on {device}: tiny size {settings.mfu}, FLOP/s only")
+            result = run_mfu(settings, device, args.peak_tflops * 1e12)
+        else:
+            result = ablation.time_ablation(
+                ablation.ablation_command(n_jobs=args.n_jobs, overrides=args.override),
+                args.out.parent / f"ablation-{datetime.now():%Y-%m-%d_%H-%M-%S}",
+            )
+        results = {"meta": {**meta(settings, device), "command": command}, chosen: result}
+        args.out.write_text(json.dumps(results, indent=2))
+        print(section_report(chosen, result))
+        return 0 if chosen != "ablation_timing" or result["returncode"] == 0 else 1
+    results = run_suite(settings, device, peak_flops=args.peak_tflops * 1e12)
+    results["meta"]["command"] = command
     args.out.write_text(json.dumps(results, indent=2))
     save_scaling_plot(results["scaling"], args.out.with_name(args.out.stem + "_scaling.png"))
     print(markdown_report(results))

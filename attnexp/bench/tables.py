@@ -35,7 +35,9 @@ def evaluate_targets(rows: list[dict], n: int = 256, dim: int = 128) -> list[dic
 def cell(value) -> str:
     if value is None:
         return "–"
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return str(value)
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -63,16 +65,6 @@ def markdown_report(results: dict) -> str:
             for c in results["checks"]
         ],
     )  # fmt: skip
-    curve = results["scaling"]
-    variants = list(dict.fromkeys(r["variant"] for r in curve))
-    point = {(r["variant"], r["n"]): r for r in curve}
-    scaling = table(
-        ["N"] + [f"{v} {unit}" for v in variants for unit in ("ms", "MB")],
-        [
-            [n] + [point[v, n][key] for v in variants for key in ("ms", "peak_mb")]
-            for n in sorted({r["n"] for r in curve})
-        ],
-    )
     targets = table(
         ["variant", "reference", "N", "C", "ours ÷ ref", "target", "met"],
         [
@@ -81,33 +73,115 @@ def markdown_report(results: dict) -> str:
             for t in results["targets"]
         ],
     )  # fmt: skip
-    loop = results["plain_loop"]
-    return "\n\n".join(
-        [
-            "## Module benchmarks (one forward + backward step)",
-            modules,
-            "## Numeric checks (eval mode, atol = rtol = 1e-5)",
-            checks,
-            f"## Scaling (B={curve[0]['batch']}, C={curve[0]['dim']})" if curve else "## Scaling",
-            scaling,
-            "## Targets (issue 7, at N=256, C=128)",
-            targets if results["targets"] else "(not measured in this run)",
-            f"## Plain loop\n\n{loop['model']}: {loop['samples_per_s']:.1f} samples/s "
-            f"(batch {loop['batch_size']}, {loop['steps']} timed steps)",
+    parts = [
+        "## Module benchmarks (one forward + backward step)",
+        modules,
+        "## Numeric checks (eval mode, atol = rtol = 1e-5)",
+        checks,
+        "## Targets (issue 7, at N=256, C=128)",
+        targets if results["targets"] else "(not measured in this run)",
+        section_report("scaling", results["scaling"]),
+        section_report("overhead", results["overhead"]),
+    ]
+    if results.get("mfu"):
+        parts.append(section_report("mfu", results["mfu"]))
+    return "\n\n".join(parts)
+
+
+def scaling_table(curve: list[dict]) -> str:
+    """N down, time and memory of each variant across; skipped points marked, reasons below."""
+    variants = list(dict.fromkeys(r["variant"] for r in curve))
+    point = {(r["variant"], r["n"]): r for r in curve}
+    rows = []
+    for n in sorted({r["n"] for r in curve}):
+        row = [n]
+        for v in variants:
+            r = point[v, n]
+            row += ["skipped", "skipped"] if r.get("skipped") else [r["ms"], r["peak_mb"]]
+        rows.append(row)
+    reasons = {r["variant"]: r["skipped"] for r in curve if r.get("skipped")}
+    notes = "".join(f"\n\n{v} skipped at longer N: {why}" for v, why in reasons.items())
+    return table(["N"] + [f"{v} {unit}" for v in variants for unit in ("ms", "MB")], rows) + notes
+
+
+def section_report(name: str, result: dict) -> str:
+    """The Markdown of one stand-alone section: scaling, overhead, mfu or ablation_timing."""
+    if name == "scaling":
+        batch = f", B={result[0]['batch']}" if result else ""
+        return (
+            f"## Scaling on MQAR (one training step, transformer backbone{batch})\n\n"
+            + scaling_table(result)
+        )
+    if name == "overhead":
+        r = result
+        return (
+            f"## Framework overhead ({r['choices']['attention']} + {r['choices']['backbone']} + "
+            f"{r['choices']['dataset']}, batch {r['batch_size']}, {r['epochs']} epochs, loggers: "
+            f"{', '.join(r['loggers']) or 'none'}; callbacks: {', '.join(r['callbacks']) or 'none'})"
+            "\n\n"
+            + table(
+                ["round", "train.py samples/s", "plain loop samples/s", "ratio"],
+                [
+                    [i + 1, f, p, f / p]
+                    for i, (f, p) in enumerate(
+                        zip(r["framework_samples_per_s"], r["plain_samples_per_s"], strict=True)
+                    )
+                ],
+            )  # fmt: skip
+            + f"\n\nratio (median over rounds): {r['ratio']:.3f} (target ≥ {r['target']}: "
+            f"{'met' if r['met'] else 'NOT met'})"
+        )
+    if name == "mfu":
+        r, c = result, result["config"]
+        mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        lines = [
+            f"## Model FLOP utilisation (transformer + mha, dim {c['dim']}, depth {c['depth']}, "
+            f"{c['heads']} heads, seq {c['seq_len']}, batch {c['batch']}, "
+            f"{'bf16 autocast' if c['bf16'] else 'fp32'}, {c['device']})",
+            table(
+                ["params", "GFLOP/step", "ms/step", "TFLOP/s", "peak TFLOP/s", "MFU", "tokens/s"],
+                [
+                    [
+                        r["params"],
+                        r["flops_per_step"] / 1e9,
+                        r["ms"],
+                        r["achieved_tflop_per_s"],
+                        r["peak_tflop_per_s"],
+                        mfu,
+                        r["tokens_per_s"],
+                    ]
+                ],
+            ),  # fmt: skip
         ]
-    )
+        if r["sdpa"]:
+            lines.append("SDPA kernels: " + "; ".join(f"{k}: {v}" for k, v in r["sdpa"].items()))
+        if r["note"]:
+            lines.append(r["note"])
+        return "\n\n".join(lines)
+    if name == "ablation_timing":
+        r = result
+        return (
+            f"## Ablation wall time\n\n`{r['command']}`\n\n{r['wall_time_s']:.1f} s for "
+            f"{r['completed']}/{r['jobs']} completed jobs (exit {r['returncode']}; target < "
+            f"{r['target_s']} s: {'met' if r['met'] else 'NOT met'})"
+            + (f"\n\n```\n{r['stderr_tail']}\n```" if r["stderr_tail"] else "")
+        )
+    raise ValueError(f"unknown section {name!r}; one of scaling, overhead, mfu, ablation_timing")
 
 
 def save_scaling_plot(rows: list[dict], path: Path) -> Path:
     """Time and peak memory of one step against N, one line per variant, log-log."""
     fig, axes = new_figure(1, 2, cell=(4.5, 3.5))
     for variant in dict.fromkeys(r["variant"] for r in rows):
-        curve = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["n"])
+        curve = sorted(
+            (r for r in rows if r["variant"] == variant and r["ms"] is not None),
+            key=lambda r: r["n"],
+        )
         for ax, key in zip(axes[0], ("ms", "peak_mb"), strict=True):
             ax.plot([r["n"] for r in curve], [r[key] for r in curve], marker="o", label=variant)
     for ax, label in zip(axes[0], ("time per step (ms)", "peak memory (MB)"), strict=True):
         ax.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle("one forward + backward step")
+    fig.suptitle("one training step, transformer on MQAR")
     return save_figure(fig, path)

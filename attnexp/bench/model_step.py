@@ -1,0 +1,229 @@
+"""A real training step of a composed model: the MQAR scaling curve and model FLOP utilisation.
+
+Both build what ``train.py`` builds (``attention=<name> backbone=transformer dataset=mqar``,
+composed with Hydra) and time one optimizer step (forward, loss, backward, AdamW) on a batch
+from the real MQAR generator at the sequence length asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from attnexp.bench.measure import median_times, peak_memory_bytes
+from attnexp.bench.overhead import compose_train_config
+from attnexp.data.mqar import make_mqar
+from attnexp.models.common import AttentionSlot, Readout
+
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM, per NVIDIA's specification
+
+
+def mqar_config(attention: str, seq_len: int, overrides: Sequence[str] = ()) -> DictConfig:
+    """The transformer-on-MQAR config of ``attention`` at sequence length ``seq_len``."""
+    return compose_train_config(
+        [
+            f"attention={attention}",
+            "backbone=transformer",
+            "dataset=mqar",
+            f"dataset.source.seq_len={seq_len}",
+            "logger=none",
+            *overrides,
+        ],
+        Path("unused"),  # nothing is written
+    )
+
+
+def mqar_batch(cfg: DictConfig, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``batch`` sequences from the MQAR generator with ``cfg.dataset.source``'s sizes."""
+    src = cfg.dataset.source
+    x, y = make_mqar(batch, src.seq_len, src.vocab_size, src.num_classes, src.num_pairs, src.seed)
+    return torch.as_tensor(x, device=device), torch.as_tensor(y, device=device)
+
+
+def optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    autocast_dtype: torch.dtype | None = None,
+) -> Callable[[], None]:
+    """One training step: forward (under autocast when a dtype is given), loss, backward, step."""
+    device_type = x.device.type
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def build_step(
+    cfg: DictConfig, batch: int, device: torch.device, autocast_dtype: torch.dtype | None = None
+) -> tuple[nn.Module, Callable[[], None]]:
+    from attnexp.pipeline import build_model
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device).train()
+    optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())
+    x, y = mqar_batch(cfg, batch, device)
+    return model, optimizer_step(model, optimizer, x, y, autocast_dtype)
+
+
+# --- scaling in sequence length --------------------------------------------------------------------
+
+
+def bench_mqar_scaling(
+    variants: Sequence[str],
+    lengths: Sequence[int],
+    *,
+    batch: int,
+    warmup: int,
+    repeats: int,
+    budget_s: float,
+    device: torch.device,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[dict]:
+    """Time and peak memory of one training step of each variant at each length, the variants
+    timed interleaved at each length. Once a variant's step takes longer than ``budget_s`` its
+    longer lengths are skipped (a row with ``ms`` None and the reason)."""
+    rows, too_slow = [], {}
+    for n in lengths:
+        steps = {
+            name: build_step(mqar_config(name, n), batch, device)[1]
+            for name in variants
+            if name not in too_slow
+        }
+        seconds = median_times(steps, warmup, repeats, device) if steps else {}
+        for name in variants:
+            row = {"variant": name, "n": n, "batch": batch, "ms": None, "peak_mb": None}
+            if name in steps:
+                peak = peak_memory_bytes(steps[name], device) / 2**20
+                row.update(ms=1e3 * seconds[name], peak_mb=peak, skipped=None)
+                if seconds[name] > budget_s:
+                    too_slow[name] = f"a step took {seconds[name]:.2f} s > {budget_s:g} s at N={n}"
+            else:
+                row["skipped"] = too_slow[name]
+            rows.append(row)
+        progress(
+            f"MQAR scaling N={n}: "
+            + ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in seconds.items())
+            + "".join(f"; {name} skipped" for name in variants if name not in steps)
+        )
+    return rows
+
+
+# --- model FLOP utilisation --------------------------------------------------------------------------
+
+
+def dense_flops_per_sample(model: nn.Module, tokens: int) -> int:
+    """Forward FLOPs of the dense layers outside the attention slots, for one sample: 2 x the
+    parameters of every linear or convolution layer x the tokens it sees (``tokens`` for the
+    embedding and the blocks, 1 for the readout head, which sees the pooled vector). Norms and
+    position embeddings are not matmuls and are left out; so are lookup tables."""
+    per_sample = {id(m.head) for m in model.modules() if isinstance(m, Readout)}
+    in_slots = {
+        id(p) for m in model.modules() if isinstance(m, AttentionSlot) for p in m.parameters()
+    }
+    total = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            params = sum(p.numel() for p in module.parameters() if id(p) not in in_slots)
+            total += 2 * params * (1 if id(module) in per_sample else tokens)
+    return total
+
+
+def training_flops_per_sample(model: nn.Module, tokens: int) -> int:
+    """Model FLOPs of one training step per sample: 3 x forward (backward ~ 2 x forward), the
+    forward being the dense layers (``dense_flops_per_sample``, i.e. 6 x params x tokens over the
+    step) plus the attention slots' analytic ``flops`` (SDPA is invisible to FLOP counters)."""
+    return 3 * (dense_flops_per_sample(model, tokens) + model.attention_flops())
+
+
+def sdpa_backends(device: torch.device, heads: int, seq_len: int, head_dim: int) -> dict[str, str]:
+    """Which fused SDPA kernels run forward + backward at this shape in bf16, each enabled alone."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    found = {}
+    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+        q = torch.randn(1, heads, seq_len, head_dim, device=device, dtype=torch.bfloat16)
+        q.requires_grad_()
+        try:
+            with sdpa_kernel([backend]):
+                F.scaled_dot_product_attention(q, q, q).sum().backward()
+            found[backend.name] = "runs"
+        except RuntimeError as e:
+            found[backend.name] = f"unavailable: {str(e).splitlines()[0]}"
+    return found
+
+
+def fused_sdpa_only(device: torch.device):
+    """A context allowing only the flash and cuDNN SDPA kernels (CUDA); a no-op elsewhere."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION])
+
+
+def measure_mfu(
+    *,
+    dim: int,
+    depth: int,
+    heads: int,
+    seq_len: int,
+    batch: int,
+    peak_flops: float,
+    device: torch.device,
+    bf16: bool = True,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> dict:
+    """Achieved model FLOP/s of a transformer + ``mha`` training step on MQAR, and its fraction
+    of ``peak_flops`` (reported on CUDA only: a CPU has no comparable peak here)."""
+    cfg = mqar_config(
+        "mha",
+        seq_len,
+        [f"backbone.dim={dim}", f"backbone.depth={depth}", f"attention.num_heads={heads}"],
+    )
+    autocast = torch.bfloat16 if bf16 else None
+    model, step = build_step(cfg, batch, device, autocast)
+    flops = training_flops_per_sample(model, seq_len) * batch
+    result = {
+        "config": {"dim": dim, "depth": depth, "heads": heads, "seq_len": seq_len,
+                   "batch": batch, "bf16": bf16, "device": str(device)},
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_step": flops,
+        "sdpa": None,
+    }  # fmt: skip
+    context = fused_sdpa_only(device)
+    if device.type == "cuda":
+        result["sdpa"] = sdpa_backends(device, heads, seq_len, dim // heads)
+        try:
+            with fused_sdpa_only(device):
+                step()
+            result["sdpa"]["model_step"] = "runs with only FLASH_ATTENTION and CUDNN_ATTENTION"
+        except RuntimeError as e:
+            result["sdpa"]["model_step"] = f"needs another backend: {str(e).splitlines()[0]}"
+            context = contextlib.nullcontext()
+    with context:
+        seconds = median_times({"step": step}, warmup, repeats, device)["step"]
+    achieved = flops / seconds
+    return {
+        **result,
+        "ms": 1e3 * seconds,
+        "achieved_tflop_per_s": achieved / 1e12,
+        "peak_tflop_per_s": peak_flops / 1e12,
+        "mfu": achieved / peak_flops if device.type == "cuda" else None,
+        "tokens_per_s": batch * seq_len / seconds,
+        "note": None if device.type == "cuda" else "MFU is reported on CUDA only",
+    }
