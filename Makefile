@@ -10,8 +10,10 @@ TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-ur
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
-	$(PY) -m pip install -q -e ".[dev,sweep]"
+	# torch alone from the CPU index, then everything else (torch's own needs too) from PyPI,
+	# with torch pinned so nothing swaps it for another build.
+	$(PY) -m pip install -q --no-deps "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
+	$(PY) -m pip install -q -e ".[dev,sweep]" "torch==$(TORCH_VERSION)"
 	touch $@
 
 install: $(VENV)/.installed
