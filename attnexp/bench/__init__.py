@@ -1,2 +1,2 @@
-"""The benchmark suite (issue 7): module timings against references, scaling, plain-loop
+"""The benchmark suite: module timings against references, scaling, plain-loop
 throughput. Entry point: ``attnexp.bench.suite.main`` (``scripts/benchmark.py``, ``attnexp-bench``)."""

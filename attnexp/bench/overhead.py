@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from attnexp.bench.measure import plain_loop_throughput
 from attnexp.config import CHOICE_GROUPS, CONFIG_DIR, register_resolvers
 
-TARGET_RATIO = 0.95  # issue 7: the default MNIST-1D experiment at >= 0.95x the plain loop
+TARGET_RATIO = 0.95  # target: the default MNIST-1D experiment at >= 0.95x the plain loop
 # Measured as a run writes to files (no progress bar), with the CSV logger (W&B starts a service
 # process; pass logger=many to include it).
 DEFAULT_OVERRIDES = ("logger=csv", "trainer.enable_progress_bar=false")

@@ -1,4 +1,4 @@
-"""The benchmark suite of issue 7: every attention variant against the references a user would
+"""The benchmark suite: every attention variant against the references a user would
 pick instead, the MQAR scaling curve of a real training step, the framework overhead of
 ``train.py`` against a plain loop, and (on CUDA) model FLOP utilisation.
 

@@ -1,4 +1,4 @@
-"""What the suite shows: the targets of issue 7, Markdown tables and the scaling plot."""
+"""What the suite shows: the performance targets, Markdown tables and the scaling plot."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def markdown_report(results: dict) -> str:
         modules,
         "## Numeric checks (eval mode, atol = rtol = 1e-5)",
         checks,
-        "## Targets (issue 7, at N=256, C=128)",
+        "## Targets (at N=256, C=128)",
         targets if results["targets"] else "(not measured in this run)",
         section_report("scaling", results["scaling"]),
         section_report("overhead", results["overhead"]),
