@@ -4,7 +4,8 @@ is imported (the command line calls it first; ``train`` calls it again for Pytho
 Checks what the modules cannot see alone (full dotted key names, epochs, batch and sample sizes),
 then builds the model once, so every constructor check of the attention and backbone modules (an
 unknown ``score``, an even MUSE kernel, ``num_heads`` not dividing ``dim``, ...) also fires here.
-Checks that need the data (a batch larger than the training split) run when it is loaded.
+Last it loads the dataset's source (cached or generated in about a second; no Lightning) to check
+what needs the data: a batch larger than the training split, an unreadable cached file.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def validate(cfg: DictConfig) -> None:
                     )
     _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
     _check_model(cfg)
+    _check_data(cfg)
 
 
 def _check_positive(
@@ -70,6 +72,16 @@ def _check_model(cfg: DictConfig) -> None:
         choices = cfg.get("choices") or {}
         where = f"attention={choices.get('attention')}, backbone={choices.get('backbone')}"
         raise ValueError(f"bad model config ({where}): {cause}") from e
+
+
+def _check_data(cfg: DictConfig) -> None:
+    from hydra.utils import instantiate
+
+    from attnexp.data.splits import carve_validation  # the split the data module will make
+
+    dataset = cfg.dataset
+    _, y_train, _, _ = instantiate(dataset.source)()
+    carve_validation(len(y_train), dataset.val_fraction, dataset.split_seed, dataset.batch_size)
 
 
 def _leaves(

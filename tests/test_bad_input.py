@@ -189,6 +189,26 @@ def test_the_command_line_exits_non_zero_with_the_message(tmp_path, data_dir):
     assert proc.returncode != 0 and "no such directory" in proc.stderr
 
 
+def test_an_oversized_batch_is_refused_by_validate_without_importing_lightning(tmp_path, data_dir):
+    # What the command line does first: the data's size is checked before the slow Lightning import.
+    script = (
+        "import sys\n"
+        "from attnexp.validate import validate\n"
+        "from tests.conftest import compose_cfg, tiny\n"
+        f"cfg = compose_cfg([*tiny('mha', 'cnn', 'digits', {str(data_dir)!r}), 'dataset.batch_size=5000'])\n"
+        "try:\n"
+        "    validate(cfg)\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+        "print('lightning imported:', 'lightning' in sys.modules)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert "dataset.batch_size=5000 is larger than the training split" in proc.stdout, proc.stderr
+    assert "lightning imported: False" in proc.stdout
+
+
 def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file_intact(tmp_path):
     from attnexp.checkpoint import AtomicCheckpointIO
 

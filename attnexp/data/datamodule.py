@@ -12,12 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnexp.data.splits import Splits, carve_validation
 from attnexp.seeding import derive_seed
 
 INPUT_TYPES = ("sequence", "tokens", "image")
 
-# A source returns (x_train, y_train, x_test, y_test) as arrays; x is tokens-last.
-Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class EpochOrder:
@@ -146,16 +145,9 @@ class ArrayDataModule(L.LightningDataModule):
             x_train, y_train, x_test, y_test = self.source()
             self._check(x_train, y_train, "train")
             self._check(x_test, y_test, "test")
-            # The validation split is carved from train with its own fixed seed, so it does not
-            # move when the training seed changes; the test split is never touched.
-            order = np.random.default_rng(self.split_seed).permutation(len(y_train))
-            n_val = max(1, int(round(len(y_train) * self.val_fraction)))
-            val, train = order[:n_val], order[n_val:]
-            if self.batch_size > len(train):
-                raise ValueError(
-                    f"dataset.batch_size={self.batch_size} is larger than the training split "
-                    f"({len(train)} samples once validation is carved out): use at most {len(train)}"
-                )
+            val, train = carve_validation(
+                len(y_train), self.val_fraction, self.split_seed, self.batch_size
+            )
             self.splits = {
                 "train": self._tensors(x_train[train], y_train[train]),
                 "val": self._tensors(x_train[val], y_train[val]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnexp.data.datamodule import Splits
+from attnexp.data.splits import Splits
 
 
 def load_digits(

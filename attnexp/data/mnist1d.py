@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnexp.data.datamodule import Splits
+from attnexp.data.splits import Splits
 
 
 def load_mnist1d(data_dir: str, num_samples: int = 5000, seed: int = 42) -> Splits:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnexp.data.datamodule import Splits
+from attnexp.data.splits import Splits
 
 
 def mqar_layout(seq_len: int, vocab_size: int, num_classes: int, num_pairs: int) -> int:
