@@ -65,7 +65,6 @@ def test_design_space_experiment_sweeps_valid_knob_values():
     assert knobs.pop("score") == list(SCORES)
     assert knobs.pop("normalize") == list(NORMALIZATIONS)
     assert knobs.pop("seed") == ["0", "1", "2"]
-    assert set(knobs.pop("dataset")) == {"mnist1d", "mqar"}
     assert not knobs
     for score in SCORES:
         for normalize in NORMALIZATIONS:

@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_JOBS = {
     "ablation_digits": 6 * 2 * 3,
     "ablation_mnist1d": 6 * 2 * 3,
-    "design_space": 5 * 3 * 2 * 3,
+    "design_space": 5 * 3 * 3,
+    "design_space_mqar": 5 * 3 * 3,
     "mqar_length": 6 * 3 * 3,
     "mqar_recall": 1,
     "muse_kernels": 5 * 2 * 3,
@@ -76,7 +77,9 @@ def test_muse_kernel_lists_parse_as_lists():
     )
 
 
-@pytest.mark.parametrize("experiment", ["design_space", "mqar_length", "muse_kernels"])
+@pytest.mark.parametrize(
+    "experiment", ["design_space", "design_space_mqar", "mqar_length", "muse_kernels"]
+)
 def test_swept_values_name_their_runs_apart(experiment, data_dir):
     """A value override (not a group choice) must reach the run name, or the report would merge
     different settings into one row. Group choices and the seed are in the name by construction."""
@@ -270,3 +273,16 @@ def test_slurm_launcher_composes_with_its_defaults():
     launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.timeout_min == 60 and launcher.gpus_per_node == 1
+
+
+def test_design_space_mqar_is_the_mnist1d_grid_with_the_recall_recipe(data_dir):
+    """The two halves of the design-space study sweep the same cells; the MQAR half trains with
+    mqar_recall's recipe, without which mha does not leave the recall plateau."""
+    assert sweep_params("design_space_mqar") == sweep_params("design_space")
+    mqar = compose_cfg(["experiment=design_space_mqar", f"paths.data_dir={data_dir}"])
+    recall = compose_cfg(["experiment=mqar_recall", f"paths.data_dir={data_dir}"])
+    mnist = compose_cfg(["experiment=design_space", f"paths.data_dir={data_dir}"])
+    assert mqar.dataset == recall.dataset and mqar.dataset != mnist.dataset
+    assert mqar.optim == recall.optim and mqar.trainer == recall.trainer
+    assert mqar.backbone == recall.backbone
+    assert mqar.choices.attention == mnist.choices.attention == "mha-dot-softmax"
