@@ -119,6 +119,9 @@ def train(
         datamodule = build_data(cfg)
         datamodule.load()  # generate/check the data before building anything that trains
         model = build_model(cfg)
+        if cfg.get("compile"):
+            # In place: parameter names (and so checkpoints) stay those of the plain model.
+            model.compile(fullgraph=True, backend=cfg.get("compile_backend", "inductor"))
         module = build_module(cfg, model)
         stats = RunStats()
         loggers = build_loggers(cfg)

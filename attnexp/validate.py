@@ -43,6 +43,7 @@ def validate(cfg: DictConfig) -> None:
                         f"{key} must be odd (same padding keeps the grid), got {value!r}"
                     )
     _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
+    _check_compile(cfg)
     _check_model(cfg)
     _check_data(cfg)
 
@@ -60,6 +61,20 @@ def _check_positive(
         if not number or (integer and not isinstance(v, int)) or v <= 0:
             what = "a positive integer" if integer else "a positive number"
             raise ValueError(f"{key} must be {what}, got {value!r}")
+
+
+def _check_compile(cfg: DictConfig) -> None:
+    compile_ = cfg.get("compile", False)
+    if not isinstance(compile_, bool):
+        raise ValueError(f"compile must be true or false, got {compile_!r}")
+    if not compile_:
+        return
+    import torch._dynamo
+
+    backend = cfg.get("compile_backend", "inductor")
+    allowed = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in allowed:
+        raise ValueError(f"compile_backend must be one of {', '.join(allowed)}, got {backend!r}")
 
 
 def _check_model(cfg: DictConfig) -> None:

@@ -53,6 +53,10 @@ BAD_VALUES = {
     "fractional depth": (["backbone.depth=1.5"], r"backbone\.depth must be a positive integer"),
     "unknown score": (["attention.score=dotty"], r"score must be one of dot, cosine, l2"),
     "unknown normalize": (["attention.normalize=softmin"], r"normalize must be one of softmax"),
+    "compile not a boolean": (["compile=yes"], r"compile must be true or false, got 'yes'"),
+    "unknown compile backend": (
+        ["compile=true", "compile_backend=turbo"], r"compile_backend must be one of .*inductor"
+    ),
     "batch larger than train split": (
         ["dataset.batch_size=5000"], r"dataset\.batch_size=5000 is larger than the training split"
     ),
