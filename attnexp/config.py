@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from attnexp.results import read_results
 
@@ -99,12 +103,41 @@ def best_checkpoint(run_dir: Path) -> Path:
     return run_dir / rel
 
 
+def fill_runtime_choices(cfg: DictConfig, picked: Mapping[str, Any]) -> None:
+    """Replace each ``${hydra:runtime.choices.<group>}`` entry of ``cfg.choices`` by the group's
+    option in ``picked``, so ``cfg`` resolves without a running Hydra. An entry an experiment set
+    to something else (``design_space`` names its runs ``mha-${attention.score}-...``) is kept."""
+    raw = OmegaConf.to_container(cfg.choices, resolve=False) if cfg.get("choices") else {}
+    with open_dict(cfg):
+        for group in CHOICE_GROUPS:
+            value = raw.get(group)
+            if value is None or (isinstance(value, str) and value.startswith("${hydra:")):
+                cfg.choices[group] = picked.get(group)
+
+
+def compose_train_config(overrides: Sequence[str], output_dir: str | Path) -> DictConfig:
+    """The resolved config ``train.py <overrides>`` would hand to ``train``, run in
+    ``output_dir``, composed in-process (benchmarks and tests use it). As a running Hydra does, it
+    sets Hydra's global config to this composition, so ``${hydra:...}`` values resolve."""
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+        cfg.paths.output_dir = str(output_dir)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
 def load_run_config(run_dir: Path) -> DictConfig:
     """The config a run was trained with, with the Hydra-runtime values it referred to filled in
     from that run's own ``.hydra/hydra.yaml`` (so nothing needs repeating on the command line)."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     runtime = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime
-    cfg.choices = {g: runtime.choices.get(g) for g in CHOICE_GROUPS}
+    fill_runtime_choices(cfg, runtime.choices)
     cfg.paths.output_dir = str(run_dir)
     return cfg
 

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from attnexp.config import CONFIG_DIR, register_resolvers
+from attnexp.config import CONFIG_DIR, compose_train_config, register_resolvers
 
 register_resolvers()
 
@@ -49,18 +46,7 @@ def tiny(attention: str, backbone: str, dataset: str, data_dir: Path) -> list[st
 
 def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """The resolved train config for ``overrides``, as ``attnexp.cli`` hands it to ``train``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.choices...} resolve
-    with open_dict(cfg):
-        del cfg.hydra
-        if output_dir is not None:
-            cfg.paths.output_dir = str(output_dir)
-        else:
-            cfg.paths.output_dir = "unused"
-    OmegaConf.resolve(cfg)
-    return cfg
+    return compose_train_config(overrides, output_dir if output_dir is not None else "unused")
 
 
 @pytest.fixture(scope="session")

@@ -90,3 +90,30 @@ def test_a_checkpoint_path_leads_back_to_its_run_config(tmp_path):
     assert cfg.choices.attention == "attention-choice" and cfg.paths.output_dir == str(run)
     with pytest.raises(FileNotFoundError, match="not a training run"):
         find_run_dir(tmp_path)
+
+
+def test_a_run_config_keeps_the_run_name_its_experiment_gave(tmp_path):
+    """design_space names its variant by its knobs; eval and resume must not rename it to the
+    group's option (the report would merge the 15 combinations into one ``mha`` row)."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(
+        "attention: {score: l2, normalize: max}\n"
+        "choices:\n"
+        "  attention: mha-${attention.score}-${attention.normalize}\n"
+        "  backbone: ${hydra:runtime.choices.backbone}\n"
+        "paths: {output_dir: '${hydra:runtime.output_dir}'}\n"
+    )
+    choices = "".join(f"      {g}: {g}-choice\n" for g in CHOICE_GROUPS)
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n{choices}")
+    cfg = load_run_config(run)
+    assert cfg.choices.attention == "mha-l2-max"
+    assert cfg.choices.backbone == "backbone-choice"
+    assert cfg.choices.dataset == "dataset-choice"  # absent from the saved choices: filled in
+
+
+def test_a_composed_config_keeps_the_run_name_its_experiment_gave(tmp_path):
+    cfg = compose_cfg(["experiment=design_space", "attention.score=pearson"], tmp_path)
+    assert cfg.choices.attention == "mha-pearson-softmax"
+    assert cfg.choices.experiment == "design_space" and cfg.choices.backbone == "transformer"
+    assert cfg.paths.output_dir == str(tmp_path)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from attnexp.bench.measure import median_times, peak_memory_bytes
-from attnexp.bench.overhead import compose_train_config
+from attnexp.config import compose_train_config
 from attnexp.data.mqar import make_mqar
 from attnexp.models.common import AttentionSlot, Readout
 

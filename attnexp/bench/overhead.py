@@ -20,36 +20,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from attnexp.bench.measure import plain_loop_throughput
-from attnexp.config import CHOICE_GROUPS, CONFIG_DIR, register_resolvers
+from attnexp.config import compose_train_config
 
 TARGET_RATIO = 0.95  # target: the default MNIST-1D experiment at >= 0.95x the plain loop
 # Measured as a run writes to files (no progress bar), with the CSV logger (W&B starts a service
 # process; pass logger=many to include it).
 DEFAULT_OVERRIDES = ("logger=csv", "trainer.enable_progress_bar=false")
-
-
-def compose_train_config(overrides: Sequence[str], output_dir: Path) -> DictConfig:
-    """The resolved train config for ``overrides``, as ``train.py`` would hand it to ``train``,
-    with the run written to ``output_dir``. Reads no Hydra global state: the ``${hydra:...}``
-    values (choices, output dir) are filled in from the composed config."""
-    register_resolvers()
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
-    picked = cfg.hydra.runtime.choices
-    with open_dict(cfg):
-        del cfg.hydra
-        cfg.choices = {g: picked.get(g) for g in CHOICE_GROUPS}
-        cfg.paths.output_dir = str(output_dir)
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def counted_samples(cfg: DictConfig, n_train: int) -> int:
