@@ -405,6 +405,18 @@ def _colors(rows: Sequence[Row]) -> dict[str, Any]:
 _MARKERS = "osD^vP*Xh<>"
 
 
+def _legend_beside(fig: Any) -> None:
+    """One legend for the whole figure, to the right of the axes, widening the figure for it: a
+    legend inside the axes hides points once a study has more than a few variants."""
+    entries: dict[str, Any] = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    longest = max(map(len, entries), default=0)
+    fig.set_figwidth(fig.get_figwidth() + 0.6 + 0.065 * longest)
+    fig.legend(entries.values(), entries.keys(), loc="outside right upper", fontsize="small")
+
+
 def plot_accuracy(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     """One figure per dataset: test accuracy per variant (± std), grouped by backbone."""
     colors = _colors(rows)
@@ -431,7 +443,7 @@ def plot_accuracy(rows: Sequence[Row], out_dir: Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: mean ± std over seeds")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize="small", loc="best")
+        _legend_beside(fig)
         paths.append(save_figure(fig, out_dir / f"accuracy_{safe_filename(dataset)}.png"))
     return paths
 
@@ -458,7 +470,7 @@ def plot_accuracy_vs(rows: Sequence[Row], out_dir: Path, x: str, xlabel: str) ->
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize="x-small", loc="best")
+    _legend_beside(fig)
     return save_figure(fig, out_dir / f"accuracy_vs_{x}.png")
 
 
