@@ -275,14 +275,22 @@ def test_slurm_launcher_composes_with_its_defaults():
     assert launcher.timeout_min == 60 and launcher.gpus_per_node == 1
 
 
-def test_design_space_mqar_is_the_mnist1d_grid_with_the_recall_recipe(data_dir):
-    """The two halves of the design-space study sweep the same cells; the MQAR half trains with
-    mqar_recall's recipe, without which mha does not leave the recall plateau."""
+def test_design_space_mqar_is_the_mnist1d_grid_on_mqar():
     assert sweep_params("design_space_mqar") == sweep_params("design_space")
-    mqar = compose_cfg(["experiment=design_space_mqar", f"paths.data_dir={data_dir}"])
+
+
+@pytest.mark.parametrize("experiment", ["design_space_mqar", "mqar_length"])
+def test_mqar_studies_train_with_the_recall_recipe(experiment, data_dir):
+    """Without mqar_recall's recipe mha stays on the recall plateau, and a study of which variants
+    can recall would compare plateaus."""
+    study = compose_cfg([f"experiment={experiment}", f"paths.data_dir={data_dir}"])
     recall = compose_cfg(["experiment=mqar_recall", f"paths.data_dir={data_dir}"])
-    mnist = compose_cfg(["experiment=design_space", f"paths.data_dir={data_dir}"])
-    assert mqar.dataset == recall.dataset and mqar.dataset != mnist.dataset
-    assert mqar.optim == recall.optim and mqar.trainer == recall.trainer
-    assert mqar.backbone == recall.backbone
-    assert mqar.choices.attention == mnist.choices.attention == "mha-dot-softmax"
+    assert study.dataset.source._target_ == recall.dataset.source._target_
+    assert study.optim == recall.optim and study.trainer == recall.trainer
+    assert study.backbone == recall.backbone
+
+
+def test_design_space_runs_are_named_by_their_knobs(data_dir):
+    for experiment in ("design_space", "design_space_mqar"):
+        cfg = compose_cfg([f"experiment={experiment}", f"paths.data_dir={data_dir}"])
+        assert cfg.choices.attention == "mha-dot-softmax"
