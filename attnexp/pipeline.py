@@ -121,7 +121,7 @@ def train(
         model = build_model(cfg)
         if cfg.get("compile"):
             # In place: parameter names (and so checkpoints) stay those of the plain model.
-            model.compile(fullgraph=True, backend=cfg.get("compile_backend", "inductor"))
+            model.compile(fullgraph=True, backend=cfg.compile_backend)
         module = build_module(cfg, model)
         stats = RunStats()
         loggers = build_loggers(cfg)

@@ -71,7 +71,7 @@ def _check_compile(cfg: DictConfig) -> None:
         return
     import torch._dynamo
 
-    backend = cfg.get("compile_backend", "inductor")
+    backend = cfg.compile_backend
     allowed = torch._dynamo.list_backends(exclude_tags=())
     if backend not in allowed:
         raise ValueError(f"compile_backend must be one of {', '.join(allowed)}, got {backend!r}")

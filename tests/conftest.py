@@ -44,6 +44,14 @@ def tiny(attention: str, backbone: str, dataset: str, data_dir: Path) -> list[st
     ]
 
 
+def example_input(spec, batch: int = 5) -> torch.Tensor:
+    """A random batch for a dataset ``spec`` (a dict or ``cfg.dataset``): token ids or
+    tokens-last continuous inputs."""
+    if spec["input_type"] == "tokens":
+        return torch.randint(0, spec["vocab_size"], (batch, *spec["grid"]))
+    return torch.randn(batch, *spec["grid"], spec["in_channels"])
+
+
 def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """The resolved train config for ``overrides``, as ``attnexp.cli`` hands it to ``train``."""
     return compose_train_config(overrides, output_dir if output_dir is not None else "unused")

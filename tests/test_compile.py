@@ -12,7 +12,7 @@ import torch._dynamo
 from attnexp.checkpoint import load_checkpoint
 from attnexp.models import build_model
 from attnexp.pipeline import train
-from tests.conftest import ATTENTIONS, compose_cfg, tiny
+from tests.conftest import ATTENTIONS, compose_cfg, example_input, tiny
 
 # One dataset per input kind and grid rank: tokens (1-D), a signal (1-D), an image (2-D).
 CASES = [
@@ -31,19 +31,12 @@ KNOBS = [
 ]
 
 
-def example_input(cfg) -> torch.Tensor:
-    grid = [int(g) for g in cfg.dataset.grid]
-    if cfg.dataset.input_type == "tokens":
-        return torch.randint(0, cfg.dataset.vocab_size, (3, *grid))
-    return torch.randn(3, *grid, cfg.dataset.in_channels)
-
-
 def assert_compiles_whole_and_matches(cfg, random: bool = False) -> None:
     """``random``: the model draws random numbers, which compiled code draws differently (by
     design in torch.compile), so only the shapes and finiteness are compared."""
     torch.manual_seed(0)
     model = build_model(cfg)
-    x = example_input(cfg)
+    x = example_input(cfg.dataset, batch=3)
     expected = model(x)
     expected.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]

@@ -13,6 +13,7 @@ from attnexp.attention.none import Identity
 from attnexp.models.cnn import CNN
 from attnexp.models.common import kind_of
 from attnexp.models.transformer import Transformer
+from tests.conftest import example_input
 
 
 class Probe(AttentionModule):
@@ -62,12 +63,6 @@ IMAGE = dict(input_type="image", grid=[8, 8], in_channels=1, num_classes=10)
 TOKENS = dict(input_type="tokens", grid=[9], vocab_size=20, num_classes=4)
 
 
-def example(spec, batch=5):
-    if spec["input_type"] == "tokens":
-        return torch.randint(0, spec["vocab_size"], (batch, *spec["grid"]))
-    return torch.randn(batch, *spec["grid"], spec["in_channels"])
-
-
 def transformer(cls, spec, **kw):
     return Transformer(functools.partial(cls), **spec, dim=16, depth=3, **kw)
 
@@ -83,7 +78,7 @@ def test_mixers_and_gates_fill_every_block_and_see_tokens_last(build, cls, spec)
     model = build(cls, spec)
     slots = dict(model.slots())
     assert len(slots) == 3 and all(name.startswith("blocks.") for name in slots)
-    x = example(spec)
+    x = example_input(spec)
     assert model(x).shape == (5, spec["num_classes"])
     for slot in slots.values():
         assert slot.module.seen == [(5, *spec["grid"], 16)]
@@ -94,7 +89,7 @@ def test_mixers_and_gates_fill_every_block_and_see_tokens_last(build, cls, spec)
 def test_pool_replaces_the_readout_and_blocks_have_no_slot(build):
     model = build(Pool, IMAGE)
     assert [name for name, _ in model.slots()] == ["readout.pool"]
-    assert model(example(IMAGE)).shape == (5, 10)
+    assert model(example_input(IMAGE)).shape == (5, 10)
     assert model.attention_flops() == 7 * 64 * 16
 
 
@@ -103,12 +98,12 @@ def test_identity_leaves_no_slot_and_no_flops(build):
     model = build(Identity, SEQUENCE)
     assert list(model.slots()) == []
     assert model.attention_flops() == 0
-    assert model(example(SEQUENCE)).shape == (5, 3)
+    assert model(example_input(SEQUENCE)).shape == (5, 3)
 
 
 def test_patches_shrink_the_grid_the_slots_see():
     model = transformer(Mixer, IMAGE, patch_size=2)
-    model(example(IMAGE))
+    model(example_input(IMAGE))
     for _, slot in model.slots():
         assert slot.grid == (4, 4)
         assert slot.module.seen == [(5, 4, 4, 16)]
@@ -118,7 +113,7 @@ def test_patches_shrink_the_grid_the_slots_see():
 @pytest.mark.parametrize("build", [transformer, cnn])
 def test_weights_only_on_request(build):
     model = build(Mixer, SEQUENCE).eval()
-    x = example(SEQUENCE)
+    x = example_input(SEQUENCE)
     logits = model(x)
     slots = dict(model.slots())
     assert all(s.module.weight_calls == 0 for s in slots.values())
