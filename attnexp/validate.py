@@ -82,6 +82,11 @@ def _check_shape(cfg: DictConfig) -> None:
     """The data's shape facts alone first, so a bad one is not reported as a bad model."""
     from hydra.utils import instantiate
 
+    if "shape" not in cfg.dataset:  # a dataset yaml (or a run's saved config) of the old layout
+        raise ValueError(
+            "dataset.shape is missing: a dataset config holds its shape facts (input_type, grid, "
+            "in_channels or vocab_size, num_classes) in one shape node, as conf/dataset/*.yaml do"
+        )
     try:
         instantiate(cfg.dataset.shape)
     except InstantiationException as e:

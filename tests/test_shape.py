@@ -7,11 +7,12 @@ import dataclasses
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from attnexp.data.shape import DataShape
 from attnexp.models import build_model
 from attnexp.pipeline import build_data
+from attnexp.validate import validate
 from tests.conftest import BACKBONES, DATASETS, compose_cfg, example_input, tiny
 
 SEQUENCE = {"input_type": "sequence", "grid": [40], "num_classes": 10, "in_channels": 1}
@@ -73,6 +74,15 @@ def test_a_shape_is_hashable_frozen_and_knows_one_samples_array_shape():
         from_yaml.num_classes = 3
     ids = example_input(DataShape(**TOKENS), batch=64)
     assert ids.dtype == torch.long and ids.shape == (64, 16) and 0 <= ids.min() < ids.max() < 25
+
+
+def test_a_dataset_config_without_a_shape_node_is_refused_naming_it(data_dir):
+    cfg = compose_cfg(tiny("none", "cnn", "digits", data_dir))
+    with open_dict(cfg):  # the layout before the shape node: loose keys
+        cfg.dataset.input_type, cfg.dataset.grid = "image", [8, 8]
+        del cfg.dataset.shape
+    with pytest.raises(ValueError, match=r"dataset\.shape is missing: .* conf/dataset/\*\.yaml"):
+        validate(cfg)
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
