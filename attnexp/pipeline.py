@@ -41,7 +41,7 @@ def build_data(cfg: DictConfig) -> ArrayDataModule:
 def build_module(cfg: DictConfig, model: Backbone) -> Classifier:
     return Classifier(
         model,
-        num_classes=cfg.dataset.num_classes,
+        num_classes=model.shape.num_classes,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
     )

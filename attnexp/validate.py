@@ -44,6 +44,7 @@ def validate(cfg: DictConfig) -> None:
                     )
     _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
     _check_compile(cfg)
+    _check_shape(cfg)
     _check_model(cfg)
     _check_data(cfg)
 
@@ -75,6 +76,21 @@ def _check_compile(cfg: DictConfig) -> None:
     allowed = torch._dynamo.list_backends(exclude_tags=())
     if backend not in allowed:
         raise ValueError(f"compile_backend must be one of {', '.join(allowed)}, got {backend!r}")
+
+
+def _check_shape(cfg: DictConfig) -> None:
+    """The data's shape facts alone first, so a bad one is not reported as a bad model."""
+    from hydra.utils import instantiate
+
+    if "shape" not in cfg.dataset:  # a dataset yaml (or a run's saved config) of the old layout
+        raise ValueError(
+            "dataset.shape is missing: a dataset config holds its shape facts (input_type, grid, "
+            "in_channels or vocab_size, num_classes) in one shape node, as conf/dataset/*.yaml do"
+        )
+    try:
+        instantiate(cfg.dataset.shape)
+    except InstantiationException as e:
+        raise ValueError(str(e.__cause__ or e)) from e
 
 
 def _check_model(cfg: DictConfig) -> None:

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from attnexp.config import CONFIG_DIR, compose_train_config, register_resolvers
+from attnexp.data.shape import DataShape
 
 register_resolvers()
 
@@ -22,8 +23,7 @@ BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 
 # Small enough for a 2-core CI machine; num_samples keeps every class present.
-TINY = ["trainer=cpu", "logger=csv", "backbone.depth=1"]
-TINY_BACKBONE = {"cnn": ["backbone.width=16"], "transformer": ["backbone.dim=16"]}
+TINY = ["trainer=cpu", "logger=csv", "backbone.depth=1", "backbone.dim=16"]
 TINY_DATA = {
     "mnist1d": ["dataset.source.num_samples=400"],
     "digits": ["dataset.source.num_samples=300"],
@@ -39,17 +39,15 @@ def tiny(attention: str, backbone: str, dataset: str, data_dir: Path) -> list[st
         f"dataset={dataset}",
         f"paths.data_dir={data_dir}",
         *TINY,
-        *TINY_BACKBONE[backbone],
         *TINY_DATA[dataset],
     ]
 
 
-def example_input(spec, batch: int = 5) -> torch.Tensor:
-    """A random batch for a dataset ``spec`` (a dict or ``cfg.dataset``): token ids or
-    tokens-last continuous inputs."""
-    if spec["input_type"] == "tokens":
-        return torch.randint(0, spec["vocab_size"], (batch, *spec["grid"]))
-    return torch.randn(batch, *spec["grid"], spec["in_channels"])
+def example_input(shape: DataShape, batch: int = 5) -> torch.Tensor:
+    """A random batch of data of this ``shape``: token ids or tokens-last continuous inputs."""
+    if shape.is_tokens:
+        return torch.randint(0, shape.vocab_size, (batch, *shape.sample_shape))
+    return torch.randn(batch, *shape.sample_shape)
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:

@@ -46,6 +46,9 @@ BAD_VALUES = {
     "negative width": (["backbone.dim=-16"], r"backbone\.dim must be a positive integer"),
     "zero heads": (["attention.num_heads=0"], r"attention\.num_heads must be a positive integer"),
     "zero epochs": (["trainer.max_epochs=0"], r"trainer\.max_epochs must be a positive integer"),
+    "image grid of rank 1": (
+        ["dataset.shape.grid=[64]"], r"dataset\.shape\.grid must be a 2-D list of positive integers"
+    ),
     "zero batch": (["dataset.batch_size=0"], r"dataset\.batch_size must be a positive integer"),
     "negative samples": (
         ["dataset.source.num_samples=-5"], r"dataset\.source\.num_samples must be a positive"
@@ -104,9 +107,9 @@ def test_checkpoints_that_do_not_exist_are_corrupt_or_from_another_config_are_re
     corrupt.write_bytes(good.read_bytes()[:1000])
     assert_refused(tmp_path / "b", overrides, CheckpointError, "corrupt", corrupt)
 
-    other = [*overrides, "backbone.width=24", "optim.optimizer.lr=0.01"]
+    other = [*overrides, "backbone.dim=24", "optim.optimizer.lr=0.01"]
     message = assert_refused(tmp_path / "c", other, CheckpointError, "another config", good)
-    assert "backbone.width: checkpoint 16, this run 24" in message
+    assert "backbone.dim: checkpoint 16, this run 24" in message
     assert "optim.optimizer.lr: checkpoint 0.003, this run 0.01" in message
 
     # Where and how long to train may change: a longer run continues from it.

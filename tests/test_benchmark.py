@@ -269,12 +269,13 @@ def test_training_flops_match_the_hand_count():
     from functools import partial
 
     from attnexp.bench.model_step import training_flops_per_sample
+    from attnexp.data.shape import DataShape
     from attnexp.models.transformer import Transformer
 
     n, c, hidden, heads, classes = 6, 8, 16, 2, 3
     model = Transformer(
-        partial(MultiHeadAttention, num_heads=heads), "sequence", (n,), classes,
-        in_channels=1, dim=c, depth=1, mlp_ratio=hidden / c,
+        partial(MultiHeadAttention, num_heads=heads), DataShape("sequence", (n,), classes, in_channels=1),
+        dim=c, depth=1, mlp_ratio=hidden / c,
     )  # fmt: skip
     # Dense layers, 2 FLOPs per weight per token they see: the 1x1 conv embedding and the MLP on
     # every token, the head once on the pooled vector. Norms and positions are not counted.

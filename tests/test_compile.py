@@ -36,7 +36,7 @@ def assert_compiles_whole_and_matches(cfg, random: bool = False) -> None:
     design in torch.compile), so only the shapes and finiteness are compared."""
     torch.manual_seed(0)
     model = build_model(cfg)
-    x = example_input(cfg.dataset, batch=3)
+    x = example_input(model.shape, batch=3)
     expected = model(x)
     expected.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from attnexp.data import mnist1d
 from attnexp.data.datamodule import ArrayDataModule, EpochOrder, SliceLoader
 from attnexp.data.digits import load_digits
 from attnexp.data.mqar import load_mqar, make_mqar
+from attnexp.data.shape import DataShape
 
 
 def mqar(seed, n=50):
@@ -116,11 +118,11 @@ def test_ranks_share_an_epoch_without_overlap_and_train_ranks_get_equal_batches(
     assert sorted(sum(evals, [])) == list(range(10))  # evaluation: each sample exactly once
 
 
-def digits_module(**kw):
-    return ArrayDataModule(
-        source=lambda: load_digits(num_samples=300),
-        **{"input_type": "image", "grid": [8, 8], "in_channels": 1, "num_classes": 10, **kw},
-    )
+DIGITS = DataShape("image", [8, 8], num_classes=10, in_channels=1)
+
+
+def digits_module(shape: DataShape = DIGITS, **kw) -> ArrayDataModule:
+    return ArrayDataModule(source=lambda: load_digits(num_samples=300), shape=shape, **kw)
 
 
 def test_validation_split_is_fixed_and_disjoint_from_train():
@@ -133,12 +135,10 @@ def test_validation_split_is_fixed_and_disjoint_from_train():
 
 
 def test_wrong_shape_facts_fail_with_the_key_named():
-    with pytest.raises(ValueError, match="dataset.grid"):
-        digits_module(grid=[8, 7]).load()
-    with pytest.raises(ValueError, match="num_classes"):
-        digits_module(num_classes=5).load()
-    with pytest.raises(ValueError, match="input_type"):
-        digits_module(input_type="video")
+    with pytest.raises(ValueError, match=r"dataset\.shape\.grid / dataset\.shape\.in_channels"):
+        digits_module(replace(DIGITS, grid=[8, 7])).load()
+    with pytest.raises(ValueError, match=r"dataset\.shape\.num_classes=5"):
+        digits_module(replace(DIGITS, num_classes=5)).load()
 
 
 def test_mnist1d_seeds_give_different_datasets(tmp_path):

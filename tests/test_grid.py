@@ -41,7 +41,7 @@ def test_every_cell_builds_and_classifies_a_real_batch(
     model = build_model(cfg).eval()
     x, y = batches[dataset]
     logits = model(x)
-    assert logits.shape == (len(y), cfg.dataset.num_classes)
+    assert logits.shape == (len(y), cfg.dataset.shape.num_classes)
     assert torch.isfinite(logits).all()
 
     kind = kind_of(instantiate(cfg.attention))

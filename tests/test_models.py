@@ -10,6 +10,7 @@ import torch
 
 from attnexp.attention.base import AttentionModule, Kind, flatten_grid
 from attnexp.attention.none import Identity
+from attnexp.data.shape import DataShape
 from attnexp.models.cnn import CNN
 from attnexp.models.common import kind_of
 from attnexp.models.transformer import Transformer
@@ -58,31 +59,31 @@ class Pool(Probe):
         return flatten_grid(x)[0].amax(1)
 
 
-SEQUENCE = dict(input_type="sequence", grid=[12], in_channels=1, num_classes=3)
-IMAGE = dict(input_type="image", grid=[8, 8], in_channels=1, num_classes=10)
-TOKENS = dict(input_type="tokens", grid=[9], vocab_size=20, num_classes=4)
+SEQUENCE = DataShape("sequence", [12], num_classes=3, in_channels=1)
+IMAGE = DataShape("image", [8, 8], num_classes=10, in_channels=1)
+TOKENS = DataShape("tokens", [9], num_classes=4, vocab_size=20)
 
 
-def transformer(cls, spec, **kw):
-    return Transformer(functools.partial(cls), **spec, dim=16, depth=3, **kw)
+def transformer(cls, shape, **kw):
+    return Transformer(functools.partial(cls), shape, dim=16, depth=3, **kw)
 
 
-def cnn(cls, spec, **kw):
-    return CNN(functools.partial(cls), **spec, width=16, depth=3, **kw)
+def cnn(cls, shape, **kw):
+    return CNN(functools.partial(cls), shape, dim=16, depth=3, **kw)
 
 
 @pytest.mark.parametrize("build", [transformer, cnn])
 @pytest.mark.parametrize("cls", [Mixer, Gate])
-@pytest.mark.parametrize("spec", [SEQUENCE, IMAGE, TOKENS])
-def test_mixers_and_gates_fill_every_block_and_see_tokens_last(build, cls, spec):
-    model = build(cls, spec)
+@pytest.mark.parametrize("shape", [SEQUENCE, IMAGE, TOKENS])
+def test_mixers_and_gates_fill_every_block_and_see_tokens_last(build, cls, shape):
+    model = build(cls, shape)
     slots = dict(model.slots())
     assert len(slots) == 3 and all(name.startswith("blocks.") for name in slots)
-    x = example_input(spec)
-    assert model(x).shape == (5, spec["num_classes"])
+    x = example_input(shape)
+    assert model(x).shape == (5, shape.num_classes)
     for slot in slots.values():
-        assert slot.module.seen == [(5, *spec["grid"], 16)]
-    assert model.attention_flops() == 3 * 7 * math.prod(spec["grid"]) * 16
+        assert slot.module.seen == [(5, *shape.grid, 16)]
+    assert model.attention_flops() == 3 * 7 * math.prod(shape.grid) * 16
 
 
 @pytest.mark.parametrize("build", [transformer, cnn])
@@ -124,11 +125,9 @@ def test_weights_only_on_request(build):
     assert all(s.module.weight_calls == 1 and not s.capture for s in slots.values())
 
 
-def test_bad_shapes_are_refused_with_the_key_named():
+def test_bad_backbone_keys_are_refused_with_the_key_named():
     with pytest.raises(ValueError, match="patch_size"):
         transformer(Mixer, SEQUENCE, patch_size=5)
-    with pytest.raises(ValueError, match="vocab_size"):
-        transformer(Mixer, {**TOKENS, "vocab_size": None})
     with pytest.raises(ValueError, match="kernel_size"):
         cnn(Mixer, SEQUENCE, kernel_size=4)
     with pytest.raises(TypeError, match="AttentionModule"):

@@ -125,7 +125,7 @@ def test_ddp_cpu_trains_two_processes_and_rank_zero_writes_synchronised_metrics(
     run = tmp_path / "run"
     args = [
         "trainer=ddp_cpu", "attention=none", "backbone=cnn", "dataset=digits", "logger=csv",
-        "backbone.depth=1", "backbone.width=16", "dataset.source.num_samples=600",
+        "backbone.depth=1", "backbone.dim=16", "dataset.source.num_samples=600",
         "dataset.batch_size=32", "trainer.max_epochs=3", f"paths.data_dir={data_dir}",
         f"hydra.run.dir={run}",
     ]  # fmt: skip

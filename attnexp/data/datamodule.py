@@ -5,18 +5,16 @@ Every dataset here fits in memory, so per-sample ``__getitem__`` + collate would
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
+from attnexp.data.shape import DataShape
 from attnexp.data.splits import Splits, carve_validation
 from attnexp.seeding import derive_seed
-
-INPUT_TYPES = ("sequence", "tokens", "image")
-
 
 
 class EpochOrder:
@@ -94,21 +92,16 @@ class SliceLoader:
 
 
 class ArrayDataModule(L.LightningDataModule):
-    """Train/val/test tensors from a ``source`` callable, checked against the declared shape facts.
+    """Train/val/test tensors from a ``source`` callable, checked against the declared ``shape``.
 
-    The shape facts (``input_type``, ``grid``, ``in_channels`` or ``vocab_size``, ``num_classes``)
-    live in the dataset config so backbones can interpolate them; here they are verified against
-    the data so a wrong yaml fails before training with the key named.
+    The shape facts live in the dataset config so backbones can take them too; here they are
+    verified against the data so a wrong yaml fails before training with the key named.
     """
 
     def __init__(
         self,
         source: Callable[[], Splits],
-        input_type: str,
-        grid: Sequence[int],
-        num_classes: int,
-        in_channels: int | None = None,
-        vocab_size: int | None = None,
+        shape: DataShape,
         batch_size: int = 128,
         val_fraction: float = 0.1,
         split_seed: int = 0,
@@ -117,22 +110,10 @@ class ArrayDataModule(L.LightningDataModule):
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
-        if input_type not in INPUT_TYPES:
-            raise ValueError(f"dataset.input_type must be one of {INPUT_TYPES}, got {input_type!r}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
-        if input_type == "tokens" and vocab_size is None:
-            raise ValueError("dataset.vocab_size is required when dataset.input_type is 'tokens'")
-        if input_type != "tokens" and in_channels is None:
-            raise ValueError(
-                f"dataset.in_channels is required when dataset.input_type is {input_type!r}"
-            )
         self.source = source
-        self.input_type = input_type
-        self.grid = tuple(grid)
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.vocab_size = vocab_size
+        self.shape = shape
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
@@ -182,17 +163,22 @@ class ArrayDataModule(L.LightningDataModule):
         return SliceLoader(x, y, self.batch_size, order)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-        dtype = torch.long if self.input_type == "tokens" else torch.float32
+        dtype = torch.long if self.shape.is_tokens else torch.float32
         return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
 
     def _check(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
-        expected = (*self.grid,) if self.input_type == "tokens" else (*self.grid, self.in_channels)
-        if tuple(x.shape[1:]) != expected:
+        shape = self.shape
+        if tuple(x.shape[1:]) != shape.sample_shape:
+            declared = "grid" if shape.is_tokens else "grid / dataset.shape.in_channels"
             raise ValueError(
-                f"{split} inputs have per-sample shape {tuple(x.shape[1:])}, but dataset.grid / "
-                f"dataset.in_channels declare {expected}"
+                f"{split} inputs have per-sample shape {tuple(x.shape[1:])}, but "
+                f"dataset.shape.{declared} declare {shape.sample_shape}"
             )
-        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"{split} labels fall outside dataset.num_classes={self.num_classes}")
-        if self.input_type == "tokens" and (x.min() < 0 or x.max() >= self.vocab_size):
-            raise ValueError(f"{split} tokens fall outside dataset.vocab_size={self.vocab_size}")
+        if len(y) and (y.min() < 0 or y.max() >= shape.num_classes):
+            raise ValueError(
+                f"{split} labels fall outside dataset.shape.num_classes={shape.num_classes}"
+            )
+        if shape.is_tokens and (x.min() < 0 or x.max() >= shape.vocab_size):
+            raise ValueError(
+                f"{split} tokens fall outside dataset.shape.vocab_size={shape.vocab_size}"
+            )

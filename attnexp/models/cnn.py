@@ -4,15 +4,15 @@ The slot sits inside each residual block after its convolutions and before the r
 SE-ResNet and CBAM put their gates; a MIXER there acts as in BoTNet. The grid keeps its size through
 the network (these inputs are small), so every slot sees the input grid. IDENTITY drops the slot;
 POOL replaces the global-average readout with attention pooling (blocks without slots).
+``dim`` is the channels of every convolution: both backbones call their width ``dim``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import Tensor, nn
 
 from attnexp.attention.base import channels_first, channels_last
+from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
     AttentionSlot,
@@ -27,17 +27,17 @@ from attnexp.models.common import (
 class ResidualBlock(nn.Module):
     """conv-BN-ReLU-conv-BN, then the slot, then the residual add and ReLU (channels-first)."""
 
-    def __init__(self, width: int, ndim: int, kernel_size: int, slot: AttentionSlot | None):
+    def __init__(self, dim: int, ndim: int, kernel_size: int, slot: AttentionSlot | None):
         super().__init__()
         conv = nn.Conv1d if ndim == 1 else nn.Conv2d
         norm = nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d
         pad = kernel_size // 2
         self.body = nn.Sequential(
-            conv(width, width, kernel_size, padding=pad, bias=False),
-            norm(width),
+            conv(dim, dim, kernel_size, padding=pad, bias=False),
+            norm(dim),
             nn.ReLU(inplace=True),
-            conv(width, width, kernel_size, padding=pad, bias=False),
-            norm(width),
+            conv(dim, dim, kernel_size, padding=pad, bias=False),
+            norm(dim),
         )
         self.slot = slot
         self.act = nn.ReLU(inplace=True)
@@ -53,35 +53,31 @@ class CNN(Backbone):
     def __init__(
         self,
         attention: AttentionFactory,
-        input_type: str,
-        grid: Sequence[int],
-        num_classes: int,
-        in_channels: int | None = None,
-        vocab_size: int | None = None,
-        width: int = 64,
+        shape: DataShape,
+        dim: int = 64,
         depth: int = 3,
         kernel_size: int = 3,
     ) -> None:
-        super().__init__()
+        super().__init__(shape)
         if kernel_size % 2 == 0:
             raise ValueError(f"backbone.kernel_size must be odd (same padding), got {kernel_size}")
-        self.embed = InputEmbedding(input_type, grid, width, in_channels, vocab_size)
+        self.embed = InputEmbedding(shape, dim)
         grid = self.embed.grid
         ndim = len(grid)
         conv = nn.Conv1d if ndim == 1 else nn.Conv2d
         norm = nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d
         self.stem = nn.Sequential(
-            conv(width, width, kernel_size, padding=kernel_size // 2, bias=False),
-            norm(width),
+            conv(dim, dim, kernel_size, padding=kernel_size // 2, bias=False),
+            norm(dim),
             nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(
             *(
-                ResidualBlock(width, ndim, kernel_size, block_slot(attention, width, grid, True))
+                ResidualBlock(dim, ndim, kernel_size, block_slot(attention, dim, grid, True))
                 for _ in range(depth)
             )
         )
-        self.readout = Readout(width, num_classes, readout_slot(attention, width, grid))
+        self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, grid))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(channels_first(self.embed(x)))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from attnexp.attention.base import AttentionModule, Kind, channels_first, channels_last
+from attnexp.data.shape import DataShape
 
 AttentionFactory = Callable[..., AttentionModule]  # a Hydra partial: called with dim=..., grid_ndim=...
 
@@ -73,7 +74,12 @@ class AttentionSlot(nn.Module):
 
 
 class Backbone(nn.Module):
-    """Base for classifiers with attention slots: FLOP accounting and weight collection."""
+    """Base for classifiers with attention slots: FLOP accounting and weight collection.
+    ``shape`` is the data it was built for (the classifier reads its ``num_classes``)."""
+
+    def __init__(self, shape: DataShape) -> None:
+        super().__init__()
+        self.shape = shape
 
     def slots(self) -> Iterator[tuple[str, AttentionSlot]]:
         for name, m in self.named_modules():
@@ -113,41 +119,23 @@ class InputEmbedding(nn.Module):
     ``patch_size`` patch (a strided convolution), so ``grid`` shrinks by ``patch_size``.
     """
 
-    def __init__(
-        self,
-        input_type: str,
-        grid: Sequence[int],
-        dim: int,
-        in_channels: int | None = None,
-        vocab_size: int | None = None,
-        patch_size: int = 1,
-    ) -> None:
+    def __init__(self, shape: DataShape, dim: int, patch_size: int = 1) -> None:
         super().__init__()
-        grid = tuple(grid)
-        if input_type == "tokens":
-            if vocab_size is None:
-                raise ValueError("backbone.vocab_size is required for token inputs")
-            self.embed = nn.Embedding(vocab_size, dim)
-            self.grid = grid
-        elif input_type in ("sequence", "image"):
-            expected = 1 if input_type == "sequence" else 2
-            if len(grid) != expected:
-                raise ValueError(
-                    f"a {input_type} has a {expected}-D grid, got backbone.grid={grid}"
-                )
-            if in_channels is None:
-                raise ValueError(f"backbone.in_channels is required for {input_type} inputs")
-            if any(g % patch_size for g in grid):
-                raise ValueError(f"backbone.patch_size={patch_size} must divide the grid {grid}")
-            conv = nn.Conv1d if len(grid) == 1 else nn.Conv2d
-            self.embed = conv(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-            self.grid = tuple(g // patch_size for g in grid)
+        self.is_tokens = shape.is_tokens
+        if shape.is_tokens:
+            self.embed = nn.Embedding(shape.vocab_size, dim)
+            self.grid = shape.grid
         else:
-            raise ValueError(f"input_type must be sequence, tokens or image, got {input_type!r}")
-        self.input_type = input_type
+            if any(g % patch_size for g in shape.grid):
+                raise ValueError(
+                    f"backbone.patch_size={patch_size} must divide dataset.shape.grid={shape.grid}"
+                )
+            conv = nn.Conv1d if len(shape.grid) == 1 else nn.Conv2d
+            self.embed = conv(shape.in_channels, dim, kernel_size=patch_size, stride=patch_size)
+            self.grid = tuple(g // patch_size for g in shape.grid)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_type == "tokens":
+        if self.is_tokens:
             return self.embed(x)
         return channels_last(self.embed(channels_first(x)))
 

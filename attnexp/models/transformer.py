@@ -9,11 +9,10 @@ Placement by kind:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
+from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
     AttentionSlot,
@@ -53,19 +52,15 @@ class Transformer(Backbone):
     def __init__(
         self,
         attention: AttentionFactory,
-        input_type: str,
-        grid: Sequence[int],
-        num_classes: int,
-        in_channels: int | None = None,
-        vocab_size: int | None = None,
+        shape: DataShape,
         dim: int = 64,
         depth: int = 2,
         mlp_ratio: float = 2.0,
         patch_size: int = 1,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.embed = InputEmbedding(input_type, grid, dim, in_channels, vocab_size, patch_size)
+        super().__init__(shape)
+        self.embed = InputEmbedding(shape, dim, patch_size)
         tokens = self.embed.grid
         self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
@@ -74,7 +69,7 @@ class Transformer(Backbone):
             *(Block(dim, hidden, dropout, block_slot(attention, dim, tokens)) for _ in range(depth))
         )
         self.norm = nn.LayerNorm(dim)
-        self.readout = Readout(dim, num_classes, readout_slot(attention, dim, tokens))
+        self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.embed(x) + self.pos

@@ -1,0 +1,77 @@
+"""A dataset's shape facts as one object: what the data module, the backbones and the classifier
+need to know about a sample, checked once. Each dataset yaml holds it as its ``shape:`` node and
+each backbone yaml passes ``shape: ${dataset.shape}``; no Lightning, so ``validate`` can build it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+INPUT_TYPES = ("sequence", "tokens", "image")
+# The backbones have 1-D and 2-D layers; continuous inputs say by their type which one they need.
+GRID_RANKS = {"sequence": (1,), "image": (2,), "tokens": (1, 2)}
+KEY = "dataset.shape"
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """``input_type``: ``sequence`` (1-D grid) or ``image`` (2-D grid) of ``in_channels`` real
+    values per position, or ``tokens``: integer ids below ``vocab_size`` on a 1-D or 2-D grid.
+    ``grid``: the positions of one sample. Labels are ``0 .. num_classes-1``.
+
+    >>> DataShape("sequence", [40], num_classes=10, in_channels=1).sample_shape
+    (40, 1)
+    """
+
+    input_type: str
+    grid: tuple[int, ...]
+    num_classes: int
+    in_channels: int | None = None
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_type not in INPUT_TYPES:
+            allowed = ", ".join(INPUT_TYPES)
+            raise ValueError(f"{KEY}.input_type must be one of {allowed}, got {self.input_type!r}")
+        inputs = "token inputs" if self.is_tokens else f"{self.input_type} inputs"
+        grid = _grid(self.grid, GRID_RANKS[self.input_type], inputs)
+        object.__setattr__(self, "grid", grid)  # a tuple (Hydra hands a list): hashable, frozen
+        _require_int("num_classes", self.num_classes, minimum=2)
+        # A token is an id (its width is the embedding's); a continuous position has channels.
+        needed, unused = (
+            ("vocab_size", "in_channels") if self.is_tokens else ("in_channels", "vocab_size")
+        )
+        _require_int(needed, getattr(self, needed), why=f" for {inputs}")
+        if getattr(self, unused) is not None:
+            raise ValueError(
+                f"{KEY}.{unused} must be null for {inputs}, which use {needed}, "
+                f"got {getattr(self, unused)!r}"
+            )
+
+    @property
+    def is_tokens(self) -> bool:
+        return self.input_type == "tokens"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample's array shape, tokens-last: ``grid`` for ids, ``(*grid, in_channels)`` else."""
+        return self.grid if self.is_tokens else (*self.grid, self.in_channels)
+
+
+def _require_int(key: str, value: Any, minimum: int = 1, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{KEY}.{key} must be {what}{why}, got {value!r}")
+
+
+def _grid(grid: Any, ranks: tuple[int, ...], inputs: str) -> tuple[int, ...]:
+    sizes = tuple(grid) if isinstance(grid, Sequence) and not isinstance(grid, str) else ()
+    if len(sizes) not in ranks or any(
+        isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in sizes
+    ):
+        rank = " or ".join(f"{r}-D" for r in ranks)
+        raise ValueError(
+            f"{KEY}.grid must be a {rank} list of positive integers for {inputs}, got {grid!r}"
+        )
+    return sizes
