@@ -46,6 +46,7 @@ def test_default_loggers_write_csv_and_an_offline_wandb_run_in_the_run_dir(
         tracking.publish_to_wandb(loggers, results, figures)
         (run,) = [lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"]
         seen.update(group=run.group, tags=set(run.tags), summary=dict(run.summary), figures=figures)
+        seen["quiet"] = run.settings.quiet  # no history and summary printed at the end
 
     monkeypatch.setattr(pipeline, "publish_to_wandb", publish)
     overrides = [*tiny("se", "cnn", "digits", data_dir), "logger=many", "debug=limit"]
@@ -59,6 +60,7 @@ def test_default_loggers_write_csv_and_an_offline_wandb_run_in_the_run_dir(
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
     assert seen["group"] == "se-cnn-digits" and seen["tags"] == {"se", "cnn", "digits"}
+    assert seen["quiet"] is True
     for key in ("val/acc_best", "test/acc", "test/f1"):
         assert seen["summary"][key] == pytest.approx(results["metrics"][key])
     for key in ("params", "throughput", "attention_flops"):
