@@ -1,4 +1,4 @@
-"""Run measurements: training throughput and peak memory."""
+"""Run measurements (training throughput and peak memory), the loss guard and the progress bar."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 
 
 class RunStats(L.Callback):
@@ -76,3 +77,13 @@ class FiniteLoss(L.Callback):
                 f"{last}. Try a lower optim.optimizer.lr or gradient clipping "
                 "(trainer.gradient_clip_val)"
             )
+
+
+class MetricsProgressBar(RichProgressBar):
+    """The progress bar shows what the model logs with ``prog_bar=True`` (train loss, the
+    validation metric) and not the logger's version (``v_num``: a W&B run id says nothing)."""
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

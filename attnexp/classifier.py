@@ -12,6 +12,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 TOP_K = 5
+VAL_METRIC = "val/acc"  # its best is val/acc_best; the progress bar shows it
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -58,7 +59,7 @@ class Classifier(L.LightningModule):
         # Logging every step costs as much as the step for small models: log every N steps and
         # keep the epoch mean on the device (no sync until the epoch ends).
         if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False)
+            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._loss_count += 1
         return loss
@@ -81,9 +82,10 @@ class Classifier(L.LightningModule):
         self.val_loss.reset()
         # torchmetrics already reduced these over all ranks; sync_dist only averages equal values
         # (and tells Lightning so, instead of warning).
-        self.log_dict(values, sync_dist=True)
+        for name, value in values.items():  # the progress bar shows the metric a run is judged by
+            self.log(name, value, sync_dist=True, prog_bar=name == VAL_METRIC)
         if not self.trainer.sanity_checking:  # the sanity check's untrained score is no "best"
-            self.val_acc_best.update(values["val/acc"])
+            self.val_acc_best.update(values[VAL_METRIC])
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -26,6 +26,7 @@ from attnexp.config import (
 )
 from attnexp.provenance import new_results
 from attnexp.results import FAILED, atomic_write_text, write_results
+from attnexp.terminal import quiet_dependencies
 from attnexp.validate import validate
 
 register_resolvers()
@@ -43,6 +44,7 @@ def train_main(cfg: DictConfig) -> float | None:
     """
     from attnexp.sweep import available_cores, previous_result, threads_per_job
 
+    quiet_dependencies()
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     n_jobs = hydra_cfg.launcher.get("n_jobs")  # joblib: jobs share the cores
@@ -88,6 +90,7 @@ def eval_main(cfg: DictConfig) -> dict[str, float]:
     """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir."""
     from attnexp.pipeline import evaluate
 
+    quiet_dependencies()
     given = Path(cfg.ckpt_path)
     run_dir = find_run_dir(given)
     ckpt = given if given.is_file() else best_checkpoint(run_dir)

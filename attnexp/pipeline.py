@@ -13,10 +13,11 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from attnexp.callbacks import FiniteLoss, RunStats
+from attnexp.callbacks import FiniteLoss, MetricsProgressBar, RunStats
 from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp, check_resumable
 from attnexp.classifier import Classifier
 from attnexp.config import as_plain
@@ -26,9 +27,12 @@ from attnexp.models.common import Backbone
 from attnexp.provenance import new_results
 from attnexp.results import COMPLETED, FAILED, write_results
 from attnexp.seeding import EpochSeed
+from attnexp.terminal import print_lightning_logs_once
 from attnexp.tracking import publish_to_wandb
 from attnexp.validate import validate
 from attnexp.viz import save_model_figures
+
+print_lightning_logs_once()  # under Hydra, not once by Lightning and again by Hydra
 
 # Under data-parallel training every rank runs train(); only rank 0 writes the results file.
 record = rank_zero_only(write_results)
@@ -87,6 +91,9 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
     if cfg.trainer.get("enable_progress_bar") is None:
         # A progress bar helps at a terminal and floods a log file.
         overrides["enable_progress_bar"] = sys.stdout.isatty()
+    progress_bar = overrides.get("enable_progress_bar", cfg.trainer.get("enable_progress_bar"))
+    if progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks = [*callbacks, MetricsProgressBar()]  # train loss and val metric, no run id
     # Checkpoints are written atomically and loaded weights-only (attnexp.checkpoint).
     return instantiate(
         cfg.trainer,

@@ -34,6 +34,7 @@ from attnexp.results import (
     find_results,
     read_results,
 )
+from attnexp.terminal import quiet_dependencies
 
 MD_FILE = "comparison.md"
 CSV_FILE = "comparison.csv"
@@ -532,6 +533,7 @@ def build_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_dependencies()
     parser = argparse.ArgumentParser(
         prog="attnexp-compare",
         description="Compare the runs of one or more sweeps: writes comparison.md, "

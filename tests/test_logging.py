@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 
 from attnexp import pipeline, tracking
+from attnexp.callbacks import MetricsProgressBar
 from attnexp.config import CHOICE_GROUPS, find_run_dir, load_run_config
-from attnexp.pipeline import build_loggers, train
+from attnexp.pipeline import build_loggers, build_trainer, train
+from attnexp.terminal import quiet_dependencies
 from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +46,7 @@ def test_default_loggers_write_csv_and_an_offline_wandb_run_in_the_run_dir(
         tracking.publish_to_wandb(loggers, results, figures)
         (run,) = [lg.experiment for lg in loggers if type(lg).__name__ == "WandbLogger"]
         seen.update(group=run.group, tags=set(run.tags), summary=dict(run.summary), figures=figures)
+        seen["quiet"] = run.settings.quiet  # no history and summary printed at the end
 
     monkeypatch.setattr(pipeline, "publish_to_wandb", publish)
     overrides = [*tiny("se", "cnn", "digits", data_dir), "logger=many", "debug=limit"]
@@ -54,6 +60,7 @@ def test_default_loggers_write_csv_and_an_offline_wandb_run_in_the_run_dir(
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
     assert seen["group"] == "se-cnn-digits" and seen["tags"] == {"se", "cnn", "digits"}
+    assert seen["quiet"] is True
     for key in ("val/acc_best", "test/acc", "test/f1"):
         assert seen["summary"][key] == pytest.approx(results["metrics"][key])
     for key in ("params", "throughput", "attention_flops"):
@@ -117,3 +124,90 @@ def test_a_composed_config_keeps_the_run_name_its_experiment_gave(tmp_path):
     assert cfg.choices.attention == "mha-pearson-softmax"
     assert cfg.choices.experiment == "design_space" and cfg.choices.backbone == "transformer"
     assert cfg.paths.output_dir == str(tmp_path)
+
+
+# What a researcher sees at the terminal (attnexp.terminal).
+LIGHTNING_LINES = ("Seed set to 0", "GPU available:", "`Trainer.fit` stopped", "Restoring states")
+ADVERTISING = ("Tip:", "litlogger", "litmodels")
+
+
+def test_each_lightning_line_shows_once_and_train_log_keeps_it_once(tmp_path, data_dir):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, str(ROOT / "train.py"),
+        *tiny("none", "cnn", "digits", data_dir), "debug=limit", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    terminal, log_file = proc.stdout + proc.stderr, (run / "train.log").read_text()
+    for line in LIGHTNING_LINES:
+        assert terminal.count(line) == 1, f"{line!r} printed {terminal.count(line)} times"
+        assert log_file.count(line) == 1, f"{line!r} in train.log {log_file.count(line)} times"
+    for text in ADVERTISING:
+        assert text not in terminal and text not in log_file
+
+
+def test_lightning_tips_are_dropped_at_the_logger_they_are_sent_to(caplog):
+    """Both of Lightning's tips (litlogger at Trainer(), litmodels at fit/test without a
+    checkpoint callback) are ``rank_zero_info`` calls; other lines of that logger stay."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    quiet_dependencies()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud uploads and versioning, try installing litmodels")
+        rank_zero_info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_dependency_deprecations_are_filtered_and_the_projects_own_warnings_pass():
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_dependencies()
+        _tree_flatten(1)  # Lightning's use of torch's deprecated LeafSpec: a FutureWarning
+        for module in ("torch.nn.modules", "wandb.sdk", "lightning", "attnexp.viz", "attnexp"):
+            warnings.warn_explicit("deprecated", DeprecationWarning, "x.py", 1, module=module)
+        warnings.warn_explicit("from a script", FutureWarning, "x.py", 1, module="__main__")
+        warnings.warn_explicit("ours", UserWarning, "viz.py", 1, module="attnexp.viz")
+        hint = "smaller than the logging interval"  # Lightning's, about the user's own setting
+        warnings.warn_explicit(hint, UserWarning, "fit_loop.py", 1, module="lightning.pytorch")
+        warnings.warn_explicit("near", DeprecationWarning, "x.py", 1, module="torchvisionish")
+    shown = [(w.category, str(w.message)) for w in caught]
+    assert shown == [
+        (DeprecationWarning, "deprecated"),  # attnexp.viz
+        (DeprecationWarning, "deprecated"),  # attnexp
+        (FutureWarning, "from a script"),
+        (UserWarning, "ours"),
+        (UserWarning, hint),
+        (DeprecationWarning, "near"),  # not a dependency: only whole package names match
+    ]
+
+
+def test_the_progress_bar_shows_train_loss_and_val_metric_and_no_run_id(
+    tmp_path, data_dir, monkeypatch
+):
+    shown, standard = [], []
+
+    class Recorded(MetricsProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            standard.append(dict(get_standard_metrics(trainer)))
+            shown.append(super().get_metrics(trainer, pl_module))
+            return shown[-1]
+
+    monkeypatch.setattr(pipeline, "MetricsProgressBar", Recorded)
+    overrides = [
+        *tiny("none", "cnn", "digits", data_dir), "debug=limit", "trainer.enable_progress_bar=true",
+        "logger.csv.version=run7",  # a logger version, as W&B's run id is, which Lightning shows
+    ]  # fmt: skip
+    assert train(compose_cfg(overrides, tmp_path))["status"] == "completed"
+    assert {"v_num": "run7"} in standard
+    assert shown and not any("v_num" in s for s in shown)
+    assert {"train/loss", "val/acc"} <= set(shown[-2])  # the end of fit (the last is test's)
+    assert not any("val/f1" in s or "val/loss" in s for s in shown)  # only the watched ones
+
+
+def test_without_a_terminal_there_is_no_progress_bar(tmp_path, data_dir):
+    cfg = compose_cfg([*tiny("none", "cnn", "digits", data_dir), "debug=limit"], tmp_path)
+    trainer = build_trainer(cfg, callbacks=[], loggers=[])  # pytest's stdout is no terminal
+    assert trainer.progress_bar_callback is None

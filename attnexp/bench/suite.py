@@ -40,6 +40,7 @@ from attnexp.bench.tables import (
     save_scaling_plot,
     section_report,
 )
+from attnexp.terminal import quiet_dependencies
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "attention"
 OURS = "attnexp"
@@ -322,6 +323,7 @@ SECTIONS = ("scaling", "overhead", "mfu", "ablation_timing")
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_dependencies()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, few steps (CI)")
     parser.add_argument(
