@@ -48,10 +48,12 @@ def quiet_dependencies() -> None:
     """Filter dependencies' deprecation warnings and Lightning's tips; call once per entry point.
 
     Filters, not a blanket ignore: the project's own warnings and every other dependency warning
-    (e.g. Lightning's hint about ``log_every_n_steps``) still show.
+    (e.g. Lightning's hint about ``log_every_n_steps``) still show. A user who asks for warnings
+    explicitly (``python -W default ...`` or ``PYTHONWARNINGS``) gets them all.
     """
-    for category in DEPRECATIONS:
-        warnings.filterwarnings("ignore", category=category, module=DEPENDENCY_MODULE)
+    if not sys.warnoptions:
+        for category in DEPRECATIONS:
+            warnings.filterwarnings("ignore", category=category, module=DEPENDENCY_MODULE)
     # Lightning's checkpoint note asks to add the training callbacks; a test-only trainer (eval)
     # restores no callback state, so nothing there needs them.
     warnings.filterwarnings(

@@ -211,3 +211,12 @@ def test_without_a_terminal_there_is_no_progress_bar(tmp_path, data_dir):
     cfg = compose_cfg([*tiny("none", "cnn", "digits", data_dir), "debug=limit"], tmp_path)
     trainer = build_trainer(cfg, callbacks=[], loggers=[])  # pytest's stdout is no terminal
     assert trainer.progress_bar_callback is None
+
+
+def test_warnings_asked_for_on_the_command_line_are_not_filtered(monkeypatch):
+    monkeypatch.setattr(sys, "warnoptions", ["default"])  # python -W default / PYTHONWARNINGS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_dependencies()
+        warnings.warn_explicit("deprecated", DeprecationWarning, "x.py", 1, module="torch.nn")
+    assert [str(w.message) for w in caught] == ["deprecated"]
