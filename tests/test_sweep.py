@@ -154,20 +154,25 @@ def make_job(sweep_dir: Path, name: str, results: dict | None = None) -> None:
 
 
 def test_sweep_outcome_counts_jobs_that_died_without_results(tmp_path):
-    def job(name, results=None):
-        make_job(tmp_path, name, results)
+    choices = {"attention": "mha", "backbone": "cnn", "dataset": "digits", "seed": 0}
 
-    job("0-ok", {"status": "completed", "started_at": "2020-01-01T00:00:00+00:00"})
-    job("1-new", {"status": "completed", "started_at": "2030-01-01T00:00:00+00:00"})
-    job("2-bad", {"status": "failed", "error": "ValueError: boom"})
-    job("3-died")
-    job("4-running", {"status": "running"})
+    def job(name, **results):
+        make_job(tmp_path, name, {"choices": choices, "metrics": {"test/acc": 0.5}, **results})
+
+    job("0-ok", status="completed", started_at="2020-01-01T00:00:00+00:00")
+    job("1-new", status="completed", started_at="2030-01-01T00:00:00+00:00")
+    job("2-bad", status="failed", error="ValueError: boom")
+    make_job(tmp_path, "3-died")
+    job("4-running", status="running")
+    # What the report cannot read is no completed job either (one reader serves both).
+    job("5-no-acc", status="completed", metrics={"test/f1": 0.5})
     out = sweep_outcome(tmp_path, started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert [p.name for p in out.completed] == ["0-ok", "1-new"]
     assert [p.name for p in out.reused] == ["0-ok"]
     assert [(p.name, e.split(" ")[0]) for p, e in out.failed] == [
-        ("2-bad", "ValueError:"), ("3-died", "no"), ("4-running", "status"),
+        ("2-bad", "ValueError:"), ("3-died", "no"), ("4-running", "status"), ("5-no-acc", "no"),
     ]  # fmt: skip
+    assert "metrics['test/acc']" in out.failed[-1][1]
     assert not out.ok
 
 
