@@ -48,6 +48,13 @@ MIN = "min"  # lower is better
 DIRECTIONS = (MAX, MIN)
 
 
+def check_direction(key: str, value: Any) -> str:
+    """``value`` if it is a direction; else a ValueError naming ``key`` and what is allowed."""
+    if value not in DIRECTIONS:
+        raise ValueError(f"{key} must be one of {', '.join(DIRECTIONS)}, got {value!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- costs
 
 
@@ -92,11 +99,7 @@ class Metric:
     stages: tuple[str, ...] = ("val", "test")
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise ValueError(
-                f"metric {self.name}: direction must be one of {', '.join(DIRECTIONS)}, "
-                f"got {self.direction!r}"
-            )
+        check_direction(f"metric {self.name}: direction", self.direction)
         object.__setattr__(self, "stages", tuple(self.stages))  # a JSON list reads as a tuple
 
     def keys(self) -> tuple[str, ...]:
@@ -162,8 +165,9 @@ def classification(num_classes: int | None = None) -> Task:
 
 
 def task_of(cfg: Any) -> Task:
-    """The task a run of ``cfg`` trains: every dataset is classification today."""
-    num_classes = cfg.dataset.get("num_classes")
+    """The task a run of ``cfg`` trains: every dataset is classification today. Reads the config
+    unchecked (a refused run's record names its task too)."""
+    num_classes = (cfg.dataset.get("shape") or {}).get("num_classes")
     return classification(num_classes if isinstance(num_classes, int) else None)
 
 

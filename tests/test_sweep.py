@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from attnexp.config import CONFIG_DIR, config_hash, run_group
+from attnexp.config import CONFIG_DIR, config_hash, register_resolvers, run_group
 from attnexp.results import find_results, read_results, write_results
 from attnexp.sweep import (
     SweepSummary,
@@ -255,6 +255,7 @@ def test_a_sweep_runs_in_parallel_resumes_and_reports_its_failures(tmp_path, dat
 
 
 def compose_hydra(overrides: list[str]):
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides, return_hydra_config=True)
@@ -271,6 +272,18 @@ def test_one_optuna_search_tunes_lr_width_and_heads_of_either_backbone(picked, b
     # Every searched value is a key of the composed config (a typo would fail every trial).
     for key in cfg.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
+
+
+@pytest.mark.parametrize(("mode", "direction"), [("max", "maximize"), ("min", "minimize")])
+def test_optuna_direction_follows_objective_mode(mode, direction):
+    cfg = compose_hydra(["hparams_search=optuna", f"objective_mode={mode}"])
+    assert cfg.hydra.sweeper.direction == direction
+
+
+def test_a_bad_objective_mode_stops_the_optuna_search_naming_the_key():
+    cfg = compose_hydra(["hparams_search=optuna", "objective_mode=maximum"])
+    with pytest.raises(Exception, match=r"objective_mode must be one of max, min, got 'maximum'"):
+        _ = cfg.hydra.sweeper.direction
 
 
 def test_slurm_launcher_composes_with_its_defaults():
