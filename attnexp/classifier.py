@@ -11,12 +11,14 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-TOP_K = 5
+from attnexp.results import TOP_K
+
 VAL_METRIC = "val/acc"  # its best is val/acc_best; the progress bar shows it
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
-    """Accuracy, macro F1, and top-5 accuracy when there are more than 5 classes."""
+    """Accuracy, macro F1, and top-5 accuracy when there are more than 5 classes: the test
+    metrics ``attnexp.results.classification`` declares (tests/test_results.py checks they agree)."""
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
         "f1": MulticlassF1Score(num_classes, average="macro"),

@@ -32,12 +32,10 @@ from attnexp.validate import validate
 register_resolvers()
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "val/acc_best"
-
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def train_main(cfg: DictConfig) -> float | None:
-    """Train one configuration; returns the objective metric for sweepers.
+    """Train one configuration; returns the metric named by ``objective`` for sweepers.
 
     In a multirun a failed job returns NaN instead of raising (its results.json says why), so the
     sweep goes on and ends with ``attnexp.sweep.SweepSummary``, which exits non-zero.
@@ -64,7 +62,7 @@ def train_main(cfg: DictConfig) -> float | None:
         if done is not None:
             log.info("skipped %s: completed before with the same config (force=true re-runs it)",
                      cfg.paths.output_dir)  # fmt: skip
-            return done["metrics"].get(OBJECTIVE)
+            return done["metrics"].get(cfg.get("objective"))
         try:
             validate(cfg)  # before the slow Lightning import: a bad value fails in seconds
         except Exception as e:
@@ -82,7 +80,7 @@ def train_main(cfg: DictConfig) -> float | None:
         log.exception("job failed; recorded in %s", Path(cfg.paths.output_dir) / "results.json")
         return math.nan
     log.info("results: %s", Path(cfg.paths.output_dir) / "results.json")
-    return results["metrics"].get(OBJECTIVE)
+    return results["metrics"].get(cfg.get("objective"))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from attnexp.results import read_results
+from attnexp.results import check_direction, read_results
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -27,14 +27,14 @@ CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
 # to re-run a completed job (attnexp.sweep), ``figures`` how many test samples to draw after testing.
 UNHASHED_KEYS = (
     "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures", "resume",
-    "ckpt_path",
+    "ckpt_path", "objective", "objective_mode",
 )  # fmt: skip
 
 
 def register_resolvers() -> None:
     """``${project_root:}``, ``${if_set:v,a,b}``, ``${uid:}`` (a short random suffix, cached per
-    config so a sweep's jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}`` and
-    ``${run_group:...}``."""
+    config so a sweep's jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}``,
+    ``${run_group:...}`` and ``${optuna_direction:max}``."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("if_set"):
@@ -48,6 +48,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("join", lambda xs, sep="_": sep.join(map(str, xs)))
     if not OmegaConf.has_resolver("run_group"):
         OmegaConf.register_new_resolver("run_group", run_group)
+    if not OmegaConf.has_resolver("optuna_direction"):
+        OmegaConf.register_new_resolver("optuna_direction", optuna_direction)
+
+
+def optuna_direction(objective_mode: str) -> str:
+    """Optuna's name for an ``objective_mode``: ``max`` -> ``maximize``, ``min`` -> ``minimize``."""
+    return check_direction("objective_mode", objective_mode) + "imize"
 
 
 def run_group(mode: Any, sweep_dir: str, cell: str) -> str:

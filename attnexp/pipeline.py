@@ -25,7 +25,7 @@ from attnexp.data.datamodule import ArrayDataModule
 from attnexp.models import build_model
 from attnexp.models.common import Backbone
 from attnexp.provenance import new_results
-from attnexp.results import COMPLETED, FAILED, write_results
+from attnexp.results import COMPLETED, FAILED, cost_metrics, write_results
 from attnexp.seeding import EpochSeed
 from attnexp.terminal import print_lightning_logs_once
 from attnexp.tracking import publish_to_wandb
@@ -156,12 +156,8 @@ def train(
             wall_time_s=time.perf_counter() - start,
             best_checkpoint=_relative_to(best, run_dir) if best else None,
         )
-        run_stats = {
-            f"run/{k}": results[k]
-            for k in ("params", "throughput", "peak_memory_mb", "wall_time_s")
-        }
         for logger in loggers:
-            logger.log_metrics({k: v for k, v in run_stats.items() if v is not None})
+            logger.log_metrics(cost_metrics(results))
         # Looking inside: what the attention does on a few test samples; figures also go to W&B.
         if trainer.is_global_zero:
             figures = save_model_figures(

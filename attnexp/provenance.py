@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, config_hash
-from attnexp.results import RUNNING
+from attnexp.results import COST_NAMES, RUNNING, task_of
 
 PACKAGES = {"torch": "torch", "lightning": "lightning", "hydra": "hydra-core",
             "omegaconf": "omegaconf", "torchmetrics": "torchmetrics"}  # fmt: skip
@@ -32,12 +32,9 @@ def new_results(cfg: DictConfig, overrides: Sequence[str], run_dir: Path) -> dic
         "choices": {**choices, "seed": cfg.seed},
         "overrides": list(overrides),
         "config_hash": config_hash(cfg),
+        "task": task_of(cfg).to_json(),
         "metrics": {},
-        "params": None,
-        "attention_flops": None,
-        "throughput": None,
-        "peak_memory_mb": None,
-        "wall_time_s": None,
+        **dict.fromkeys(COST_NAMES),
         "run_dir": str(run_dir.resolve()),
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),

@@ -1,8 +1,11 @@
 """The comparison report: every ``results.json`` under one or more sweep dirs -> one table + plots.
 
 One row per attention x backbone x dataset (x experiment, shown when any run names one): mean and
-sample standard deviation over the completed seeds of test accuracy and F1, and the means of the
-cost columns. Written as ``comparison.md``, ``comparison.csv`` and PNG plots, and printed as a table.
+sample standard deviation over the completed seeds of every test metric the runs' task declares
+(``attnexp.results``), and the means of the cost columns; rows are sorted by the task's primary
+metric, best first. Runs of different tasks share one table: its metric columns are the union, and
+a cell a row's task lacks shows "–". Written as ``comparison.md``, ``comparison.csv`` and PNG plots,
+and printed as a table.
 
 Standard deviation is the sample one (n - 1); over a single seed it is undefined and shown as "–"
 (empty in the CSV), never as a misleading 0. Failed runs count in ``failed`` and are listed with
@@ -19,7 +22,7 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,22 +30,26 @@ from typing import Any
 from attnexp.plotting import new_figure, safe_filename, save_figure
 from attnexp.results import (
     COMPLETED,
+    COSTS,
     FAILED,
+    MAX,
     RESULTS_FILE,
     RUNNING,
+    Cost,
+    Metric,
+    RunRecord,
+    Task,
+    UnreadableRecord,
     atomic_write_text,
     find_results,
-    read_results,
+    load_record,
 )
 from attnexp.terminal import quiet_dependencies
 
 MD_FILE = "comparison.md"
 CSV_FILE = "comparison.csv"
 MISSING = "–"  # shown for an undefined value: std over one seed, a group with no completed run
-
-# Where the numbers come from in results.json: row name -> key in "metrics", and top-level keys.
-_METRICS = {"acc": "test/acc", "f1": "test/f1"}
-_COSTS = ("params", "attention_flops", "throughput", "peak_memory_mb", "wall_time_s")
+IDENTITY = ("dataset", "backbone", "attention", "experiment")  # the columns naming a row
 
 
 def variant_name(attention: str, experiment: str | None) -> str:
@@ -55,28 +62,20 @@ class ReportError(Exception):
 
 
 @dataclass(frozen=True)
-class Run:
-    """One readable ``results.json``, flattened to what the report needs."""
-
-    path: Path  # the run dir
-    status: str
-    attention: str
-    backbone: str
-    dataset: str
-    seed: Any
-    experiment: str | None
-    error: str | None
-    values: dict[str, float]  # acc, f1 and the cost columns; NaN where the file has none
-
-    @property
-    def variant(self) -> str:
-        return variant_name(self.attention, self.experiment)
-
-
-@dataclass(frozen=True)
 class Unreadable:
     path: Path  # the results.json
     reason: str
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std over a row's completed seeds; NaN where undefined."""
+
+    mean: float
+    std: float
+
+
+UNDEFINED = Stat(math.nan, math.nan)
 
 
 @dataclass
@@ -87,36 +86,43 @@ class Row:
     backbone: str
     attention: str
     experiment: str | None
+    task: Task
     n_seeds: int  # completed runs
     n_failed: int
-    acc_mean: float
-    acc_std: float
-    f1_mean: float
-    f1_std: float
-    params: float
-    attention_flops: float
-    throughput: float  # training samples/s
-    peak_memory_mb: float
-    wall_time_s: float
+    stats: dict[str, Stat]  # each test metric of the task ("test/acc") over the seeds
+    costs: dict[str, float]  # each cost field's mean
 
     @property
     def variant(self) -> str:
         return variant_name(self.attention, self.experiment)
 
+    def stat(self, key: str) -> Stat:
+        return self.stats.get(key, UNDEFINED)
+
+    @property
+    def primary(self) -> tuple[str, Metric]:
+        """The key and declaration of the metric this row is ranked and plotted by."""
+        return reported_key(self.task.primary), self.task.primary
+
 
 @dataclass
 class Report:
     rows: list[Row]
-    failures: list[Run]
+    failures: list[RunRecord]
     unreadable: list[Unreadable]
-    running: list[Run]
+    running: list[RunRecord]
     files: list[Path] = field(default_factory=list)
+
+
+def reported_key(metric: Metric) -> str:
+    """The key a report reads a metric from: its test stage (``test/acc``)."""
+    return f"test/{metric.name}"
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[Run], list[Unreadable]]:
+def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[RunRecord], list[Unreadable]]:
     """Read every ``results.json`` under ``dirs``; unreadable files are returned, not raised."""
     runs, unreadable, seen = [], [], set()
     for d in map(Path, dirs):
@@ -132,46 +138,10 @@ def load_runs(dirs: Iterable[str | os.PathLike]) -> tuple[list[Run], list[Unread
                 continue
             seen.add(f.resolve())
             try:
-                runs.append(_parse_run(f.parent, read_results(f)))
-            except (OSError, ValueError, TypeError, KeyError) as e:
-                unreadable.append(Unreadable(f, f"{type(e).__name__}: {e}"))
+                runs.append(load_record(f))
+            except UnreadableRecord as e:
+                unreadable.append(Unreadable(f, str(e)))
     return runs, unreadable
-
-
-def _parse_run(run_dir: Path, data: Any) -> Run:
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-    status = data.get("status")
-    if status not in (COMPLETED, FAILED, RUNNING):
-        raise ValueError(f"status must be one of {COMPLETED}/{FAILED}/{RUNNING}, got {status!r}")
-    choices = data.get("choices")
-    if not isinstance(choices, dict):
-        raise ValueError("missing 'choices'")
-    for key in ("attention", "backbone", "dataset"):
-        if not choices.get(key):
-            raise ValueError(f"missing choices.{key}")
-    metrics = data.get("metrics") or {}
-    if status == COMPLETED and _number(metrics.get("test/acc")) is None:
-        raise ValueError("a completed run without a numeric metrics['test/acc']")
-    values = {name: _number(metrics.get(key)) for name, key in _METRICS.items()}
-    values.update({key: _number(data.get(key)) for key in _COSTS})
-    return Run(
-        path=run_dir,
-        status=status,
-        attention=str(choices["attention"]),
-        backbone=str(choices["backbone"]),
-        dataset=str(choices["dataset"]),
-        seed=choices.get("seed"),
-        experiment=choices.get("experiment") or None,
-        error=data.get("error"),
-        values={k: math.nan if v is None else v for k, v in values.items()},
-    )
-
-
-def _number(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x)
 
 
 # --------------------------------------------------------------------------- aggregating
@@ -188,114 +158,138 @@ def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) >= 2 else math.nan
 
 
-def summarize(runs: Iterable[Run]) -> list[Row]:
-    """Aggregate runs into rows, sorted by dataset, backbone, then test accuracy (best first)."""
-    groups: dict[tuple, list[Run]] = {}
+def summarize(runs: Iterable[RunRecord]) -> list[Row]:
+    """Aggregate runs into rows, sorted by dataset, backbone, then the primary metric (best
+    first)."""
+    groups: dict[tuple, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault((r.dataset, r.backbone, r.attention, r.experiment), []).append(r)
     rows = []
     for (dataset, backbone, attention, experiment), members in groups.items():
         done = [r for r in members if r.status == COMPLETED]
-
-        def col(name, done=done):
-            return [r.values[name] for r in done]
-
+        task = (done or members)[0].task
+        values = {
+            key: [r.value(key) for r in done]
+            for key in [*map(reported_key, task.test_metrics), *(c.name for c in COSTS)]
+        }
         rows.append(
             Row(
                 dataset=dataset,
                 backbone=backbone,
                 attention=attention,
                 experiment=experiment,
+                task=task,
                 n_seeds=len(done),
                 n_failed=sum(r.status == FAILED for r in members),
-                acc_mean=_mean(col("acc")),
-                acc_std=_std(col("acc")),
-                f1_mean=_mean(col("f1")),
-                f1_std=_std(col("f1")),
-                **{key: _mean(col(key)) for key in _COSTS},
+                stats={
+                    key: Stat(_mean(values[key]), _std(values[key]))
+                    for key in map(reported_key, task.test_metrics)
+                },
+                costs={c.name: _mean(values[c.name]) for c in COSTS},
             )
         )
     return sorted(rows, key=_sort_key)
 
 
 def _sort_key(row: Row):
-    acc = -row.acc_mean if not math.isnan(row.acc_mean) else math.inf  # no result sorts last
-    return (row.dataset, row.backbone, acc, row.attention, row.experiment or "")
+    key, metric = row.primary
+    mean = row.stat(key).mean
+    # Best first in the metric's direction; no result sorts last.
+    rank = math.inf if math.isnan(mean) else -mean if metric.direction == MAX else mean
+    return (row.dataset, row.backbone, rank, row.attention, row.experiment or "")
 
 
 # --------------------------------------------------------------------------- formatting
 
 
-# The table's columns, in order: (header, how to format a row). One list serves Markdown and the
-# terminal, so they cannot disagree.
-def _pct(mean: float, std: float) -> str:
-    if math.isnan(mean):
+def metric_columns(rows: Sequence[Row]) -> dict[str, Metric]:
+    """The test metrics of every row's task, by key, in declaration order (first task first)."""
+    columns: dict[str, Metric] = {}
+    for r in rows:
+        for m in r.task.test_metrics:
+            columns.setdefault(reported_key(m), m)
+    return columns
+
+
+def metric_label(metric: Metric) -> str:
+    """``test acc (%)``: a metric's column header and plot axis."""
+    return f"test {metric.label}" + (" (%)" if metric.percent else "")
+
+
+def _scale(metric: Metric) -> float:
+    return 100.0 if metric.percent else 1.0
+
+
+def _pm(stat: Stat, metric: Metric) -> str:
+    if math.isnan(stat.mean):
         return MISSING
-    return f"{100 * mean:.2f} ± " + (MISSING if math.isnan(std) else f"{100 * std:.2f}")
-
-
-def _fmt(x: float, spec: str) -> str:
-    return MISSING if math.isnan(x) else format(x, spec)
+    scale, spec = (100.0, ".2f") if metric.percent else (1.0, ".4g")
+    std = MISSING if math.isnan(stat.std) else format(scale * stat.std, spec)
+    return f"{format(scale * stat.mean, spec)} ± {std}"
 
 
 def _si(x: float) -> str:
-    """1234567 -> '1.23M': FLOP counts span many orders of magnitude."""
-    if math.isnan(x):
-        return MISSING
+    """1234567 -> '1.23M'."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f}{unit}"
     return f"{x:.0f}"
 
 
-_DISPLAY = [
-    ("dataset", lambda r: r.dataset),
-    ("backbone", lambda r: r.backbone),
-    ("attention", lambda r: r.attention),
-    ("experiment", lambda r: r.experiment or MISSING),
-    ("test acc (%)", lambda r: _pct(r.acc_mean, r.acc_std)),
-    ("test F1 (%)", lambda r: _pct(r.f1_mean, r.f1_std)),
-    ("params", lambda r: _fmt(r.params, ",.0f")),
-    ("attn FLOPs/sample", lambda r: _si(r.attention_flops)),
-    ("train samples/s", lambda r: _fmt(r.throughput, ",.1f")),
-    ("peak mem (MB)", lambda r: _fmt(r.peak_memory_mb, ",.1f")),
-    ("wall time (s)", lambda r: _fmt(r.wall_time_s, ",.1f")),
-    ("seeds", lambda r: str(r.n_seeds)),
-    ("failed", lambda r: str(r.n_failed)),
-]
-
-CSV_COLUMNS = [
-    "dataset", "backbone", "attention", "experiment",
-    "test_acc_mean", "test_acc_std", "test_f1_mean", "test_f1_std",
-    "params", "attention_flops", "throughput", "peak_memory_mb", "wall_time_s",
-    "n_seeds", "n_failed",
-]  # fmt: skip
+def _cost(x: float, cost: Cost) -> str:
+    if math.isnan(x):
+        return MISSING
+    return _si(x) if cost.format == "si" else format(x, cost.format)
 
 
-def _display_columns(rows: Sequence[Row]):
-    """The display columns, without ``experiment`` when no row has one."""
+# The table's columns, in order: (header, how to format a row). One list serves Markdown and the
+# terminal, so they cannot disagree.
+Column = tuple[str, Callable[[Row], str]]
+
+
+def _display_columns(rows: Sequence[Row]) -> list[Column]:
+    """Identity (without ``experiment`` when no row has one), metrics, costs and counts."""
     with_experiment = any(r.experiment for r in rows)
-    return [c for c in _DISPLAY if with_experiment or c[0] != "experiment"]
+    columns: list[Column] = [
+        (name, lambda r, name=name: getattr(r, name) or MISSING)
+        for name in IDENTITY
+        if with_experiment or name != "experiment"
+    ]
+    columns += [
+        (metric_label(m), lambda r, key=key, m=m: _pm(r.stat(key), m))
+        for key, m in metric_columns(rows).items()
+    ]
+    columns += [(c.header, lambda r, c=c: _cost(r.costs[c.name], c)) for c in COSTS]
+    return columns + [("seeds", lambda r: str(r.n_seeds)), ("failed", lambda r: str(r.n_failed))]
 
 
 def table_data(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
-    """Rows as raw values (fractions, not percent; None where undefined): CSV and W&B share this."""
+    """Rows as raw values (fractions, not percent; None where undefined): CSV and W&B share this.
+
+    Columns: the identity, ``<stage>_<metric>_mean`` and ``_std`` for each test metric (e.g.
+    ``test_acc_mean``), each cost field, ``n_seeds``, ``n_failed``."""
 
     def raw(x):
         if isinstance(x, float) and math.isnan(x):
             return None
         return int(x) if isinstance(x, float) and x.is_integer() else x  # 4000, not 4000.0
 
+    keys = list(metric_columns(rows))
+    columns = [*IDENTITY]
+    for key in keys:
+        columns += [f"{key.replace('/', '_')}_mean", f"{key.replace('/', '_')}_std"]
+    columns += [*(c.name for c in COSTS), "n_seeds", "n_failed"]
     data = [
         [
-            r.dataset, r.backbone, r.attention, r.experiment,
-            r.acc_mean, r.acc_std, r.f1_mean, r.f1_std,
-            r.params, r.attention_flops, r.throughput, r.peak_memory_mb, r.wall_time_s,
-            r.n_seeds, r.n_failed,
+            *(getattr(r, name) for name in IDENTITY),
+            *(x for key in keys for x in (r.stat(key).mean, r.stat(key).std)),
+            *(r.costs[c.name] for c in COSTS),
+            r.n_seeds,
+            r.n_failed,
         ]
         for r in rows
-    ]  # fmt: skip
-    return list(CSV_COLUMNS), [[raw(x) for x in line] for line in data]
+    ]
+    return columns, [[raw(x) for x in line] for line in data]
 
 
 def to_csv(rows: Sequence[Row]) -> str:
@@ -321,10 +315,9 @@ def to_markdown(report: Report, out_dir: Path) -> str:
     parts = [
         "# Comparison",
         "",
-        "Mean ± sample std over completed seeds (– where undefined: one seed, or none completed). "
-        "Accuracy and F1 on the test split in percent; params: trainable parameters; "
-        "attn FLOPs/sample: analytic forward FLOPs of all attention slots for one sample; "
-        "train samples/s: training throughput; peak mem: peak process (CPU) or CUDA memory.",
+        "Mean ± sample std over completed seeds (– where undefined: one seed, or none completed, "
+        "or a metric the row's task does not log). Metrics on the test split, in percent where "
+        "marked (%); " + "; ".join(f"{c.header}: {c.description}" for c in COSTS) + ".",
         "",
         _md_table([c[0] for c in cols], [[f(r) for _, f in cols] for r in report.rows]),
     ]
@@ -341,7 +334,7 @@ def to_markdown(report: Report, out_dir: Path) -> str:
                         _rel(r.path, out_dir),
                         r.dataset,
                         r.backbone,
-                        r.variant,
+                        variant_name(r.attention, r.experiment),
                         str(r.seed),
                         r.error or "(no error recorded)",
                     ]
@@ -379,7 +372,7 @@ def print_table(report: Report, file=None) -> None:
     cols = _display_columns(report.rows)
     table = Table(title="attnexp comparison (mean ± std over seeds)")
     for name, _ in cols:
-        left = name in ("dataset", "backbone", "attention", "experiment")
+        left = name in IDENTITY
         table.add_column(name, justify="left" if left else "right", no_wrap=True)
     for r in report.rows:
         table.add_row(*[f(r) for _, f in cols])
@@ -418,14 +411,17 @@ def _legend_beside(fig: Any) -> None:
     fig.legend(entries.values(), entries.keys(), loc="outside right upper", fontsize="small")
 
 
-def plot_accuracy(rows: Sequence[Row], out_dir: Path) -> list[Path]:
-    """One figure per dataset: test accuracy per variant (± std), grouped by backbone."""
+def plot_primary(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+    """One figure per dataset: its task's primary test metric per variant (± std), grouped by
+    backbone."""
     colors = _colors(rows)
     paths = []
     for dataset in sorted({r.dataset for r in rows}):
         sub = [r for r in rows if r.dataset == dataset and r.n_seeds]
         if not sub:
             continue
+        key, metric = sub[0].primary
+        scale = _scale(metric)
         backbones = sorted({r.backbone for r in sub})
         variants = sorted({r.variant for r in sub})
         fig, axes = new_figure(
@@ -434,25 +430,25 @@ def plot_accuracy(rows: Sequence[Row], out_dir: Path) -> list[Path]:
         ax = axes[0, 0]
         width = 0.8 / len(variants)
         for i, v in enumerate(variants):
-            pts = [(backbones.index(r.backbone), r) for r in sub if r.variant == v]
+            pts = [(backbones.index(r.backbone), r.stat(key)) for r in sub if r.variant == v]
             xs = [x - 0.4 + width * (i + 0.5) for x, _ in pts]
-            ys = [100 * r.acc_mean for _, r in pts]
-            errs = [0.0 if math.isnan(r.acc_std) else 100 * r.acc_std for _, r in pts]
+            ys = [scale * s.mean for _, s in pts]
+            errs = [0.0 if math.isnan(s.std) else scale * s.std for _, s in pts]
             ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color=colors[v], label=v)
         ax.set_xticks(range(len(backbones)), backbones)
         ax.set_xlim(-0.5, len(backbones) - 0.5)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(metric_label(metric))
         ax.set_title(f"{dataset}: mean ± std over seeds")
         ax.grid(axis="y", alpha=0.3)
         _legend_beside(fig)
-        paths.append(save_figure(fig, out_dir / f"accuracy_{safe_filename(dataset)}.png"))
+        paths.append(save_figure(fig, out_dir / f"primary_{safe_filename(dataset)}.png"))
     return paths
 
 
-def plot_accuracy_vs(rows: Sequence[Row], out_dir: Path, x: str, xlabel: str) -> Path | None:
-    """Test accuracy against ``x`` (a Row field), one subplot per dataset; colour = variant,
-    marker = backbone, log x axis (costs span orders of magnitude)."""
-    sub = [r for r in rows if r.n_seeds and not math.isnan(getattr(r, x))]
+def plot_primary_vs(rows: Sequence[Row], out_dir: Path, cost: Cost) -> Path | None:
+    """Each dataset's primary test metric against ``cost``, one subplot per dataset; colour =
+    variant, marker = backbone, log x axis (costs span orders of magnitude)."""
+    sub = [r for r in rows if r.n_seeds and not math.isnan(r.costs[cost.name])]
     if not sub:
         return None
     colors = _colors(rows)
@@ -460,25 +456,29 @@ def plot_accuracy_vs(rows: Sequence[Row], out_dir: Path, x: str, xlabel: str) ->
     datasets = sorted({r.dataset for r in sub})
     fig, axes = new_figure(1, len(datasets), cell=(4.5, 3.6))
     for ax, dataset in zip(axes[0], datasets, strict=True):
-        for r in (r for r in sub if r.dataset == dataset):
-            err = 0.0 if math.isnan(r.acc_std) else 100 * r.acc_std
-            ax.errorbar(getattr(r, x), 100 * r.acc_mean, yerr=err, capsize=3, color=colors[r.variant],
+        here = [r for r in sub if r.dataset == dataset]
+        key, metric = here[0].primary
+        scale = _scale(metric)
+        for r in here:
+            s = r.stat(key)
+            err = 0.0 if math.isnan(s.std) else scale * s.std
+            ax.errorbar(r.costs[cost.name], scale * s.mean, yerr=err, capsize=3, color=colors[r.variant],
                         marker=_MARKERS[backbones.index(r.backbone) % len(_MARKERS)], ls="none",
                         label=f"{r.variant} / {r.backbone}")  # fmt: skip
-        if all(getattr(r, x) > 0 for r in sub if r.dataset == dataset):
+        if all(r.costs[cost.name] > 0 for r in here):
             ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_xlabel(cost.description)
+        ax.set_ylabel(metric_label(metric))
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
     _legend_beside(fig)
-    return save_figure(fig, out_dir / f"accuracy_vs_{x}.png")
+    return save_figure(fig, out_dir / f"primary_vs_{cost.name}.png")
 
 
 def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
-    paths = plot_accuracy(rows, out_dir)
-    for x, label in (("params", "trainable parameters"), ("throughput", "training samples/s")):
-        p = plot_accuracy_vs(rows, out_dir, x, label)
+    paths = plot_primary(rows, out_dir)
+    for cost in COSTS:
+        p = plot_primary_vs(rows, out_dir, cost) if cost.plot else None
         if p is not None:
             paths.append(p)
     return paths

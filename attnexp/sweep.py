@@ -26,7 +26,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from attnexp.config import config_hash
-from attnexp.results import COMPLETED, FAILED, RESULTS_FILE, read_results
+from attnexp.results import (
+    COMPLETED,
+    FAILED,
+    RESULTS_FILE,
+    UnreadableRecord,
+    load_record,
+    read_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +94,27 @@ class Outcome:
 def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcome:
     """Every job dir of ``sweep_dir`` (a dir holding ``.hydra/config.yaml``) and how it ended.
 
-    A job dir without a readable ``results.json``, or one still ``running``, counts as failed: the
-    job died before recording anything. Runs started before ``started`` count as reused.
+    A job dir without a usable ``results.json`` (``attnexp.results.load_record``, the report's
+    reader too), or one still ``running``, counts as failed: the job died before recording.
+    Runs started before ``started`` count as reused.
     """
     out = Outcome()
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra")):
         run_dir = hydra_dir.parent
         try:
-            results = read_results(run_dir / RESULTS_FILE)
-        except (OSError, ValueError) as e:
-            out.failed.append((run_dir, f"no readable {RESULTS_FILE} ({type(e).__name__})"))
+            record = load_record(run_dir / RESULTS_FILE)
+        except UnreadableRecord as e:
+            out.failed.append((run_dir, f"no readable {RESULTS_FILE}: {e}"))
             continue
-        status = results.get("status")
-        if status == COMPLETED:
+        if record.status == COMPLETED:
             out.completed.append(run_dir)
-            if started is not None and _started_before(results.get("started_at"), started):
+            if started is not None and _started_before(record.started_at, started):
                 out.reused.append(run_dir)
-        elif status == FAILED:
-            out.failed.append((run_dir, results.get("error") or "(no error recorded)"))
+        elif record.status == FAILED:
+            out.failed.append((run_dir, record.error or "(no error recorded)"))
         else:
-            out.failed.append((run_dir, f"status {status!r}: the job ended without recording"))
+            ended = f"status {record.status!r}: the job ended without recording"
+            out.failed.append((run_dir, ended))
     return out
 
 

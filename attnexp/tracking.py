@@ -10,16 +10,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-# results.json metrics and top-level fields that go into the W&B run summary, under these names.
-SUMMARY_METRICS = ("val/acc_best", "test/acc", "test/f1")
-SUMMARY_FIELDS = ("params", "attention_flops", "throughput", "peak_memory_mb", "wall_time_s")
+from attnexp.results import cost_metrics, recorded_task
 
 
 def summary_of(results: dict[str, Any]) -> dict[str, float]:
+    """Every metric the run's task declares (``val/acc_best``: the best, not the last, epoch),
+    and the costs as ``run/<name>``."""
     metrics = results.get("metrics") or {}
-    out = {k: metrics[k] for k in SUMMARY_METRICS if metrics.get(k) is not None}
-    out.update({f"run/{k}": results[k] for k in SUMMARY_FIELDS if results.get(k) is not None})
-    return out
+    out = {k: metrics[k] for k in recorded_task(results).keys() if metrics.get(k) is not None}
+    return {**out, **cost_metrics(results)}
 
 
 def publish_to_wandb(

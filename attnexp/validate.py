@@ -16,6 +16,8 @@ from typing import Any
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig
 
+from attnexp.results import MAX, check_direction, task_of
+
 # A key whose name ends like this is a count or a size: it must be positive when set (null means
 # "derive it", e.g. head_dim). ``_ratio`` keys are positive floats.
 POSITIVE_SUFFIXES = (
@@ -45,6 +47,7 @@ def validate(cfg: DictConfig) -> None:
     _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
     _check_compile(cfg)
     _check_shape(cfg)
+    _check_objective(cfg)  # after the shape: the task depends on it
     _check_model(cfg)
     _check_data(cfg)
 
@@ -91,6 +94,23 @@ def _check_shape(cfg: DictConfig) -> None:
         instantiate(cfg.dataset.shape)
     except InstantiationException as e:
         raise ValueError(str(e.__cause__ or e)) from e
+
+
+def _check_objective(cfg: DictConfig) -> None:
+    mode = check_direction("objective_mode", cfg.get("objective_mode"))
+    task = task_of(cfg)
+    objective = cfg.get("objective")
+    direction = task.direction_of(str(objective))
+    if direction is None:
+        raise ValueError(
+            f"objective must be a metric the {task.name} task logs ({', '.join(task.keys())}), "
+            f"got {objective!r}"
+        )
+    if direction != mode:
+        raise ValueError(
+            f"objective_mode={mode} optimises {objective} the wrong way: it is "
+            f"{'higher' if direction == MAX else 'lower'}-is-better; set objective_mode={direction}"
+        )
 
 
 def _check_model(cfg: DictConfig) -> None:

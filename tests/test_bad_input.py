@@ -60,6 +60,15 @@ BAD_VALUES = {
     "unknown compile backend": (
         ["compile=true", "compile_backend=turbo"], r"compile_backend must be one of .*inductor"
     ),
+    "objective not logged": (
+        ["objective=val/accuracy"], r"objective must be a metric the classification task logs \(.*val/acc_best"
+    ),
+    "unknown objective_mode": (
+        ["objective_mode=maximise"], r"objective_mode must be one of max, min, got 'maximise'"
+    ),
+    "objective against its direction": (
+        ["objective=val/loss"], r"objective_mode=max optimises val/loss the wrong way: .*objective_mode=min"
+    ),
     "batch larger than train split": (
         ["dataset.batch_size=5000"], r"dataset\.batch_size=5000 is larger than the training split"
     ),

@@ -11,14 +11,14 @@ import pytest
 
 from attnexp.config import CONFIG_DIR, config_hash
 from attnexp.pipeline import build_model, train
-from attnexp.results import find_results, read_results
+from attnexp.results import find_results, read_results, recorded_task, task_of
 from tests.conftest import ATTENTIONS, SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_FIELDS = {
     "status", "error", "choices", "overrides", "config_hash", "metrics", "params",
     "attention_flops", "throughput", "peak_memory_mb", "wall_time_s", "run_dir", "started_at",
-    "versions", "git_commit",
+    "versions", "git_commit", "task",
 }  # fmt: skip
 LIMIT = ["debug=limit"]
 
@@ -35,6 +35,9 @@ def test_train_writes_complete_results(tmp_path, data_dir):
     assert results["overrides"] == ["seed=0"]
     for key in ("test/acc", "test/f1", "val/acc", "val/acc_best", "train/loss"):
         assert 0.0 <= results["metrics"][key] < 10.0, key
+    # The run logs exactly what its task declares, and the declaration travels with the results.
+    assert set(results["metrics"]) == set(task_of(cfg).keys())
+    assert recorded_task(read_results(tmp_path)) == task_of(cfg)
     assert results["params"] == sum(p.numel() for p in build_model(cfg).parameters())
     assert results["attention_flops"] == 0
     assert (
@@ -45,6 +48,20 @@ def test_train_writes_complete_results(tmp_path, data_dir):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert not (tmp_path / "figures").exists()  # `none` has no attention to draw
+
+
+def test_train_main_returns_the_configured_objective(tmp_path, data_dir):
+    from attnexp.cli import train_main
+
+    base = [*tiny("none", "cnn", "digits", data_dir), *LIMIT]
+    value = train_main.__wrapped__(
+        compose_cfg([*base, "objective=val/loss", "objective_mode=min"], tmp_path)
+    )
+    first = read_results(tmp_path)
+    assert value == first["metrics"]["val/loss"] != first["metrics"]["val/acc_best"]
+    # The objective is no part of the run's identity: the same run is skipped, its record read.
+    again = train_main.__wrapped__(compose_cfg(base, tmp_path))
+    assert again == first["metrics"]["val/acc_best"] and read_results(tmp_path) == first
 
 
 def test_seed_zero_is_applied_and_other_seeds_differ(tmp_path, data_dir):

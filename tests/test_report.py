@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from attnexp import report as rp
-from attnexp.results import write_results
+from attnexp.results import MAX, MIN, Metric, Task, classification, load_record, write_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("mha", "se")
@@ -91,12 +91,12 @@ def test_rows_equal_statistics_of_the_files(sweep):
     for row in report.rows:
         e = expected[(row.attention, row.backbone)]
         assert row.n_seeds == e["n"] == 3
-        assert row.acc_mean == pytest.approx(e["acc_mean"])
-        assert row.acc_std == pytest.approx(e["acc_std"])
-        assert row.f1_mean == pytest.approx(e["f1_mean"])
-        assert row.f1_std == pytest.approx(e["f1_std"])
-        assert row.throughput == pytest.approx(e["throughput"])
-        assert row.params == pytest.approx(e["params"])
+        assert row.stat("test/acc").mean == pytest.approx(e["acc_mean"])
+        assert row.stat("test/acc").std == pytest.approx(e["acc_std"])
+        assert row.stat("test/f1").mean == pytest.approx(e["f1_mean"])
+        assert row.stat("test/f1").std == pytest.approx(e["f1_std"])
+        assert row.costs["throughput"] == pytest.approx(e["throughput"])
+        assert row.costs["params"] == pytest.approx(e["params"])
         assert row.n_failed == (1 if (row.attention, row.backbone) == ("se", "cnn") else 0)
 
 
@@ -115,7 +115,7 @@ def test_rows_sorted_by_dataset_backbone_then_accuracy(sweep):
     keys = [(r.dataset, r.backbone) for r in rows]
     assert keys == sorted(keys)
     for b in BACKBONES:
-        accs = [r.acc_mean for r in rows if r.backbone == b]
+        accs = [r.stat("test/acc").mean for r in rows if r.backbone == b]
         assert accs == sorted(accs, reverse=True)
 
 
@@ -142,7 +142,7 @@ def test_pngs_are_valid(sweep, tmp_path):
     out = tmp_path / "report"
     report = rp.build_report([sweep], out)
     pngs = sorted(p.name for p in report.files if p.suffix == ".png")
-    assert pngs == ["accuracy_mnist1d.png", "accuracy_vs_params.png", "accuracy_vs_throughput.png"]
+    assert pngs == ["primary_mnist1d.png", "primary_vs_params.png", "primary_vs_throughput.png"]
     for name in pngs:
         data = (out / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)
@@ -153,8 +153,9 @@ def test_single_seed_std_is_shown_as_missing(tmp_path):
     write_results(tmp_path / "0", _results("mha", "cnn", 0))
     report = rp.build_report([tmp_path])
     (row,) = report.rows
-    assert row.n_seeds == 1 and math.isnan(row.acc_std)
-    assert f"{100 * row.acc_mean:.2f} ± {rp.MISSING}" in (tmp_path / rp.MD_FILE).read_text()
+    acc = row.stat("test/acc")
+    assert row.n_seeds == 1 and math.isnan(acc.std)
+    assert f"{100 * acc.mean:.2f} ± {rp.MISSING}" in (tmp_path / rp.MD_FILE).read_text()
     with open(tmp_path / rp.CSV_FILE) as f:
         assert next(csv.DictReader(f))["test_acc_std"] == ""
 
@@ -175,7 +176,7 @@ def test_group_with_only_failures_is_a_row_without_numbers(tmp_path):
     write_results(tmp_path / "1", _results("se", "cnn", 0, status="failed", error="ValueError: x"))
     rows = rp.build_report([tmp_path]).rows
     assert [(r.attention, r.n_seeds, r.n_failed) for r in rows] == [("mha", 1, 0), ("se", 0, 1)]
-    assert math.isnan(rows[1].acc_mean)
+    assert math.isnan(rows[1].stat("test/acc").mean)
 
 
 def test_several_sweep_dirs_are_merged(sweep, tmp_path):
@@ -183,7 +184,7 @@ def test_several_sweep_dirs_are_merged(sweep, tmp_path):
     write_results(other / "0", _results("mha", "cnn", 0, dataset="digits"))
     report = rp.build_report([sweep, other], tmp_path / "out")
     assert sorted({r.dataset for r in report.rows}) == ["digits", "mnist1d"]
-    assert (tmp_path / "out" / "accuracy_digits.png").exists()
+    assert (tmp_path / "out" / "primary_digits.png").exists()
 
 
 def test_missing_dir_and_empty_dir_are_clear_errors(tmp_path):
@@ -196,9 +197,10 @@ def test_missing_dir_and_empty_dir_are_clear_errors(tmp_path):
 def test_table_data_for_wandb_uses_raw_values(sweep):
     rows = rp.build_report([sweep]).rows
     columns, data = rp.table_data(rows)
-    assert columns == rp.CSV_COLUMNS and len(data) == len(rows)
+    assert columns[:6] == [*rp.IDENTITY, "test_acc_mean", "test_acc_std"]
+    assert len(data) == len(rows)
     first = dict(zip(columns, data[0], strict=True))
-    assert first["test_acc_mean"] == rows[0].acc_mean and first["experiment"] is None
+    assert first["test_acc_mean"] == rows[0].stat("test/acc").mean and first["experiment"] is None
 
 
 def test_cli_writes_the_report_and_fails_on_a_missing_dir(sweep, tmp_path):
@@ -221,7 +223,7 @@ def test_log_to_wandb_offline_writes_the_table(sweep, tmp_path, monkeypatch):
     rp.log_to_wandb(rows, "attnexp-test", "sweep", dir=tmp_path)
     (table_file,) = tmp_path.glob("wandb/offline-run-*/files/media/table/comparison_*.table.json")
     table = json.loads(table_file.read_text())
-    assert table["columns"] == rp.CSV_COLUMNS
+    assert table["columns"] == rp.table_data(rows)[0]
     assert table["data"] == [list(line) for line in rp.table_data(rows)[1]]
 
 
@@ -243,3 +245,69 @@ def test_malformed_and_running_runs_are_listed_not_counted(tmp_path):
     reasons = {u.path.parent.name: u.reason for u in report.unreadable}
     assert "choices.dataset" in reasons["no_dataset"]
     assert "test/acc" in reasons["no_acc"]
+
+
+# A task the report was never told about: its declaration travels in results.json.
+LM = Task("lm", (Metric("bpc", MIN, "bpc"), Metric("acc", MAX, "acc", percent=True)))
+
+
+def _lm_results(attention, seed, bpc):
+    r = _results(attention, "transformer", seed, dataset="text", task=LM.to_json())
+    r["metrics"] = {"test/bpc": bpc, "test/acc": 0.3 + 0.01 * seed}
+    return r
+
+
+def test_a_declared_lower_is_better_metric_reaches_the_report_sorted_ascending(tmp_path):
+    bpcs = {"mha": [1.9, 2.1], "se": [1.1, 1.2]}  # the same accuracy: only bpc can order them
+    for attention, values in bpcs.items():
+        for seed, bpc in enumerate(values):
+            write_results(tmp_path / f"{attention}{seed}", _lm_results(attention, seed, bpc))
+    report = rp.build_report([tmp_path])
+    assert [r.attention for r in report.rows] == ["se", "mha"]  # lowest bpc first
+    with open(tmp_path / rp.CSV_FILE) as f:
+        lines = {line["attention"]: line for line in csv.DictReader(f)}
+    for attention, values in bpcs.items():
+        assert float(lines[attention]["test_bpc_mean"]) == pytest.approx(statistics.mean(values))
+        assert float(lines[attention]["test_bpc_std"]) == pytest.approx(statistics.stdev(values))
+    md = (tmp_path / rp.MD_FILE).read_text()
+    assert "| test bpc | test acc (%) |" in md  # the task's order; bpc is no percentage
+    assert f"| 1.15 ± {statistics.stdev([1.1, 1.2]):.4g} | 30.50 ± 0.71 |" in md
+    assert (tmp_path / "primary_text.png").exists()
+
+
+def _md_rows(path: Path) -> list[dict[str, str]]:
+    """The comparison table of a comparison.md, one dict per row keyed by the header."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    header, *rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    return [dict(zip(header, row, strict=True)) for row in rows if len(row) == len(header)]
+
+
+def test_runs_of_two_tasks_share_one_table_with_missing_cells(tmp_path):
+    write_results(tmp_path / "cls", _results("mha", "cnn", 0))  # classification
+    write_results(tmp_path / "lm", _lm_results("mha", 0, 1.4))
+    rows = rp.build_report([tmp_path]).rows
+    with open(tmp_path / rp.CSV_FILE) as f:
+        lines = {line["dataset"]: line for line in csv.DictReader(f)}
+    assert set(lines["text"]) == set(lines["mnist1d"]) >= {"test_bpc_mean", "test_f1_mean"}
+    assert lines["text"]["test_f1_mean"] == "" and lines["mnist1d"]["test_bpc_mean"] == ""
+    cells = {row["dataset"]: row for row in _md_rows(tmp_path / rp.MD_FILE)}
+    assert cells["text"]["test F1 (%)"] == rp.MISSING and cells["text"]["test bpc"] != rp.MISSING
+    assert cells["mnist1d"]["test bpc"] == rp.MISSING
+    assert {r.dataset: r.task.name for r in rows} == {"mnist1d": "classification", "text": "lm"}
+
+
+def test_a_results_file_without_a_task_reads_as_classification(tmp_path):
+    write_results(tmp_path, _results("mha", "cnn", 0))  # as written before "task" existed
+    record = load_record(tmp_path)
+    assert record.task == classification()
+    assert record.value("test/acc") == pytest.approx(0.5 + 0.013 * 5)
+    assert math.isnan(record.value("test/acc_top5"))  # declared, not in this file
+
+
+def test_a_bad_task_declaration_makes_the_run_unreadable(tmp_path):
+    write_results(tmp_path / "ok", _results("mha", "cnn", 0))
+    bad = {"name": "lm", "metrics": [{"name": "bpc", "direction": "lower", "label": "bpc"}]}
+    write_results(tmp_path / "bad", _results("mha", "cnn", 1, task=bad))
+    report = rp.build_report([tmp_path])
+    (unreadable,) = report.unreadable
+    assert "direction must be one of max, min, got 'lower'" in unreadable.reason

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from attnexp.config import CONFIG_DIR, config_hash, run_group
+from attnexp.config import CONFIG_DIR, config_hash, register_resolvers, run_group
 from attnexp.results import find_results, read_results, write_results
 from attnexp.sweep import (
     SweepSummary,
@@ -154,20 +154,25 @@ def make_job(sweep_dir: Path, name: str, results: dict | None = None) -> None:
 
 
 def test_sweep_outcome_counts_jobs_that_died_without_results(tmp_path):
-    def job(name, results=None):
-        make_job(tmp_path, name, results)
+    choices = {"attention": "mha", "backbone": "cnn", "dataset": "digits", "seed": 0}
 
-    job("0-ok", {"status": "completed", "started_at": "2020-01-01T00:00:00+00:00"})
-    job("1-new", {"status": "completed", "started_at": "2030-01-01T00:00:00+00:00"})
-    job("2-bad", {"status": "failed", "error": "ValueError: boom"})
-    job("3-died")
-    job("4-running", {"status": "running"})
+    def job(name, **results):
+        make_job(tmp_path, name, {"choices": choices, "metrics": {"test/acc": 0.5}, **results})
+
+    job("0-ok", status="completed", started_at="2020-01-01T00:00:00+00:00")
+    job("1-new", status="completed", started_at="2030-01-01T00:00:00+00:00")
+    job("2-bad", status="failed", error="ValueError: boom")
+    make_job(tmp_path, "3-died")
+    job("4-running", status="running")
+    # What the report cannot read is no completed job either (one reader serves both).
+    job("5-no-acc", status="completed", metrics={"test/f1": 0.5})
     out = sweep_outcome(tmp_path, started=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert [p.name for p in out.completed] == ["0-ok", "1-new"]
     assert [p.name for p in out.reused] == ["0-ok"]
     assert [(p.name, e.split(" ")[0]) for p, e in out.failed] == [
-        ("2-bad", "ValueError:"), ("3-died", "no"), ("4-running", "status"),
+        ("2-bad", "ValueError:"), ("3-died", "no"), ("4-running", "status"), ("5-no-acc", "no"),
     ]  # fmt: skip
+    assert "metrics['test/acc']" in out.failed[-1][1]
     assert not out.ok
 
 
@@ -250,6 +255,7 @@ def test_a_sweep_runs_in_parallel_resumes_and_reports_its_failures(tmp_path, dat
 
 
 def compose_hydra(overrides: list[str]):
+    register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides, return_hydra_config=True)
@@ -266,6 +272,18 @@ def test_one_optuna_search_tunes_lr_width_and_heads_of_either_backbone(picked, b
     # Every searched value is a key of the composed config (a typo would fail every trial).
     for key in cfg.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
+
+
+@pytest.mark.parametrize(("mode", "direction"), [("max", "maximize"), ("min", "minimize")])
+def test_optuna_direction_follows_objective_mode(mode, direction):
+    cfg = compose_hydra(["hparams_search=optuna", f"objective_mode={mode}"])
+    assert cfg.hydra.sweeper.direction == direction
+
+
+def test_a_bad_objective_mode_stops_the_optuna_search_naming_the_key():
+    cfg = compose_hydra(["hparams_search=optuna", "objective_mode=maximum"])
+    with pytest.raises(Exception, match=r"objective_mode must be one of max, min, got 'maximum'"):
+        _ = cfg.hydra.sweeper.direction
 
 
 def test_slurm_launcher_composes_with_its_defaults():
