@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from attnexp.attention import available
 from attnexp.config import CONFIG_DIR, compose_train_config, register_resolvers
 
 register_resolvers()
@@ -19,7 +20,7 @@ register_resolvers()
 torch.set_num_threads(1)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-ATTENTIONS = sorted(p.stem for p in (CONFIG_DIR / "attention").glob("*.yaml"))
+ATTENTIONS = available()
 BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 

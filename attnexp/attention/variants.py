@@ -18,8 +18,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from attnexp.attention.base import AttentionModule, Kind
+from attnexp.config import CONFIG_DIR
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 GROUP = "attention"
 
 AttentionFactory = Callable[..., AttentionModule]
