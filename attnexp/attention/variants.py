@@ -63,7 +63,7 @@ def factory(node: DictConfig) -> AttentionFactory:
     return instantiate(node)
 
 
-def kind(name: str, search_path: Sequence[str | Path] = ()) -> Kind:
+def variant_kind(name: str, search_path: Sequence[str | Path] = ()) -> Kind:
     """The kind of module variant ``name`` builds, read from its class (nothing is built)."""
     return get_class(attention_config(name, search_path)._target_).kind
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from attnexp.attention import AttentionModule, Kind, available, create
-from attnexp.attention.variants import kind, searchpath_override
+from attnexp.attention.variants import searchpath_override, variant_kind
 from attnexp.bench import ablation
 from attnexp.bench.measure import median_times, peak_memory_bytes, training_step
 from attnexp.bench.model_step import H100_BF16_PEAK, bench_mqar_scaling, measure_mfu
@@ -101,7 +101,7 @@ def smoke_settings() -> Settings:
 
 def mixers(names: list[str], search_path: list[str]) -> list[str]:
     """The ``names`` whose module is a MIXER: the variants the scaling curve takes."""
-    return [name for name in names if kind(name, search_path) is Kind.MIXER]
+    return [name for name in names if variant_kind(name, search_path) is Kind.MIXER]
 
 
 def grid_for(module: AttentionModule, n: int) -> tuple[int, ...]:
