@@ -1,17 +1,16 @@
 """Looking inside: PNG figures of the weights an attention module returns with ``return_weights=True``.
 
-One figure per slot x weight kind, for the first ``max_samples`` samples of the batch:
+One figure per slot x weight, for the first ``max_samples`` samples of the batch, drawn by the
+weight's kind (``WeightKind``, declared by the module in ``weight_kinds``), not by its name:
 
-- ``attn``    (B, heads, N, M): one N x M map per sample (row) and head (column); on an image
+- attention map    (B, heads, N, M): one N x M map per sample (row) and head (column); on an image
   grid, also where the centre position looks, drawn on the grid.
-- ``pool``    (B, heads, N):    weights over positions, drawn on the grid for images, as lines else.
-- ``channel`` (B, C):           one bar plot of the channel gates per sample.
-- ``spatial`` (B, *grid):       one heat map (2-D grid) or line (1-D grid) per sample.
-- ``node``    (B, 1, N):        as ``pool`` (the GCNet context block's weights over positions).
-- ``branches`` (K,):            bars of the mixing weights of a module's K branches (muse).
+- position weights (B, heads, N): weights over positions, on the grid for images, as lines else.
+- channel gate     (B, C): one bar plot of the channel gates per sample.
+- spatial gate     (B, *grid): one heat map (2-D grid) or line (1-D grid) per sample.
+- branch mix       (K,): bars of the mixing weights of a module's K branches.
 
-A key this module does not know is skipped with a warning: a new variant may return extra
-tensors, and its figures should not stop a run.
+A weight whose kind is not declared is skipped with a warning: its figures should not stop a run.
 """
 
 from __future__ import annotations
@@ -25,15 +24,11 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from attnexp.attention.base import WeightKind
 from attnexp.plotting import new_figure, safe_filename, save_figure
 
 if TYPE_CHECKING:
     from attnexp.models.common import Backbone
-
-
-def _check_dims(key: str, w: Tensor, ndim: int, shape: str) -> None:
-    if w.dim() != ndim:
-        raise ValueError(f"weights {key!r} must have shape {shape}, got {tuple(w.shape)}")
 
 
 def _heatmap_row(fig, axes, maps: list[Tensor], titles: list[str]) -> None:
@@ -49,7 +44,6 @@ def _heatmap_row(fig, axes, maps: list[Tensor], titles: list[str]) -> None:
 def _plot_attn(w: Tensor, grid: Sequence[int], max_samples: int):
     """Each head's query x key map; for self-attention on an image grid, also the centre query's
     weights drawn on the grid (where that position looks)."""
-    _check_dims("attn", w, 4, "(B, heads, N, M)")
     w = w[:max_samples]
     b_, heads, n, m = w.shape
     on_grid = len(grid) == 2 and n == m == math.prod(grid)
@@ -69,7 +63,6 @@ def _plot_attn(w: Tensor, grid: Sequence[int], max_samples: int):
 
 
 def _plot_pool(w: Tensor, grid: Sequence[int], max_samples: int):
-    _check_dims("pool", w, 3, "(B, heads, N)")
     w = w[:max_samples]
     on_grid = len(grid) == 2 and w.shape[-1] == math.prod(grid)
     fig, axes = new_figure(w.shape[0], w.shape[1] if on_grid else 1, cell=(2.6, 2.2))
@@ -90,7 +83,6 @@ def _plot_pool(w: Tensor, grid: Sequence[int], max_samples: int):
 
 
 def _plot_channel(w: Tensor, grid: Sequence[int], max_samples: int):
-    _check_dims("channel", w, 2, "(B, C)")
     w = w[:max_samples]
     fig, axes = new_figure(w.shape[0], 1, cell=(max(3.0, 0.08 * w.shape[1]), 1.8))
     for b in range(w.shape[0]):
@@ -103,11 +95,6 @@ def _plot_channel(w: Tensor, grid: Sequence[int], max_samples: int):
 
 
 def _plot_spatial(w: Tensor, grid: Sequence[int], max_samples: int):
-    if tuple(w.shape[1:]) != tuple(grid):
-        raise ValueError(
-            f"weights 'spatial' must have shape (B, *grid) with grid={tuple(grid)}, "
-            f"got {tuple(w.shape)}"
-        )
     w = w[:max_samples]
     fig, axes = new_figure(w.shape[0], 1, cell=(3.2, 2.4))
     for b in range(w.shape[0]):
@@ -124,7 +111,6 @@ def _plot_spatial(w: Tensor, grid: Sequence[int], max_samples: int):
 
 def _plot_branches(w: Tensor, grid: Sequence[int], max_samples: int):
     """A module's mixing weights over its branches (muse), shared by every sample."""
-    _check_dims("branches", w, 1, "(branches,)")
     fig, axes = new_figure(1, 1, cell=(max(2.5, 0.6 * len(w)), 2.2))
     axes[0, 0].bar(range(len(w)), w)
     axes[0, 0].set_xticks(range(len(w)))
@@ -133,28 +119,28 @@ def _plot_branches(w: Tensor, grid: Sequence[int], max_samples: int):
     return fig
 
 
-# The weight kinds of the attention contract and how each is drawn.
-PLOTTERS: dict[str, Callable] = {
-    "attn": _plot_attn,
-    "pool": _plot_pool,
-    "node": _plot_pool,  # node (GCNet context): (B, 1, N) pooling weights over positions
-    "channel": _plot_channel,
-    "spatial": _plot_spatial,
-    "branches": _plot_branches,
+# How each weight kind of the attention contract is drawn.
+PLOTTERS: dict[WeightKind, Callable] = {
+    WeightKind.ATTENTION_MAP: _plot_attn,
+    WeightKind.POSITION_WEIGHTS: _plot_pool,
+    WeightKind.CHANNEL_GATE: _plot_channel,
+    WeightKind.SPATIAL_GATE: _plot_spatial,
+    WeightKind.BRANCH_MIX: _plot_branches,
 }
 
 
 def save_attention_figures(
     weights_by_slot: Mapping[str, Mapping[str, Tensor]],
+    kinds_by_slot: Mapping[str, Mapping[str, WeightKind]],
     grid: Sequence[int],
     out_dir: str | os.PathLike,
     max_samples: int = 4,
 ) -> list[Path]:
-    """Save one PNG per slot x weight kind into ``out_dir``, named ``<slot>.<kind>.png``.
+    """Save one PNG per slot x weight into ``out_dir``, named ``<slot>.<weight name>.png``.
 
     ``weights_by_slot`` maps a slot name (e.g. ``"blocks.0.attn"``) to the weights dict its module
-    returned; ``grid`` is the token grid, ``(L,)`` or ``(H, W)``. Returns the written paths (for
-    logging as images).
+    returned, ``kinds_by_slot`` to that module's ``weight_kinds``; ``grid`` is the token grid,
+    ``(L,)`` or ``(H, W)``. Returns the written paths (for logging as images).
     """
     if len(grid) not in (1, 2):
         raise ValueError(f"grid must be (L,) or (H, W), got {tuple(grid)}")
@@ -162,15 +148,18 @@ def save_attention_figures(
         raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
     paths = []
     for slot, weights in weights_by_slot.items():
+        kinds = kinds_by_slot.get(slot, {})
         for key, w in weights.items():
-            plot = PLOTTERS.get(key)
-            if plot is None:
+            kind = kinds.get(key)
+            if kind is None:
                 warnings.warn(
-                    f"slot {slot!r}: no figure for weights {key!r} (known: {', '.join(PLOTTERS)})",
+                    f"slot {slot!r}: weights {key!r} have no declared kind (declared: "
+                    f"{', '.join(kinds) or 'none'}), so no figure",
                     stacklevel=2,
                 )
                 continue
-            fig = plot(w.detach().float().cpu(), tuple(grid), max_samples)
+            kind.check(key, w, grid)
+            fig = PLOTTERS[kind](w.detach().float().cpu(), tuple(grid), max_samples)
             fig.suptitle(f"{slot}: {key}", fontsize="medium")
             name = safe_filename(f"{slot}.{key}") + ".png"
             paths.append(save_figure(fig, Path(out_dir) / name))
@@ -197,5 +186,8 @@ def save_model_figures(
         model.train(was_training)
     paths = []
     for name, slot in slots.items():  # each slot with its own grid (patches shrink it)
-        paths += save_attention_figures({name: weights[name]}, slot.grid, out_dir, max_samples)
+        kinds = {name: slot.module.weight_kinds}
+        paths += save_attention_figures(
+            {name: weights[name]}, kinds, slot.grid, out_dir, max_samples
+        )
     return paths

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import DictConfig
 
+from attnexp.attention import available
 from attnexp.config import CONFIG_DIR, compose_train_config, register_resolvers
 from attnexp.data.shape import DataShape
 
@@ -18,7 +21,7 @@ register_resolvers()
 torch.set_num_threads(1)
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-ATTENTIONS = sorted(p.stem for p in (CONFIG_DIR / "attention").glob("*.yaml"))
+ATTENTIONS = available()
 BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
 DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
 
@@ -53,6 +56,58 @@ def example_input(shape: DataShape, batch: int = 5) -> torch.Tensor:
 def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictConfig:
     """The resolved train config for ``overrides``, as ``attnexp.cli`` hands it to ``train``."""
     return compose_train_config(overrides, output_dir if output_dir is not None else "unused")
+
+
+# A throwaway variant, its module and its yaml written to a temporary config root by ``toy_root``:
+# the contract tests, a sweep, the report, the figures and the benchmark take it with no edit
+# elsewhere (tests/test_attention.py, tests/test_new_variant.py).
+TOY = "toy"
+TOY_MODULE = textwrap.dedent('''
+    """A throwaway mixer: every position attends to every other by softmax(scale x.x / sqrt(C))."""
+
+    import math
+
+    from torch import nn
+
+    from attnexp.attention.base import (
+        AttentionModule, Kind, WeightKind, flatten_grid, unflatten_grid,
+    )
+
+
+    class ToyMixer(AttentionModule):
+        kind = Kind.MIXER
+        weight_kinds = {"affinity": WeightKind.ATTENTION_MAP}
+
+        def __init__(self, dim, grid_ndim=1, scale=1.0):
+            super().__init__(dim, grid_ndim)
+            self.scale = scale
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x, return_weights=False):
+            self.check_input(x)
+            tokens, grid = flatten_grid(x)
+            scores = self.scale * tokens @ tokens.transpose(1, 2) / math.sqrt(self.dim)
+            affinity = scores.softmax(-1)
+            y = unflatten_grid(self.proj(affinity @ tokens), grid)
+            return (y, {"affinity": affinity.unsqueeze(1)}) if return_weights else y
+
+        def flops(self, grid):
+            n, c = self.num_positions(grid), self.dim
+            return 4 * n * n * c + 4 * n * n + 2 * n * c * c
+''')
+TOY_YAML = "_target_: toy_mixer.ToyMixer\n_partial_: true\nscale: 1.0\n"
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    """A config root with ``attention/toy.yaml``; its module ``toy_mixer`` is importable from it."""
+    root = tmp_path_factory.mktemp("toy")
+    (root / "toy_mixer.py").write_text(TOY_MODULE)
+    (root / "attention").mkdir()
+    (root / "attention" / f"{TOY}.yaml").write_text(TOY_YAML)
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
 
 
 @pytest.fixture(scope="session")

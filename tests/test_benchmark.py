@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from attnexp.attention import Kind, available, create
 from attnexp.attention.cbam import CBAM
 from attnexp.attention.mha import MultiHeadAttention
 from attnexp.attention.muse import MUSE
@@ -18,13 +19,7 @@ from attnexp.attention.se import SqueezeExcite
 from attnexp.bench import references as refs
 from attnexp.bench import suite
 from attnexp.bench.measure import median_times, peak_memory_bytes, plain_loop_throughput
-from attnexp.bench.suite import (
-    build,
-    discover_variants,
-    main,
-    numeric_check,
-    randomise_constants,
-)
+from attnexp.bench.suite import main, mixers, numeric_check, randomise_constants
 from attnexp.bench.tables import evaluate_targets
 
 
@@ -48,11 +43,13 @@ def test_smoke_run_passes_and_covers_every_variant(smoke):
     code, results, out = smoke
     assert code == 0
     ours = [r for r in results["modules"] if r["implementation"] == "attnexp"]
-    assert {r["variant"] for r in ours} == set(discover_variants())
+    assert {r["variant"] for r in ours} == set(available())
     for row in results["modules"] + results["scaling"]:
         assert math.isfinite(row["ms"]) and row["ms"] > 0, row
         assert math.isfinite(row["peak_mb"]) and row["peak_mb"] >= 0, row
-    assert {r["variant"] for r in results["scaling"]} == {"mha", "muse", "linear"}
+    scaled = {r["variant"] for r in results["scaling"]}
+    assert scaled == {v for v in available() if create(v, 8).kind is Kind.MIXER}
+    assert {"mha", "muse", "linear", "node"} <= scaled
     assert out.with_name("bench_scaling.png").stat().st_size > 0
     overhead = results["overhead"]
     (framework,), (plain,) = overhead["framework_samples_per_s"], overhead["plain_samples_per_s"]
@@ -79,7 +76,10 @@ def test_smoke_run_checks_every_reference_numerically(smoke):
 
 @pytest.mark.parametrize(
     "args,message",
-    [(["--variants", "nope"], "invalid choice: 'nope'"), (["--threads", "0"], "--threads must be")],
+    [
+        (["--variants", "nope"], "unknown variants ['nope']; discovered: cbam, "),
+        (["--threads", "0"], "--threads must be"),
+    ],
 )
 def test_bad_arguments_are_refused_before_running(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -118,8 +118,8 @@ def test_numeric_check_reports_a_mismatch(make, reference, param):
 
 
 def test_a_failed_check_fails_the_run(tmp_path, monkeypatch):
-    def wrong_references(name, module):
-        found = refs.references_for(name, module)
+    def wrong_references(module):
+        found = refs.references_for(module)
         for reference in found:
             perturbed(reference.module, "attn.out_proj.bias")
         return found
@@ -145,18 +145,19 @@ def test_randomise_constants_breaks_every_constant():
     assert module.spatial_norm.running_mean.item() != 0
 
 
-class TakesGridRank(nn.Module):
-    def __init__(self, dim: int, grid_ndim: int = 1) -> None:
-        super().__init__()
-        self.dim, self.grid_ndim = dim, grid_ndim
+def test_references_are_keyed_by_the_exact_class():
+    """muse subclasses mha but gets its own references; a module without any gets none."""
+    labels = {
+        name: [r.label for r in refs.references_for(create(name, 32, 2))]
+        for name in ("mha", "muse", "node")
+    }
+    assert labels["mha"] == ["torch.nn.MultiheadAttention"]
+    assert labels["muse"] == ["three-branch MUSE (matmul-softmax)", "three-branch MUSE (SDPA)"]
+    assert labels["node"] == []
 
 
-def test_build_passes_grid_ndim_only_when_the_constructor_takes_it(tmp_path):
-    (tmp_path / "ranked.yaml").write_text(
-        "_target_: tests.test_benchmark.TakesGridRank\n_partial_: true\n"
-    )
-    assert build("ranked", 16, 2, conf_dir=tmp_path).grid_ndim == 2
-    assert build("se", 16, 2).dim == 16  # today's modules take no grid_ndim
+def test_scaling_takes_the_mixers():
+    assert mixers(["none", "mha", "se", "pool", "node"], []) == ["mha", "node"]
 
 
 def test_peak_memory_counts_live_tensors():
@@ -243,6 +244,7 @@ def test_targets_are_read_at_n256_dim128():
             "grid": [256],
             "dim": 128,
             "ours_over_ref": 1.2,
+            "target": 1.05,
         },
         {
             "variant": "se",
@@ -250,6 +252,7 @@ def test_targets_are_read_at_n256_dim128():
             "grid": [16, 16],
             "dim": 128,
             "ours_over_ref": 0.9,
+            "target": 1.1,
         },
         {
             "variant": "mha",
@@ -257,6 +260,15 @@ def test_targets_are_read_at_n256_dim128():
             "grid": [64],
             "dim": 128,
             "ours_over_ref": 0.5,
+            "target": 1.05,
+        },
+        {
+            "variant": "muse",
+            "implementation": "three-branch MUSE (SDPA)",
+            "grid": [256],
+            "dim": 128,
+            "ours_over_ref": 3.0,
+            "target": None,
         },
     ]
     found = {t["variant"]: t for t in evaluate_targets(rows)}
@@ -349,3 +361,13 @@ def test_overhead_rounds_alternate_order_and_ratio_is_the_median(monkeypatch, da
     assert result["ratio"] == pytest.approx(0.8) and result["met"] is False
     with pytest.raises(ValueError, match="rounds"):
         overhead.measure_overhead(rounds=0)
+
+
+def test_the_ablation_takes_its_lists_from_the_experiment_config(tmp_path):
+    from attnexp.bench.ablation import ATTENTIONS, BACKBONES, swept
+
+    experiment = tmp_path / "e.yaml"
+    experiment.write_text("hydra:\n  sweeper:\n    params:\n      attention: none,toy\n")
+    assert swept("attention", experiment) == ("none", "toy")
+    assert (ATTENTIONS, BACKBONES) == (swept("attention"), swept("backbone"))
+    assert {"none", "mha"} <= set(ATTENTIONS)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import hydra
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from attnexp.attention import factory
 from attnexp.attention.design import NORMALIZATIONS, SCORES
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -29,7 +29,7 @@ def check_builds_and_runs(cfg) -> None:
     """Built as a backbone builds it, on a sequence and on an image: shape kept, N x N weights."""
     for grid in GRIDS:
         torch.manual_seed(0)
-        module = hydra.utils.instantiate(cfg)(dim=16, grid_ndim=len(grid))
+        module = factory(cfg)(dim=16, grid_ndim=len(grid))
         x = torch.randn(2, *grid, 16)
         y, weights = module(x, return_weights=True)
         assert y.shape == x.shape and torch.isfinite(y).all()
@@ -45,7 +45,7 @@ def test_each_score_and_normalisation_is_a_command_line_override(name, override)
     cfg = composed_attention(name, [override])
     key, value = override.removeprefix("attention.").split("=")
     assert cfg[key] == value
-    module = hydra.utils.instantiate(cfg)(dim=16, grid_ndim=1)
+    module = factory(cfg)(dim=16, grid_ndim=1)
     assert getattr(module.core.design, key) == value
     check_builds_and_runs(cfg)
 
@@ -53,7 +53,7 @@ def test_each_score_and_normalisation_is_a_command_line_override(name, override)
 def test_a_bad_knob_fails_when_the_module_is_built_naming_the_key():
     cfg = composed_attention("mha", ["attention.normalize=relu"])
     with pytest.raises(ValueError, match="normalize must be one of softmax, sigmoid, max"):
-        hydra.utils.instantiate(cfg)(dim=16, grid_ndim=1)
+        factory(cfg)(dim=16, grid_ndim=1)
 
 
 def test_design_space_experiment_sweeps_valid_knob_values():

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
-from attnexp.attention.base import Kind
+from attnexp.attention import Kind, factory
 from attnexp.config import CONFIG_DIR
 from attnexp.models.common import kind_of
 from attnexp.pipeline import build_data, build_model
@@ -44,7 +43,7 @@ def test_every_cell_builds_and_classifies_a_real_batch(
     assert logits.shape == (len(y), cfg.dataset.shape.num_classes)
     assert torch.isfinite(logits).all()
 
-    kind = kind_of(instantiate(cfg.attention))
+    kind = kind_of(factory(cfg.attention))
     slots = dict(model.slots())
     expected_slots = {
         Kind.IDENTITY: 0,

@@ -6,11 +6,9 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from attnexp.attention.base import Kind
+from attnexp.attention import Kind, create
 from attnexp.attention.linear import LinearAttention
 from attnexp.attention.node import NodeAttention
 
@@ -21,8 +19,7 @@ SHAPES = [(2, 6, DIM), (2, 3, 4, DIM)]
 @pytest.mark.parametrize("name", ["linear", "node"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_config_builds_a_mixer_that_keeps_the_shape_and_learns(name, shape):
-    partial = instantiate(OmegaConf.load(f"conf/attention/{name}.yaml"))
-    module = partial(dim=DIM, grid_ndim=len(shape) - 2)
+    module = create(name, DIM, grid_ndim=len(shape) - 2)
     assert module.kind is Kind.MIXER
     if name == "node":  # the zero-initialised last layer would hide the other gradients
         torch.nn.init.normal_(module.transform[-1].weight)

@@ -3,14 +3,11 @@ weights train; the attention branch is ``mha``'s."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import hydra
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.nn import functional as F
 
+from attnexp.attention import create
 from attnexp.attention.mha import MultiHeadAttention
 from attnexp.attention.muse import MUSE
 
@@ -141,9 +138,7 @@ def test_muse_flops_add_the_conv_branch_to_mha():
 
 def test_paper_kernel_sizes_override_through_hydra():
     """``attention.kernel_sizes=[3,15]`` arrives as an OmegaConf ListConfig."""
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/attention/muse.yaml")
-    cfg.kernel_sizes = [3, 15]
-    module = hydra.utils.instantiate(cfg)(dim=64, grid_ndim=2)
+    module = create("muse", 64, grid_ndim=2, kernel_sizes=[3, 15])
     assert module.kernel_sizes == (3, 15)
     assert set(module.depthwise) == {"k3", "k15"}
     assert module(torch.randn(1, 7, 5, 64)).shape == (1, 7, 5, 64)

@@ -10,13 +10,15 @@ sequences, k x k on images); it refuses an input of any other grid rank.
 
 ``forward(x, return_weights=False)`` returns the output; with ``return_weights=True`` it returns
 ``(output, weights)`` where ``weights`` is a dict of named tensors for visualisation. Weights are an
-explicit opt-in because producing them forces the slow explicit path.
+explicit opt-in because producing them forces the slow explicit path. Each module declares the
+``WeightKind`` of every name it returns (``weight_kinds``); figures are chosen by kind.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -35,11 +37,52 @@ class Kind(str, enum.Enum):
     POOL = "pool"  # collapses the grid: (B, *grid, C) -> (B, C)
 
 
+class WeightKind(str, enum.Enum):
+    """What one tensor of ``forward(x, return_weights=True)``'s weights holds, so figures are
+    chosen by what it is rather than by which module returned it."""
+
+    ATTENTION_MAP = "attention_map"  # each query's weights over the keys
+    POSITION_WEIGHTS = "position_weights"  # weights over positions (attention pooling)
+    CHANNEL_GATE = "channel_gate"
+    SPATIAL_GATE = "spatial_gate"
+    BRANCH_MIX = "branch_mix"  # mixing weights of a module's branches, shared by the batch
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        """The shape's axes: B batch, N = prod(grid) queries or positions, M keys, C = dim, K
+        branches; ``*grid`` the grid's own sizes."""
+        return _WEIGHT_SHAPES[self]
+
+    def check(self, name: str, w: Tensor, grid: Sequence[int], dim: int | None = None) -> None:
+        """Refuse ``w`` (named ``name``) unless it has this kind's shape on ``grid``."""
+        known = {"N": math.prod(grid), "C": dim}
+        expected = [n for axis in self.shape for n in (grid if axis == "*grid" else [known.get(axis)])]
+        if w.dim() != len(expected) or any(
+            n is not None and n != size for n, size in zip(expected, w.shape, strict=True)
+        ):
+            raise ValueError(
+                f"weights {name!r} must have shape ({', '.join(self.shape)}) ({self.value}, "
+                f"grid={tuple(grid)}), got {tuple(w.shape)}"
+            )
+
+
+_WEIGHT_SHAPES = {
+    WeightKind.ATTENTION_MAP: ("B", "heads", "N", "M"),
+    WeightKind.POSITION_WEIGHTS: ("B", "heads", "N"),
+    WeightKind.CHANNEL_GATE: ("B", "C"),
+    WeightKind.SPATIAL_GATE: ("B", "*grid"),
+    WeightKind.BRANCH_MIX: ("K",),
+}
+
+
 class AttentionModule(nn.Module):
-    """Base class: subclasses set ``kind`` and implement ``forward`` and ``flops``; they call
-    ``check_input(x)`` in ``forward`` and ``num_positions(grid)`` in ``flops``."""
+    """Base class: subclasses set ``kind`` and ``weight_kinds`` and implement ``forward`` and
+    ``flops``; they call ``check_input(x)`` in ``forward`` and ``num_positions(grid)`` in
+    ``flops``."""
 
     kind: ClassVar[Kind]
+    # name -> kind of each tensor ``forward(x, return_weights=True)`` returns.
+    weight_kinds: ClassVar[Mapping[str, WeightKind]]
 
     def __init__(self, dim: int, grid_ndim: int = 1) -> None:
         super().__init__()

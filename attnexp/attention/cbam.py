@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    WeightKind,
     channels_first,
     check_positive,
     check_ratio,
@@ -29,6 +30,7 @@ class CBAM(AttentionModule):
     """
 
     kind = Kind.GATE
+    weight_kinds = {"channel": WeightKind.CHANNEL_GATE, "spatial": WeightKind.SPATIAL_GATE}
 
     def __init__(
         self, dim: int, grid_ndim: int = 1, rd_ratio: float = 1 / 16, kernel_size: int = 7

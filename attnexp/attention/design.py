@@ -48,7 +48,7 @@ Entry points: ``AttentionDesign`` (validated knobs), ``AttentionCore`` (the modu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -127,6 +127,17 @@ class AttentionDesign:
                 f"kv_stride={self.kv_stride} / qk_conv_padding=valid drops positions; "
                 "use kv_stride=1 and qk_conv_padding=same with window"
             )
+
+    @classmethod
+    def from_knobs(cls, **knobs: object) -> AttentionDesign:
+        """``AttentionDesign(**knobs)``, refusing an unknown knob by name with the list of knobs."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(knobs) - set(names))
+        if unknown:
+            raise ValueError(
+                f"unknown attention design knob {', '.join(unknown)}; the knobs: {', '.join(names)}"
+            )
+        return cls(**knobs)
 
     @property
     def shortens_keys(self) -> bool:

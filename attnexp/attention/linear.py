@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    WeightKind,
     check_positive,
     flatten_grid,
     unflatten_grid,
@@ -35,6 +36,7 @@ class LinearAttention(AttentionModule):
     """Fused qkv projection -> per-head linear attention -> output projection."""
 
     kind = Kind.MIXER
+    weight_kinds = {"attn": WeightKind.ATTENTION_MAP}
 
     def __init__(
         self,

@@ -6,11 +6,14 @@ On a 2-D grid every position attends to all H*W positions, as BoTNet's MHSA does
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    WeightKind,
     check_positive,
     check_probability,
     flatten_grid,
@@ -46,17 +49,18 @@ def resolve_head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
 class MultiHeadAttention(AttentionModule):
     """Fused qkv projection -> ``design.AttentionCore`` per head -> output projection.
 
-    ``score`` ... ``additive_dim`` are the attention design knobs, documented with their formulas
-    in ``attnexp.attention.design`` and validated here at construction (``AttentionDesign``), so a
-    bad value fails before training. The defaults are plain scaled dot-product softmax attention
-    over all positions, which runs through ``scaled_dot_product_attention``. ``attn_drop`` acts on
-    the attention weights in training only.
+    ``**design`` are the attention design knobs (``score`` ... ``additive_dim``), passed to
+    ``AttentionDesign``, which holds their defaults, documents them with their formulas and
+    validates them at construction, so a bad value fails before training. The defaults are plain
+    scaled dot-product softmax attention over all positions, which runs through
+    ``scaled_dot_product_attention``. ``attn_drop`` acts on the attention weights in training only.
 
     ``weights`` (with ``return_weights=True``): ``{"attn": (B, heads, N, M)}``, N = prod(grid) and
     M the number of keys (N unless ``kv_stride`` or a ``valid`` ``qk_conv`` drops positions).
     """
 
     kind = Kind.MIXER
+    weight_kinds = {"attn": WeightKind.ATTENTION_MAP}
 
     def __init__(
         self,
@@ -67,33 +71,13 @@ class MultiHeadAttention(AttentionModule):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         qkv_bias: bool = True,
-        score: str = "dot",
-        normalize: str = "softmax",
-        window: int | None = None,
-        global_tokens: int = 0,
-        kv_stride: int = 1,
-        kv_select: str = "stride",
-        qk_conv: int = 0,
-        qk_conv_padding: str = "same",
-        qk_conv_target: str = "k",
-        additive_dim: int | None = None,
+        **design: Any,
     ) -> None:
         super().__init__(dim, grid_ndim)
         self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
         check_probability("attn_drop", attn_drop)
         check_probability("proj_drop", proj_drop)
-        design = AttentionDesign(
-            score=score,
-            normalize=normalize,
-            window=window,
-            global_tokens=global_tokens,
-            kv_stride=kv_stride,
-            kv_select=kv_select,
-            qk_conv=qk_conv,
-            qk_conv_padding=qk_conv_padding,
-            qk_conv_target=qk_conv_target,
-            additive_dim=additive_dim,
-        )
+        design = AttentionDesign.from_knobs(**design)
         self.num_heads = num_heads
         self.inner_dim = num_heads * self.head_dim
         self.qkv = nn.Linear(dim, 3 * self.inner_dim, bias=qkv_bias)

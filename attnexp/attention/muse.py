@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from attnexp.attention.base import (
+    WeightKind,
     channels_first,
     channels_last,
     grid_conv,
@@ -64,6 +65,8 @@ class MUSE(MultiHeadAttention):
     ``weights`` (with ``return_weights=True``): ``{"attn": (B, heads, N, N),
     "branches": (len(kernel_sizes),)}``, the latter the softmax mixing weights.
     """
+
+    weight_kinds = {"attn": WeightKind.ATTENTION_MAP, "branches": WeightKind.BRANCH_MIX}
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    WeightKind,
     check_positive,
     flatten_grid,
     unflatten_grid,
@@ -34,6 +35,7 @@ class NodeAttention(AttentionModule):
     """``weights`` (with ``return_weights=True``): ``{"node": (B, 1, N)}``, the pooling weights."""
 
     kind = Kind.MIXER
+    weight_kinds = {"node": WeightKind.POSITION_WEIGHTS}  # one "head"
 
     def __init__(
         self, dim: int, grid_ndim: int = 1, reduction: int = 4, value_proj: bool = False

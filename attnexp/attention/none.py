@@ -11,6 +11,7 @@ class Identity(AttentionModule):
     """Returns its input unchanged; backbones drop the slot entirely for this kind."""
 
     kind = Kind.IDENTITY
+    weight_kinds = {}
 
     def forward(self, x: Tensor, return_weights: bool = False):
         self.check_input(x)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    WeightKind,
     check_positive,
     flatten_grid,
 )
@@ -26,6 +27,7 @@ class AttentionPool(AttentionModule):
     """
 
     kind = Kind.POOL
+    weight_kinds = {"pool": WeightKind.POSITION_WEIGHTS}
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    WeightKind,
     check_ratio,
     make_divisible,
 )
@@ -20,6 +21,7 @@ class SqueezeExcite(AttentionModule):
     """
 
     kind = Kind.GATE
+    weight_kinds = {"channel": WeightKind.CHANNEL_GATE}
 
     def __init__(self, dim: int, grid_ndim: int = 1, rd_ratio: float = 1 / 16) -> None:
         super().__init__(dim, grid_ndim)

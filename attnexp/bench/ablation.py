@@ -1,5 +1,6 @@
 """Wall time of the MNIST-1D ablation as a user runs it: ``train.py -m`` over attention x backbone
-with the joblib launcher, timed around the whole command (start-up, every job, the sweep's end)."""
+with the joblib launcher, timed around the whole command (start-up, every job, the sweep's end).
+The variants and backbones are the ones ``experiment=ablation_mnist1d`` sweeps (one seed here)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnexp.config import PROJECT_ROOT
+from omegaconf import OmegaConf
+
+from attnexp.config import CONFIG_DIR, PROJECT_ROOT
 from attnexp.results import COMPLETED, find_results, read_results
 
-ATTENTIONS = ("none", "mha", "muse", "pool", "se", "cbam")
-BACKBONES = ("transformer", "cnn")
+EXPERIMENT = CONFIG_DIR / "experiment" / "ablation_mnist1d.yaml"
+
+
+def swept(key: str, experiment: Path = EXPERIMENT) -> tuple[str, ...]:
+    """The values ``experiment``'s sweeper takes for ``key`` (``attention: none,mha`` -> both)."""
+    return tuple(str(OmegaConf.load(experiment).hydra.sweeper.params[key]).split(","))
+
+
+ATTENTIONS = swept("attention")
+BACKBONES = swept("backbone")
 TARGET_S = 15 * 60  # target: the full ablation in under 15 minutes on the 2-core machine
 
 

@@ -92,14 +92,15 @@ def bench_mqar_scaling(
     budget_s: float,
     device: torch.device,
     progress: Callable[[str], None] = lambda message: None,
+    overrides: Sequence[str] = (),
 ) -> list[dict]:
-    """Time and peak memory of one training step of each variant at each length, the variants
-    timed interleaved at each length. Once a variant's step takes longer than ``budget_s`` its
+    """Time and peak memory of one training step of each variant at each length (``overrides``
+    go to each config), the variants timed interleaved at each length. Once a variant's step takes longer than ``budget_s`` its
     longer lengths are skipped (a row with ``ms`` None and the reason)."""
     rows, too_slow = [], {}
     for n in lengths:
         steps = {
-            name: build_step(mqar_config(name, n), batch, device)[1]
+            name: build_step(mqar_config(name, n, overrides), batch, device)[1]
             for name in variants
             if name not in too_slow
         }

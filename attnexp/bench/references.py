@@ -1,19 +1,27 @@
 """The implementations a user would pick instead of ours, built with our module's weights.
 
-Each ``references_for(name, module)`` entry is a ``Reference``: a label, an ``nn.Module`` that computes
-the same function as ``module`` given the copied weights, and the input layout it takes
-(``tokens_last`` as ours, or ``channels_first`` ``(B, C, H, W)`` as image libraries). The numeric
-checks in ``suite`` compare them; the timings put them side by side.
+Each ``references_for(module)`` entry is a ``Reference``: a label, an ``nn.Module`` that computes
+the same function as ``module`` given the copied weights, the input layout it takes (``tokens_last``
+as ours, or ``channels_first`` ``(B, C, H, W)`` as image libraries) and, where we set one, the
+performance target against it. The numeric checks in ``suite`` compare them; the timings put them
+side by side. References are keyed by our module's class (``REFERENCES``), so a variant without one
+needs no entry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from attnexp.attention.cbam import CBAM
+from attnexp.attention.mha import MultiHeadAttention
+from attnexp.attention.muse import MUSE
+from attnexp.attention.se import SqueezeExcite
 
 
 @dataclass
@@ -21,6 +29,8 @@ class Reference:
     label: str
     module: nn.Module
     layout: str  # "tokens_last" (B, *grid, C) or "channels_first" (B, C, H, W)
+    # The highest allowed time ratio ours / reference, read at N=256, C=128 (None: no target).
+    target: float | None = None
 
 
 def timm_or_reason():
@@ -58,7 +68,7 @@ def torch_mha(module) -> Reference:
         if module.qkv.bias is not None:
             ref.attn.in_proj_bias.copy_(module.qkv.bias)
         ref.attn.out_proj.load_state_dict(module.proj.state_dict())
-    return Reference("torch.nn.MultiheadAttention", ref, "tokens_last")
+    return Reference("torch.nn.MultiheadAttention", ref, "tokens_last", target=1.05)
 
 
 # --- muse ------------------------------------------------------------------------------------
@@ -119,7 +129,7 @@ class SdpaThreeBranchMUSE(ThreeBranchMUSE):
         return F.scaled_dot_product_attention(q, k, v)
 
 
-def _three_branch(cls, label: str, module) -> Reference:
+def _three_branch(cls, label: str, module, target: float | None = None) -> Reference:
     ref = cls(module.dim, module.num_heads, module.head_dim, module.kernel_sizes)
     with torch.no_grad():
         for fc, w, b in zip(
@@ -139,11 +149,12 @@ def _three_branch(cls, label: str, module) -> Reference:
             conv.pointwise_conv.weight.copy_(module.pointwise[f"k{k}"].unsqueeze(-1))
             conv.pointwise_conv.bias.copy_(module.pointwise_bias[f"k{k}"])
         ref.dy_paras.copy_(module.branch_logits)
-    return Reference(label, ref, "tokens_last")
+    return Reference(label, ref, "tokens_last", target)
 
 
 def three_branch_muse(module) -> Reference:
-    return _three_branch(ThreeBranchMUSE, "three-branch MUSE (matmul-softmax)", module)
+    # >= 1.25x faster than the widely copied implementation
+    return _three_branch(ThreeBranchMUSE, "three-branch MUSE (matmul-softmax)", module, 1 / 1.25)
 
 
 def sdpa_three_branch_muse(module) -> Reference:
@@ -217,7 +228,7 @@ def timm_se(module, se_module) -> Reference:
             "fc2.bias": module.fc2.bias,
         }
     )
-    return Reference("timm SEModule", ref, "channels_first")
+    return Reference("timm SEModule", ref, "channels_first", target=1.1)
 
 
 def timm_cbam(module, cbam_module) -> Reference:
@@ -229,19 +240,31 @@ def timm_cbam(module, cbam_module) -> Reference:
     }
     state.update({f"spatial.conv.bn.{k}": v for k, v in module.spatial_norm.state_dict().items()})
     ref.load_state_dict(state)
-    return Reference("timm CbamModule", ref, "channels_first")
+    return Reference("timm CbamModule", ref, "channels_first", target=1.1)
 
 
-def references_for(name: str, module) -> list[Reference]:
-    """What a user would pick instead of our ``name``; empty if there is no common reference."""
-    if name == "mha":
-        return [torch_mha(module)]
-    if name == "muse":
-        return [three_branch_muse(module), sdpa_three_branch_muse(module)]
-    if name in ("se", "cbam"):
+def _timm_or_formula(timm_reference, formula_reference, index: int):
+    """timm's module (``timm_or_reason``'s ``index``-th class) when timm imports, else the formula."""
+
+    def references(module) -> list[Reference]:
         timm_classes, _ = timm_or_reason()
-        if timm_classes is not None:
-            se_module, cbam_module = timm_classes
-            return [timm_se(module, se_module) if name == "se" else timm_cbam(module, cbam_module)]
-        return [formula_se(module) if name == "se" else formula_cbam(module)]
-    return []
+        if timm_classes is None:
+            return [formula_reference(module)]
+        return [timm_reference(module, timm_classes[index])]
+
+    return references
+
+
+# Our module's exact class -> what a user would pick instead (muse subclasses mha, and
+# nn.MultiheadAttention is no muse).
+REFERENCES: dict[type, Callable[[nn.Module], list[Reference]]] = {
+    MultiHeadAttention: lambda module: [torch_mha(module)],
+    MUSE: lambda module: [three_branch_muse(module), sdpa_three_branch_muse(module)],
+    SqueezeExcite: _timm_or_formula(timm_se, formula_se, 0),
+    CBAM: _timm_or_formula(timm_cbam, formula_cbam, 1),
+}
+
+
+def references_for(module: nn.Module) -> list[Reference]:
+    """What a user would pick instead of ``module``; empty if there is no common reference."""
+    return REFERENCES.get(type(module), lambda _: [])(module)

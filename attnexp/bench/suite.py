@@ -13,7 +13,6 @@ references; peak memory as in ``measure``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -23,12 +22,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from attnexp.attention import AttentionModule, Kind
+from attnexp.attention import AttentionModule, Kind, available, create
+from attnexp.attention.variants import searchpath_override, variant_kind
 from attnexp.bench import ablation
 from attnexp.bench.measure import median_times, peak_memory_bytes, training_step
 from attnexp.bench.model_step import H100_BF16_PEAK, bench_mqar_scaling, measure_mfu
@@ -42,10 +40,8 @@ from attnexp.bench.tables import (
 )
 from attnexp.terminal import quiet_dependencies
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "attention"
 OURS = "attnexp"
 TOLERANCE = 1e-5  # atol and rtol of the numeric checks
-SCALING_VARIANTS = ("mha", "muse", "linear")
 
 
 @dataclass
@@ -55,7 +51,8 @@ class Settings:
     transformer backbone on MQAR at each of ``scaling_lengths``; a variant whose step exceeds
     ``step_budget_s`` is skipped at longer lengths. Overhead: ``train.py``'s default config plus
     ``overhead_overrides``, ``overhead_epochs`` epochs, ``overhead_rounds`` alternating rounds.
-    MFU: a transformer + mha training step of ``mfu`` sizes."""
+    MFU: a transformer + mha training step of ``mfu`` sizes. ``search_path``: extra config roots
+    whose ``attention/<name>.yaml`` variants join the discovered ones."""
 
     module_sizes: list[tuple[int, int, int]]
     scaling_lengths: list[int]
@@ -72,6 +69,7 @@ class Settings:
     )
     mfu_on_cpu: bool = False  # the full sizes are for a GPU; smoke checks the arithmetic on CPU
     variants: list[str] = field(default_factory=list)  # empty: all discovered
+    search_path: list[str] = field(default_factory=list)
 
 
 def full_settings() -> Settings:
@@ -102,18 +100,9 @@ def smoke_settings() -> Settings:
 # --- building ----------------------------------------------------------------------------------
 
 
-def discover_variants(conf_dir: Path = CONF_DIR) -> list[str]:
-    return sorted(path.stem for path in conf_dir.glob("*.yaml"))
-
-
-def build(name: str, dim: int, grid_ndim: int, conf_dir: Path = CONF_DIR) -> AttentionModule:
-    """What a backbone does: instantiate the partial and call it with the slot's ``dim`` (and the
-    grid rank, for modules whose constructor takes ``grid_ndim``)."""
-    factory = hydra.utils.instantiate(OmegaConf.load(conf_dir / f"{name}.yaml"))
-    kwargs = {"dim": dim}
-    if "grid_ndim" in inspect.signature(factory).parameters:
-        kwargs["grid_ndim"] = grid_ndim
-    return factory(**kwargs)
+def mixers(names: list[str], search_path: list[str]) -> list[str]:
+    """The ``names`` whose module is a MIXER: the variants the scaling curve takes."""
+    return [name for name in names if variant_kind(name, search_path) is Kind.MIXER]
 
 
 def grid_for(module: AttentionModule, n: int) -> tuple[int, ...]:
@@ -171,11 +160,11 @@ def bench_module(
 ) -> tuple[list[dict], list[dict]]:
     """Rows (ours, then each reference) and numeric checks for one variant at one size."""
     torch.manual_seed(0)
-    probe = build(name, dim, 1)
+    probe = create(name, dim, search_path=settings.search_path)
     grid = grid_for(probe, n)
-    module = build(name, dim, len(grid))
+    module = create(name, dim, len(grid), search_path=settings.search_path)
     randomise_constants(module)
-    references = references_for(name, module)
+    references = references_for(module)
     x = torch.randn(batch, *grid, dim)
     checks = [
         {
@@ -191,6 +180,7 @@ def bench_module(
         OURS: (module, "tokens_last"),
         **{r.label: (r.module, r.layout) for r in references},
     }
+    targets = {r.label: r.target for r in references}
     with torch.no_grad():  # one fixed upstream gradient, shaped as the output, for everyone
         grad = torch.randn(module(x).shape, generator=torch.Generator().manual_seed(1))
     steps = {}
@@ -213,6 +203,7 @@ def bench_module(
                 "peak_mb": peak_memory_bytes(step, device) / 2**20,
                 "gflop_per_s": flops / seconds[label] / 1e9,
                 "ours_over_ref": None if label == OURS else seconds[OURS] / seconds[label],
+                "target": targets.get(label),
             }
         )
     return rows, checks
@@ -225,17 +216,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_suite(
-    settings: Settings,
-    device: torch.device,
-    conf_dir: Path = CONF_DIR,
-    peak_flops: float = H100_BF16_PEAK,
-) -> dict:
-    variants = discover_variants(conf_dir)
+def chosen_variants(settings: Settings) -> list[str]:
+    """``settings.variants`` (all discovered if empty), refusing an unknown one."""
+    variants = available(settings.search_path)
     unknown = set(settings.variants) - set(variants)
     if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; discovered: {variants}")
-    chosen = [v for v in variants if not settings.variants or v in settings.variants]
+        raise ValueError(f"unknown variants {sorted(unknown)}; discovered: {', '.join(variants)}")
+    return [v for v in variants if not settings.variants or v in settings.variants]
+
+
+def run_suite(
+    settings: Settings, device: torch.device, peak_flops: float = H100_BF16_PEAK
+) -> dict:
+    chosen = chosen_variants(settings)
     modules, checks, started = [], [], time.perf_counter()
     for name in chosen:
         for batch, n, dim in settings.module_sizes:
@@ -246,7 +239,7 @@ def run_suite(
                 f"[{time.perf_counter() - started:6.1f} s] {name} B={batch} N={n} C={dim}: "
                 + ", ".join(f"{r['implementation']} {r['ms']:.2f} ms" for r in rows)
             )
-    scaling = run_scaling(settings, [v for v in SCALING_VARIANTS if v in chosen], device)
+    scaling = run_scaling(settings, mixers(chosen, settings.search_path), device)
     _, timm_reason = timm_or_reason()
     return {
         "meta": meta(settings, device, timm=timm_reason or "imported"),
@@ -293,6 +286,7 @@ def run_scaling(settings: Settings, variants: list[str], device: torch.device) -
         budget_s=settings.step_budget_s,
         device=device,
         progress=progress,
+        overrides=searchpath_override(settings.search_path),
     )
 
 
@@ -339,13 +333,19 @@ def main(argv: list[str] | None = None) -> int:
         "matter and which more threads than free cores slow down many times on a shared machine)",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", nargs="*", default=[], help="default: all discovered")
     parser.add_argument(
-        "--variants", nargs="*", default=[], choices=discover_variants(), help="default: all"
+        "--search-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra config root whose attention/<name>.yaml variants join (repeatable; as Hydra's "
+        "hydra.searchpath, the variant's module must be importable)",
     )
     parser.add_argument("--repeats", type=int, help="timed steps per case (default 15; smoke 3)")
     section = parser.add_mutually_exclusive_group()
     section.add_argument(
-        "--scaling", action="store_true", help="only the MQAR scaling curve (mha, muse, linear)"
+        "--scaling", action="store_true", help="only the MQAR scaling curve (every mixer)"
     )
     section.add_argument(
         "--overhead", action="store_true", help="only the framework-overhead ratio"
@@ -383,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = 1 if args.smoke else len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads)
     settings = smoke_settings() if args.smoke else full_settings()
-    settings.variants = args.variants
+    settings.variants, settings.search_path = args.variants, args.search_path
+    try:
+        chosen_variants(settings)
+    except ValueError as error:
+        parser.error(str(error))
     settings.overhead_overrides += args.override
     for key, field_name in (("repeats", "repeats"), ("epochs", "overhead_epochs"),
                             ("rounds", "overhead_rounds")):  # fmt: skip
@@ -395,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((name for name in SECTIONS if getattr(args, name)), None)
     if chosen is not None:
         if chosen == "scaling":
-            names = [v for v in SCALING_VARIANTS if not settings.variants or v in settings.variants]
+            names = mixers(chosen_variants(settings), settings.search_path)
             result = run_scaling(settings, names, device)
         elif chosen == "overhead":
             result = run_overhead(settings)

@@ -15,4 +15,6 @@ def build_model(cfg: DictConfig) -> Backbone:
     so ``attnexp.validate`` can build it before the slow Lightning import."""
     from hydra.utils import instantiate
 
-    return instantiate(cfg.backbone, attention=instantiate(cfg.attention))
+    from attnexp.attention import factory
+
+    return instantiate(cfg.backbone, attention=factory(cfg.attention))
