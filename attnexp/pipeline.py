@@ -5,6 +5,7 @@ Neither reads the command line or Hydra's global state; ``attnexp.cli`` does tha
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from attnexp.callbacks import FiniteLoss, MetricsProgressBar, RunStats
-from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp, check_resumable
+from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.classifier import Classifier
 from attnexp.config import as_plain
 from attnexp.data.datamodule import ArrayDataModule
@@ -26,6 +27,7 @@ from attnexp.models import build_model
 from attnexp.models.common import Backbone
 from attnexp.provenance import new_results
 from attnexp.results import COMPLETED, FAILED, cost_metrics, write_results
+from attnexp.resume import check_resumable
 from attnexp.seeding import EpochSeed
 from attnexp.terminal import print_lightning_logs_once
 from attnexp.tracking import publish_to_wandb
@@ -34,6 +36,7 @@ from attnexp.viz import save_model_figures
 
 print_lightning_logs_once()  # under Hydra, not once by Lightning and again by Hydra
 
+log = logging.getLogger(__name__)
 # Under data-parallel training every rank runs train(); only rank 0 writes the results file.
 record = rank_zero_only(write_results)
 
@@ -120,7 +123,8 @@ def train(
     try:
         validate(cfg)  # bad input fails here, in well under a second
         if ckpt_path is not None:
-            check_resumable(ckpt_path, cfg)
+            epoch = check_resumable(ckpt_path, cfg)
+            log.info("continuing %s from %s (epoch %d)", run_dir, ckpt_path, epoch)
             results["resumed_from"] = _relative_to(str(ckpt_path), run_dir)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)
