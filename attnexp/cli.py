@@ -70,7 +70,7 @@ def train_main(cfg: DictConfig) -> float | None:
             raise
         from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
 
-        results = train(cfg, overrides=overrides, ckpt_path=start.ckpt_path)
+        results = train(cfg, overrides=overrides, ckpt_path=start.ckpt_path, validated=True)
     except Exception:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise

@@ -108,12 +108,17 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
 
 
 def train(
-    cfg: DictConfig, overrides: Sequence[str] = (), ckpt_path: str | Path | None = None
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    ckpt_path: str | Path | None = None,
+    validated: bool = False,
 ) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json`` in ``cfg.paths.output_dir``.
 
     ``cfg`` must be resolvable without Hydra (``attnexp.cli`` resolves it inside the Hydra job).
     ``ckpt_path`` continues training from a checkpoint made with the same computed config.
+    ``validated=True`` says the caller already ran ``attnexp.validate.validate(cfg)`` (the command
+    line does, before importing Lightning); otherwise it runs here, so bad input never trains.
     Returns the results dict; on an exception writes it with status "failed" and re-raises.
     """
     start = time.perf_counter()
@@ -121,7 +126,8 @@ def train(
     results = new_results(cfg, overrides, run_dir)
     record(run_dir, results)
     try:
-        validate(cfg)  # bad input fails here, in well under a second
+        if not validated:
+            validate(cfg)  # bad input fails here, in well under a second
         if ckpt_path is not None:
             epoch = check_resumable(ckpt_path, cfg)
             log.info("continuing %s from %s (epoch %d)", run_dir, ckpt_path, epoch)

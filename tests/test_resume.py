@@ -26,7 +26,7 @@ from attnexp.resume import (
     plan_start,
     prepare_resume,
 )
-from tests.conftest import compose_cfg, tiny
+from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: on a shared 2-core machine thread contention slows a tiny model ~10x.
@@ -286,3 +286,48 @@ def test_resume_reads_the_checkpoint_dir_from_the_checkpoint_callback(tmp_path):
     for callback in (None, {"dirpath": str(elsewhere), "save_last": False}):
         with pytest.raises(FileNotFoundError, match="kept no last checkpoint"):
             prepare_resume(saved_run(tmp_path / str(callback is None), callback), [])
+
+
+# --------------------------------------------------------------------------- validate once
+
+
+def test_the_command_line_validates_once_and_python_callers_get_validation(
+    tmp_path, data_dir, monkeypatch
+):
+    import attnexp.pipeline
+
+    def refuse(cfg):
+        raise ValueError("checked")
+
+    monkeypatch.setattr(attnexp.pipeline, "validate", refuse)
+    with pytest.raises(ValueError, match="checked"):
+        train(compose_cfg(tiny("none", "cnn", "digits", data_dir), tmp_path / "python"))
+    monkeypatch.undo()
+
+    # Count in a fresh process: the patches must be in place before attnexp.cli binds the names.
+    script = (
+        "import sys\n"
+        "import attnexp.models, attnexp.validate\n"
+        "calls = {'validate': 0, 'build_model': 0}\n"
+        "def counted(name, f):\n"
+        "    def wrapper(*a, **k):\n"
+        "        calls[name] += 1\n"
+        "        return f(*a, **k)\n"
+        "    return wrapper\n"
+        "attnexp.validate.validate = counted('validate', attnexp.validate.validate)\n"
+        "attnexp.models.build_model = counted('build_model', attnexp.models.build_model)\n"
+        "from attnexp.cli import train_main\n"
+        "sys.argv = ['train.py', *sys.argv[1:]]\n"
+        "try:\n"
+        "    train_main()\n"
+        "finally:\n"
+        "    print('calls', calls)\n"
+    )
+    args = [*tiny("none", "cnn", "digits", data_dir), "debug=limit", "figures=0",
+            f"hydra.run.dir={tmp_path / 'cli'}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # validate builds the model once, train once more: nothing is built or checked twice.
+    assert "calls {'validate': 1, 'build_model': 2}" in proc.stdout, proc.stdout[-2000:]
+    assert read_results(tmp_path / "cli")["status"] == "completed"
