@@ -86,7 +86,7 @@ def computed_config(cfg: DictConfig) -> dict[str, Any]:
 def check_resumable(path: str | Path, cfg: DictConfig) -> int:
     """The epoch ``path`` was saved in (Lightning's count from 0); refuses (``CheckpointError``)
     a checkpoint made with another computed config, naming the keys that differ."""
-    from attnexp.checkpoint import CheckpointError, load_checkpoint
+    from attnexp.checkpoint import CheckpointError, load_checkpoint  # see the module's docstring
 
     checkpoint = load_checkpoint(path)
     saved = checkpoint.get(CONFIG_KEY)
@@ -153,8 +153,6 @@ def interrupted_checkpoint(cfg: DictConfig) -> Path | None:
     config interrupted (status ``running``: killed; or failed by an interrupt) and the checkpoint
     is stamped with its computed config (``attnexp.pipeline.train`` logs that it continues).
     Otherwise None, with a log line saying why when a checkpoint is there but not used."""
-    from attnexp.checkpoint import CheckpointError
-
     results = _results_of(cfg)
     ckpt = last_checkpoint(cfg)
     if not results or ckpt is None or not ckpt.is_file():
@@ -168,6 +166,8 @@ def interrupted_checkpoint(cfg: DictConfig) -> Path | None:
         log.info("starting %s afresh: its last run of this config %s (%s)",
                  run_dir, results.get("status"), error)  # fmt: skip
         return None
+    from attnexp.checkpoint import CheckpointError  # Lightning: only with a checkpoint to check
+
     try:
         check_resumable(ckpt, cfg)
     except CheckpointError as e:

@@ -255,6 +255,23 @@ def test_a_job_is_skipped_continued_or_started_afresh_by_what_its_run_dir_holds(
     assert "belongs to another config; keys that differ: optim.optimizer.lr" in caplog.text
 
 
+def test_a_fresh_job_is_planned_without_importing_lightning(tmp_path, data_dir):
+    # The command line plans a job before validating it, and validates before the slow import.
+    script = (
+        "import sys\n"
+        "from attnexp.resume import plan_start\n"
+        "from tests.conftest import compose_cfg, tiny\n"
+        f"cfg = compose_cfg(tiny('mha', 'cnn', 'digits', {str(data_dir)!r}), {str(tmp_path)!r})\n"
+        "start = plan_start(cfg, [])\n"
+        "print('fresh:', start.done is None and start.ckpt_path is None)\n"
+        "print('lightning imported:', 'lightning' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "fresh: True" in proc.stdout, proc.stderr[-3000:]
+    assert "lightning imported: False" in proc.stdout
+
+
 def saved_run(run_dir: Path, checkpoint_callback: dict | None) -> Path:
     """A run dir as Hydra saves it, with ``checkpoint_callback`` as its model_checkpoint."""
     config = {
