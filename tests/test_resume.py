@@ -163,7 +163,7 @@ def test_only_rank_zero_writes_results(tmp_path, monkeypatch):
     assert not (tmp_path / "results.json").exists()
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     record(tmp_path, {"status": "completed"})
-    assert read_results(tmp_path / "cli")["status"] == "completed"
+    assert read_results(tmp_path)["status"] == "completed"
 
 
 # --------------------------------------------------------------------------- a killed sweep job
