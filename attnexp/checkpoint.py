@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically, loaded without running code, stamped with their config.
+"""Checkpoints: written atomically, loaded without running code, stamped with their config
+(``attnexp.resume`` checks the stamp before a run continues from one).
 
 ``AtomicCheckpointIO`` is the trainer's checkpoint plugin: a crash mid-save leaves the previous
 file intact (temp file + rename), and every load goes through ``load_checkpoint``, which only
@@ -15,15 +16,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from attnexp.config import UNHASHED_KEYS
 from attnexp.results import atomic_open
-
-CONFIG_KEY = "attnexp_config"  # where a checkpoint keeps the config that produced it
-# Keys that may change between a checkpoint and the run continuing from it: where and how long
-# to train, not what is trained.
-RESUMABLE_KEYS = (*UNHASHED_KEYS, "trainer")
+from attnexp.resume import CONFIG_KEY, computed_config
 
 
 class CheckpointError(ValueError):
@@ -67,12 +63,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint(path, map_location)
 
 
-def computed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The part of ``cfg`` that decides what a checkpoint's weights are (not where or how long)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in data.items() if k not in RESUMABLE_KEYS}
-
-
 class ConfigStamp(L.Callback):
     """Store the computed config in every checkpoint, so a resume can check it belongs."""
 
@@ -81,28 +71,3 @@ class ConfigStamp(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
-
-
-def check_resumable(path: str | Path, cfg: DictConfig) -> None:
-    """Refuse a checkpoint made with another computed config, naming the keys that differ."""
-    saved = load_checkpoint(path).get(CONFIG_KEY)
-    if saved is None:
-        raise CheckpointError(f"checkpoint {path} was not written by attnexp (no {CONFIG_KEY})")
-    diffs = config_diff(saved, computed_config(cfg))
-    if diffs:
-        shown = "; ".join(f"{k}: checkpoint {a!r}, this run {b!r}" for k, a, b in diffs[:10])
-        more = f" (and {len(diffs) - 10} more)" if len(diffs) > 10 else ""
-        raise CheckpointError(
-            f"checkpoint {path} belongs to another config; keys that differ: {shown}{more}"
-        )
-
-
-def config_diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, value in a, value in b)`` for every leaf where two nested configs differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            key = f"{prefix}.{k}" if prefix else str(k)
-            out += config_diff(a.get(k, "<absent>"), b.get(k, "<absent>"), key)
-        return out
-    return [] if a == b else [(prefix, a, b)]

@@ -21,11 +21,11 @@ from attnexp.config import (
     best_checkpoint,
     find_run_dir,
     load_run_config,
-    prepare_resume,
     register_resolvers,
 )
 from attnexp.provenance import new_results
 from attnexp.results import FAILED, atomic_write_text, write_results
+from attnexp.resume import plan_start
 from attnexp.terminal import quiet_dependencies
 from attnexp.validate import validate
 
@@ -40,7 +40,7 @@ def train_main(cfg: DictConfig) -> float | None:
     In a multirun a failed job returns NaN instead of raising (its results.json says why), so the
     sweep goes on and ends with ``attnexp.sweep.SweepSummary``, which exits non-zero.
     """
-    from attnexp.sweep import available_cores, previous_result, threads_per_job
+    from attnexp.sweep import available_cores, threads_per_job
 
     quiet_dependencies()
     hydra_cfg = HydraConfig.get()
@@ -53,12 +53,9 @@ def train_main(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads_per_job(n_jobs, cores))
         log.info("%d torch threads per job (n_jobs=%d on %d cores)", torch.get_num_threads(), n_jobs, cores)  # fmt: skip
     try:
-        ckpt_path = cfg.get("ckpt_path")
-        if cfg.get("resume"):  # continue an interrupted run in its own dir (attnexp.checkpoint)
-            others = [o for o in overrides if not o.startswith("resume=")]
-            cfg, overrides, ckpt_path = prepare_resume(cfg.resume, others)
-        OmegaConf.resolve(cfg)
-        done = previous_result(cfg)
+        # resume=, a job completed before (skipped) or interrupted (continued): attnexp.resume
+        start = plan_start(cfg, overrides)
+        cfg, overrides, done = start.cfg, start.overrides, start.done
         if done is not None:
             log.info("skipped %s: completed before with the same config (force=true re-runs it)",
                      cfg.paths.output_dir)  # fmt: skip
@@ -73,7 +70,7 @@ def train_main(cfg: DictConfig) -> float | None:
             raise
         from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
 
-        results = train(cfg, overrides=overrides, ckpt_path=ckpt_path)
+        results = train(cfg, overrides=overrides, ckpt_path=start.ckpt_path, validated=True)
     except Exception:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise

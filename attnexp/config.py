@@ -1,9 +1,10 @@
-"""Config helpers: OmegaConf resolvers, run identity (choices, hash), saved-config loading."""
+"""Config helpers: OmegaConf resolvers, run choices, composing and loading saved configs.
+
+Run identity (the config hash) and resume live in ``attnexp.resume``.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,14 +22,6 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 # Groups that name a run; `experiment` may be null.
 CHOICE_GROUPS = ("attention", "backbone", "dataset", "experiment")
-
-# Keys that say where or how a run is recorded or started, not what it computes: left out of the
-# hash (a resumed run computes what the uninterrupted one would have). ``force`` only says whether
-# to re-run a completed job (attnexp.sweep), ``figures`` how many test samples to draw after testing.
-UNHASHED_KEYS = (
-    "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures", "resume",
-    "ckpt_path", "objective", "objective_mode",
-)  # fmt: skip
 
 
 def register_resolvers() -> None:
@@ -61,33 +54,6 @@ def run_group(mode: Any, sweep_dir: str, cell: str) -> str:
     """The W&B group of a run: its sweep's dir name in a multirun (``mode`` is Hydra's run mode),
     so one sweep is one group; ``cell`` for a single run."""
     return Path(str(sweep_dir)).name if str(mode).endswith("MULTIRUN") else cell
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """sha256 of the resolved config minus the keys that only say where/how it is recorded.
-
-    Paths elsewhere in the config (the trainer's root dir, the data cache) are hashed as
-    ``${paths.<key>}``, so a run hashes the same wherever its outputs and checkout live.
-    """
-    data = OmegaConf.to_container(cfg, resolve=True)
-    paths = {f"${{paths.{k}}}": str(v) for k, v in (data.get("paths") or {}).items() if v}
-    data = {k: v for k, v in data.items() if k not in UNHASHED_KEYS}
-    data = _replace_paths(data, sorted(paths.items(), key=lambda kv: -len(kv[1])))
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _replace_paths(data: Any, paths: list[tuple[str, str]]) -> Any:
-    """``data`` with every string that starts with a path value starting with its name instead
-    (the longest, most specific path first)."""
-    if isinstance(data, dict):
-        return {k: _replace_paths(v, paths) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_replace_paths(v, paths) for v in data]
-    if isinstance(data, str):
-        for name, value in paths:
-            if data == value or data.startswith(value.rstrip("/") + "/"):
-                return name + data[len(value) :]
-    return data
 
 
 def find_run_dir(path: str | Path) -> Path:
@@ -151,32 +117,3 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 def as_plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
-
-
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
-
-
-def prepare_resume(
-    resume: str | Path, other_overrides: list[str]
-) -> tuple[DictConfig, list[str], Path]:
-    """``(saved config, its overrides, last checkpoint)`` to continue the run in ``resume``.
-
-    The run continues in its own dir with its own saved config, so nothing may be overridden.
-    """
-    if other_overrides:
-        raise ValueError(
-            f"resume=<run dir> continues that run with its saved config; drop the other overrides "
-            f"{other_overrides}, or start a new run from a checkpoint with ckpt_path=<file>"
-        )
-    if not Path(resume).exists():
-        raise FileNotFoundError(f"resume={resume}: no such directory")
-    run_dir = find_run_dir(resume)
-    ckpt = run_dir / LAST_CHECKPOINT
-    if not ckpt.is_file():
-        raise FileNotFoundError(
-            f"resume={resume}: no {LAST_CHECKPOINT} yet (the run stopped before its first epoch "
-            "ended): start it again instead"
-        )
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    return load_run_config(run_dir), overrides, ckpt

@@ -5,6 +5,7 @@ Neither reads the command line or Hydra's global state; ``attnexp.cli`` does tha
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from attnexp.callbacks import FiniteLoss, MetricsProgressBar, RunStats
-from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp, check_resumable
+from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.classifier import Classifier
 from attnexp.config import as_plain
 from attnexp.data.datamodule import ArrayDataModule
@@ -26,6 +27,7 @@ from attnexp.models import build_model
 from attnexp.models.common import Backbone
 from attnexp.provenance import new_results
 from attnexp.results import COMPLETED, FAILED, cost_metrics, write_results
+from attnexp.resume import check_resumable
 from attnexp.seeding import EpochSeed
 from attnexp.terminal import print_lightning_logs_once
 from attnexp.tracking import publish_to_wandb
@@ -34,6 +36,7 @@ from attnexp.viz import save_model_figures
 
 print_lightning_logs_once()  # under Hydra, not once by Lightning and again by Hydra
 
+log = logging.getLogger(__name__)
 # Under data-parallel training every rank runs train(); only rank 0 writes the results file.
 record = rank_zero_only(write_results)
 
@@ -105,12 +108,17 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
 
 
 def train(
-    cfg: DictConfig, overrides: Sequence[str] = (), ckpt_path: str | Path | None = None
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    ckpt_path: str | Path | None = None,
+    validated: bool = False,
 ) -> dict[str, Any]:
     """Fit, test the best checkpoint, and write ``results.json`` in ``cfg.paths.output_dir``.
 
     ``cfg`` must be resolvable without Hydra (``attnexp.cli`` resolves it inside the Hydra job).
     ``ckpt_path`` continues training from a checkpoint made with the same computed config.
+    ``validated=True`` says the caller already ran ``attnexp.validate.validate(cfg)`` (the command
+    line does, before importing Lightning); otherwise it runs here, so bad input never trains.
     Returns the results dict; on an exception writes it with status "failed" and re-raises.
     """
     start = time.perf_counter()
@@ -118,9 +126,11 @@ def train(
     results = new_results(cfg, overrides, run_dir)
     record(run_dir, results)
     try:
-        validate(cfg)  # bad input fails here, in well under a second
+        if not validated:
+            validate(cfg)  # bad input fails here, in well under a second
         if ckpt_path is not None:
-            check_resumable(ckpt_path, cfg)
+            epoch = check_resumable(ckpt_path, cfg)
+            log.info("continuing %s from %s (epoch %d)", run_dir, ckpt_path, epoch)
             results["resumed_from"] = _relative_to(str(ckpt_path), run_dir)
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)

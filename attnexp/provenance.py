@@ -16,8 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT, config_hash
+from attnexp.config import CHOICE_GROUPS, PROJECT_ROOT
 from attnexp.results import COST_NAMES, RUNNING, task_of
+from attnexp.resume import config_hash
 
 PACKAGES = {"torch": "torch", "lightning": "lightning", "hydra": "hydra-core",
             "omegaconf": "omegaconf", "torchmetrics": "torchmetrics"}  # fmt: skip

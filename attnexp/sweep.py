@@ -1,8 +1,9 @@
-"""Sweeps: skip jobs that already completed, threads per parallel job, the end-of-sweep summary.
+"""Sweeps: threads per parallel job, the end-of-sweep summary.
 
-- ``previous_result(cfg)``: a job whose run dir already holds a completed ``results.json`` with the
-  same config hash is skipped (re-running a sweep into its old ``hydra.sweep.dir`` resumes it);
-  ``force=true`` re-runs it anyway.
+Re-running a sweep into its old ``hydra.sweep.dir`` skips its completed jobs and continues its
+interrupted ones from their ``last.ckpt`` (``attnexp.resume.plan_start``); ``force=true`` re-runs
+them all from scratch.
+
 - ``threads_per_job``: torch threads for one of ``n_jobs`` jobs sharing the cores (joblib launcher).
 - ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in ``conf/hydra/default.yaml``): at the
   end of a multirun, reads every job's ``results.json``, prints what completed and what failed,
@@ -25,37 +26,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from attnexp.config import config_hash
 from attnexp.results import (
     COMPLETED,
     FAILED,
     RESULTS_FILE,
     UnreadableRecord,
     load_record,
-    read_results,
 )
 
 log = logging.getLogger(__name__)
-
-
-def previous_result(cfg: DictConfig) -> dict[str, Any] | None:
-    """The completed results in ``cfg.paths.output_dir`` if they came from this very config.
-
-    None when there are none, they failed or are unreadable, the config differs, or ``cfg.force``.
-    """
-    if cfg.get("force", False):
-        return None
-    try:
-        results = read_results(Path(cfg.paths.output_dir) / RESULTS_FILE)
-    except (OSError, ValueError):
-        return None
-    if (
-        isinstance(results, dict)
-        and results.get("status") == COMPLETED
-        and results.get("config_hash") == config_hash(cfg)
-    ):
-        return results
-    return None
 
 
 def available_cores() -> int:

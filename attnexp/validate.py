@@ -1,5 +1,6 @@
 """``validate(cfg)``: refuse a bad config in seconds, before any data is generated or Lightning
-is imported (the command line calls it first; ``train`` calls it again for Python callers).
+is imported. Runs once per run: the command line calls it first and tells ``train`` so
+(``validated=True``); ``train`` calls it for Python callers.
 
 Checks what the modules cannot see alone (full dotted key names, epochs, batch and sample sizes),
 then builds the model once, so every constructor check of the attention and backbone modules (an

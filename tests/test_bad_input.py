@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from attnexp.checkpoint import CheckpointError, load_checkpoint
-from attnexp.config import prepare_resume
 from attnexp.pipeline import train
 from attnexp.results import read_results
+from attnexp.resume import prepare_resume
 from tests.conftest import compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,16 +176,13 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
-def test_resume_refuses_a_missing_dir_extra_overrides_and_a_run_without_a_checkpoint(tmp_path):
+def test_resume_refuses_a_missing_dir_extra_overrides_and_a_dir_that_is_no_run(tmp_path):
+    # A run without a last checkpoint: tests/test_resume.py
     with pytest.raises(FileNotFoundError, match="no such directory"):
         prepare_resume(tmp_path / "missing", [])
     with pytest.raises(ValueError, match=r"drop the other overrides \['seed=3'\]"):
         prepare_resume(tmp_path, ["seed=3"])
     with pytest.raises(FileNotFoundError, match="not a training run"):
-        prepare_resume(tmp_path, [])
-    (tmp_path / ".hydra").mkdir()
-    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    with pytest.raises(FileNotFoundError, match="no checkpoints/last.ckpt yet"):
         prepare_resume(tmp_path, [])
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,9 @@ from attnexp.bench import suite
 from attnexp.bench.measure import median_times, peak_memory_bytes, plain_loop_throughput
 from attnexp.bench.suite import main, mixers, numeric_check, randomise_constants
 from attnexp.bench.tables import evaluate_targets
+from tests.conftest import SUBPROCESS_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +377,22 @@ def test_the_ablation_takes_its_lists_from_the_experiment_config(tmp_path):
     assert swept("attention", experiment) == ("none", "toy")
     assert (ATTENTIONS, BACKBONES) == (swept("attention"), swept("backbone"))
     assert {"none", "mha"} <= set(ATTENTIONS)
+
+
+def test_the_benchmark_builds_and_steps_a_model_without_importing_lightning():
+    # Only the overhead section, which runs train.py, may import Lightning (lazily).
+    script = (
+        "import sys, torch\n"
+        "import attnexp.bench.suite\n"
+        "from attnexp.bench.model_step import build_step, mqar_config\n"
+        "cfg = mqar_config('mha', 16, ['backbone.dim=16', 'backbone.depth=1'])\n"
+        "model, step = build_step(cfg, 2, torch.device('cpu'))\n"
+        "step()\n"
+        "print('params', sum(p.numel() for p in model.parameters()) > 0)\n"
+        "print('lightning imported:', 'lightning' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "params True" in proc.stdout
+    assert "lightning imported: False" in proc.stdout

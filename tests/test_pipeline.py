@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from attnexp.config import CONFIG_DIR, config_hash
+from attnexp.config import CONFIG_DIR
 from attnexp.pipeline import build_model, train
 from attnexp.results import find_results, read_results, recorded_task, task_of
+from attnexp.resume import config_hash
 from tests.conftest import ATTENTIONS, SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
-"""Resume after a crash and reproducibility: a SIGKILLed run resumed with `resume=<run dir>` ends
-exactly where the uninterrupted run ends; identical configs give identical runs."""
+"""Resume after a crash and reproducibility: a SIGKILLed run resumed with `resume=<run dir>`, or
+a killed sweep job re-run into its sweep dir, ends exactly where the uninterrupted run ends;
+identical configs give identical runs; how a job of the command line starts (attnexp.resume)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from attnexp.checkpoint import load_checkpoint
 from attnexp.pipeline import train
-from attnexp.results import read_results
-from tests.conftest import compose_cfg
+from attnexp.results import read_results, write_results
+from attnexp.resume import (
+    CONFIG_KEY,
+    computed_config,
+    config_hash,
+    plan_start,
+    prepare_resume,
+)
+from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 # One thread per process: on a shared 2-core machine thread contention slows a tiny model ~10x.
@@ -154,3 +164,187 @@ def test_only_rank_zero_writes_results(tmp_path, monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     record(tmp_path, {"status": "completed"})
     assert read_results(tmp_path)["status"] == "completed"
+
+
+# --------------------------------------------------------------------------- a killed sweep job
+
+
+class KillAt(L.Callback):
+    """A crash mid-epoch: SIGKILL (no handler, no cleanup) at batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_sweep_job_killed_mid_run_continues_from_its_last_checkpoint_to_the_same_result(
+    tmp_path, data_dir
+):
+    # Checkpoints outside the default dir: the last checkpoint is found where the callback puts it.
+    args = ["-m", *RUN, f"paths.data_dir={data_dir}", "trainer.max_epochs=3",
+            "callbacks.model_checkpoint.dirpath=${paths.output_dir}/ckpts"]  # fmt: skip
+    full, sweep = tmp_path / "full", tmp_path / "sweep"
+    finish(train_cli(*args, f"hydra.sweep.dir={full}"))
+
+    kill = ["+callbacks.kill._target_=tests.test_resume.KillAt", "+callbacks.kill.epoch=1",
+            "+callbacks.kill.batch=3"]  # fmt: skip
+    proc = train_cli(*args, *kill, f"hydra.sweep.dir={sweep}")
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    (job,) = (p.parent for p in sweep.glob("*/.hydra"))
+    assert read_results(job)["status"] == "running"
+    assert load_checkpoint(job / "ckpts" / "last.ckpt")["epoch"] == 0
+
+    out = finish(train_cli(*args, f"hydra.sweep.dir={sweep}"))  # the same sweep again
+    assert f"continuing {job} from {job / 'ckpts' / 'last.ckpt'} (epoch 0)" in out, out[-3000:]
+    assert "1 completed, 0 failed" in out
+    (full_job,) = (p.parent for p in full.glob("*/.hydra"))
+    resumed, uninterrupted = read_results(job), read_results(full_job)
+    assert resumed["status"] == "completed" and resumed["resumed_from"] == "ckpts/last.ckpt"
+    for key in COMPARED:
+        assert resumed["metrics"][key] == uninterrupted["metrics"][key], key
+    a = load_checkpoint(job / "ckpts" / "last.ckpt")["state_dict"]
+    b = load_checkpoint(full_job / "ckpts" / "last.ckpt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------- how a job starts
+
+
+def stamp(path: Path, cfg, epoch: int = 1) -> Path:
+    """A last checkpoint as ``attnexp.checkpoint.ConfigStamp`` leaves it (no weights needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch, CONFIG_KEY: computed_config(cfg)}, path)
+    return path
+
+
+def test_a_job_is_skipped_continued_or_started_afresh_by_what_its_run_dir_holds(
+    tmp_path, data_dir, caplog
+):
+    caplog.set_level("INFO", logger="attnexp.resume")
+    overrides = tiny("none", "cnn", "digits", data_dir)
+    cfg = compose_cfg(overrides, tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+
+    def start(*extra: str, results: dict | None = None):
+        if results is not None:
+            write_results(tmp_path, {"config_hash": config_hash(cfg), "error": None, **results})
+        return plan_start(compose_cfg([*overrides, *extra], tmp_path), [])
+
+    fresh = start()  # an empty run dir
+    assert fresh.done is None and fresh.ckpt_path is None
+    assert start(results={"status": "completed", "metrics": {"val/acc": 1.0}}).done is not None
+    stamp(last, cfg)
+    killed = start(results={"status": "running"})
+    assert killed.done is None and killed.ckpt_path == last
+    ctrl_c = start(results={"status": "failed", "error": "SystemExit: 1"})
+    assert ctrl_c.ckpt_path == last
+    assert start("force=true").ckpt_path is None
+
+    caplog.clear()
+    assert start(results={"status": "failed", "error": "FloatingPointError: nan"}).ckpt_path is None
+    assert "afresh: its last run of this config failed (FloatingPointError: nan)" in caplog.text
+    assert start(results={"status": "running", "config_hash": "another"}).ckpt_path is None
+    assert "afresh: its last run had another config" in caplog.text
+    # The same hash, but the checkpoint stems from another computed config (e.g. left behind).
+    stamp(last, compose_cfg([*overrides, "optim.optimizer.lr=0.5"], tmp_path))
+    assert start(results={"status": "running"}).ckpt_path is None
+    assert "belongs to another config; keys that differ: optim.optimizer.lr" in caplog.text
+
+
+def test_a_fresh_job_is_planned_without_importing_lightning(tmp_path, data_dir):
+    # The command line plans a job before validating it, and validates before the slow import.
+    script = (
+        "import sys\n"
+        "from attnexp.resume import plan_start\n"
+        "from tests.conftest import compose_cfg, tiny\n"
+        f"cfg = compose_cfg(tiny('mha', 'cnn', 'digits', {str(data_dir)!r}), {str(tmp_path)!r})\n"
+        "start = plan_start(cfg, [])\n"
+        "print('fresh:', start.done is None and start.ckpt_path is None)\n"
+        "print('lightning imported:', 'lightning' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "fresh: True" in proc.stdout, proc.stderr[-3000:]
+    assert "lightning imported: False" in proc.stdout
+
+
+def saved_run(run_dir: Path, checkpoint_callback: dict | None) -> Path:
+    """A run dir as Hydra saves it, with ``checkpoint_callback`` as its model_checkpoint."""
+    config = {
+        "seed": 0,
+        "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+        "callbacks": {"model_checkpoint": checkpoint_callback},
+        "choices": {},
+    }
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(config, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"choices": {}}}}, run_dir / ".hydra" / "hydra.yaml")
+    return run_dir
+
+
+def test_resume_reads_the_checkpoint_dir_from_the_checkpoint_callback(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    run = saved_run(tmp_path / "run", {"dirpath": str(elsewhere), "save_last": True})
+    with pytest.raises(FileNotFoundError, match=f"no {elsewhere / 'last.ckpt'} yet"):
+        prepare_resume(run, [])
+    (elsewhere / "last.ckpt").parent.mkdir()
+    (elsewhere / "last.ckpt").write_bytes(b"")
+    cfg, _, ckpt = prepare_resume(run, [])
+    assert ckpt == elsewhere / "last.ckpt" and cfg.paths.output_dir == str(run.resolve())
+
+    default = saved_run(tmp_path / "default", {"dirpath": "${paths.output_dir}/checkpoints",
+                                               "save_last": True})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no .*default/checkpoints/last.ckpt yet"):
+        prepare_resume(default, [])
+    for callback in (None, {"dirpath": str(elsewhere), "save_last": False}):
+        with pytest.raises(FileNotFoundError, match="kept no last checkpoint"):
+            prepare_resume(saved_run(tmp_path / str(callback is None), callback), [])
+
+
+# --------------------------------------------------------------------------- validate once
+
+
+def test_the_command_line_validates_once_and_python_callers_get_validation(
+    tmp_path, data_dir, monkeypatch
+):
+    import attnexp.pipeline
+
+    def refuse(cfg):
+        raise ValueError("checked")
+
+    monkeypatch.setattr(attnexp.pipeline, "validate", refuse)
+    with pytest.raises(ValueError, match="checked"):
+        train(compose_cfg(tiny("none", "cnn", "digits", data_dir), tmp_path / "python"))
+    monkeypatch.undo()
+
+    # Count in a fresh process: the patches must be in place before attnexp.cli binds the names.
+    script = (
+        "import sys\n"
+        "import attnexp.models, attnexp.validate\n"
+        "calls = {'validate': 0, 'build_model': 0}\n"
+        "def counted(name, f):\n"
+        "    def wrapper(*a, **k):\n"
+        "        calls[name] += 1\n"
+        "        return f(*a, **k)\n"
+        "    return wrapper\n"
+        "attnexp.validate.validate = counted('validate', attnexp.validate.validate)\n"
+        "attnexp.models.build_model = counted('build_model', attnexp.models.build_model)\n"
+        "from attnexp.cli import train_main\n"
+        "sys.argv = ['train.py', *sys.argv[1:]]\n"
+        "try:\n"
+        "    train_main()\n"
+        "finally:\n"
+        "    print('calls', calls)\n"
+    )
+    args = [*tiny("none", "cnn", "digits", data_dir), "debug=limit", "figures=0",
+            f"hydra.run.dir={tmp_path / 'cli'}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # validate builds the model once, train once more: nothing is built or checked twice.
+    assert "calls {'validate': 1, 'build_model': 2}" in proc.stdout, proc.stdout[-2000:]
+    assert read_results(tmp_path / "cli")["status"] == "completed"

@@ -15,12 +15,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from attnexp.config import CONFIG_DIR, config_hash, register_resolvers, run_group
+from attnexp.config import CONFIG_DIR, register_resolvers, run_group
 from attnexp.results import find_results, read_results, write_results
+from attnexp.resume import config_hash, previous_result
 from attnexp.sweep import (
     SweepSummary,
     available_cores,
-    previous_result,
     sweep_outcome,
     threads_per_job,
 )

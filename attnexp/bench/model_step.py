@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from attnexp.bench.measure import median_times, peak_memory_bytes
 from attnexp.config import compose_train_config
 from attnexp.data.mqar import make_mqar
+from attnexp.models import build_model  # not attnexp.pipeline: timing a model needs no Lightning
 from attnexp.models.common import AttentionSlot, Readout
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM, per NVIDIA's specification
@@ -70,8 +71,6 @@ def optimizer_step(
 def build_step(
     cfg: DictConfig, batch: int, device: torch.device, autocast_dtype: torch.dtype | None = None
 ) -> tuple[nn.Module, Callable[[], None]]:
-    from attnexp.pipeline import build_model
-
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device).train()
     optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())

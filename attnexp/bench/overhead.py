@@ -64,7 +64,8 @@ def uses_cuda(accelerator: str) -> bool:
 def plain_round(cfg: DictConfig) -> dict:
     """The plain loop on what ``cfg`` trains: same model (same seed), training tensors, batch
     size, optimizer and per-step schedule, as many timed samples as the framework's fit."""
-    from attnexp.pipeline import build_data, build_model
+    from attnexp.models import build_model
+    from attnexp.pipeline import build_data  # a LightningDataModule: this section runs train.py
 
     x, y = build_data(cfg).load()["train"]
     batch = cfg.dataset.batch_size
