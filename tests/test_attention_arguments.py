@@ -66,3 +66,11 @@ def test_wrong_input_is_refused_with_the_shape():
         module(torch.randn(2, 5, 8))
     with pytest.raises(ValueError, match="shape"):
         module(torch.randn(2, 16))
+
+
+def test_causal_must_be_a_boolean():
+    from attnexp.attention.base import AttentionModule
+
+    with pytest.raises(ValueError, match="causal must be true or false, got 'yes'"):
+        AttentionModule(dim=8, causal="yes")
+    assert AttentionModule(dim=8, causal=True).causal is True

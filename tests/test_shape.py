@@ -107,3 +107,14 @@ def test_default_models_keep_their_parameter_count(overrides, parameters):
     a state_dict comparison at the change found every tensor equal)."""
     model = build_model(compose_cfg(overrides))
     assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_a_language_model_shape_is_next_token_prediction_on_a_1d_token_grid():
+    lm = DataShape("tokens", [64], num_classes=65, vocab_size=65, task="lm")
+    assert lm.is_lm and not DataShape(**TOKENS).is_lm
+    with pytest.raises(ValueError, match="dataset.shape.task must be one of classification, lm"):
+        DataShape(**{**TOKENS, "task": "seq2seq"})
+    with pytest.raises(ValueError, match="task=lm predicts the next token .* needs input_type tokens"):
+        DataShape(**{**SEQUENCE, "task": "lm"})
+    with pytest.raises(ValueError, match="num_classes must equal vocab_size for task=lm"):
+        DataShape("tokens", [64], num_classes=10, vocab_size=65, task="lm")

@@ -8,6 +8,10 @@ slot it fills. A backbone calls ``attention_partial(dim=C, grid_ndim=len(grid))`
 at construction lets a module allocate exactly the parameters it uses (a length-k kernel on
 sequences, k x k on images); it refuses an input of any other grid rank.
 
+``causal`` (default False): in a causal (language) model the output at position t may depend on
+inputs at positions <= t only, on a 1-D grid. A module that cannot be causal refuses
+``causal=True`` at construction with a ValueError naming ``causal``.
+
 ``forward(x, return_weights=False)`` returns the output; with ``return_weights=True`` it returns
 ``(output, weights)`` where ``weights`` is a dict of named tensors for visualisation. Weights are an
 explicit opt-in because producing them forces the slow explicit path. Each module declares the
@@ -84,9 +88,11 @@ class AttentionModule(nn.Module):
     # name -> kind of each tensor ``forward(x, return_weights=True)`` returns.
     weight_kinds: ClassVar[Mapping[str, WeightKind]]
 
-    def __init__(self, dim: int, grid_ndim: int = 1) -> None:
+    def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
         super().__init__()
         check_positive("dim", dim)
+        if not isinstance(causal, bool):
+            raise ValueError(f"causal must be true or false, got {causal!r}")
         if (
             isinstance(grid_ndim, bool)
             or not isinstance(grid_ndim, int)
@@ -95,6 +101,7 @@ class AttentionModule(nn.Module):
             raise ValueError(f"grid_ndim must be 1 (sequences) or 2 (images), got {grid_ndim!r}")
         self.dim = dim
         self.grid_ndim = grid_ndim
+        self.causal = causal
 
     def check_grid(self, grid: tuple[int, ...]) -> None:
         """Refuse a grid whose rank is not the ``grid_ndim`` the module was built for."""

@@ -9,6 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 
 INPUT_TYPES = ("sequence", "tokens", "image")
+# What is predicted: one class per sample, or the next token at every position of a 1-D sequence
+# of tokens (a causal language model; labels -100 are not scored).
+CLASSIFICATION = "classification"
+LM = "lm"
+TASKS = (CLASSIFICATION, LM)
+IGNORE_INDEX = -100  # a label that is not scored (PyTorch's cross-entropy default)
 # The backbones have 1-D and 2-D layers; continuous inputs say by their type which one they need.
 GRID_RANKS = {"sequence": (1,), "image": (2,), "tokens": (1, 2)}
 KEY = "dataset.shape"
@@ -18,7 +24,9 @@ KEY = "dataset.shape"
 class DataShape:
     """``input_type``: ``sequence`` (1-D grid) or ``image`` (2-D grid) of ``in_channels`` real
     values per position, or ``tokens``: integer ids below ``vocab_size`` on a 1-D or 2-D grid.
-    ``grid``: the positions of one sample. Labels are ``0 .. num_classes-1``.
+    ``grid``: the positions of one sample. ``task``: ``classification`` (one label ``0 ..
+    num_classes-1`` per sample) or ``lm`` (a label per position, the next token, or
+    ``IGNORE_INDEX`` where not scored; tokens on a 1-D grid, ``num_classes == vocab_size``).
 
     >>> DataShape("sequence", [40], num_classes=10, in_channels=1).sample_shape
     (40, 1)
@@ -29,6 +37,7 @@ class DataShape:
     num_classes: int
     in_channels: int | None = None
     vocab_size: int | None = None
+    task: str = CLASSIFICATION
 
     def __post_init__(self) -> None:
         if self.input_type not in INPUT_TYPES:
@@ -48,6 +57,22 @@ class DataShape:
                 f"{KEY}.{unused} must be null for {inputs}, which use {needed}, "
                 f"got {getattr(self, unused)!r}"
             )
+        if self.task not in TASKS:
+            raise ValueError(f"{KEY}.task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.is_lm and (not self.is_tokens or len(self.grid) != 1):
+            raise ValueError(
+                f"{KEY}.task=lm predicts the next token of a sequence: it needs input_type tokens "
+                f"on a 1-D grid, got input_type {self.input_type} on grid {list(self.grid)}"
+            )
+        if self.is_lm and self.num_classes != self.vocab_size:
+            raise ValueError(
+                f"{KEY}.num_classes must equal vocab_size for task=lm (the model predicts a "
+                f"token), got num_classes={self.num_classes}, vocab_size={self.vocab_size}"
+            )
+
+    @property
+    def is_lm(self) -> bool:
+        return self.task == LM
 
     @property
     def is_tokens(self) -> bool:
