@@ -64,7 +64,8 @@ def generate(
 ) -> Tensor:
     """``ids`` ``(B, T)`` followed by ``max_new_tokens`` sampled tokens: ``(B, T + max_new_tokens)``.
 
-    ``model(x)`` maps ids ``(B, L)`` to per-position logits ``(B, L, V)`` and must be causal. Each
+    ``model(x)`` maps ids ``(B, L)`` to per-position logits ``(B, L, V)`` and must be causal;
+    ``context_len`` is the ``L`` it was built for (an LM backbone's ``shape.grid``). Each
     step reads the logits at the last real position, divides them by ``temperature``, keeps the
     ``top_k`` largest and draws from their softmax with ``generator`` (on the model's device).
     Runs in eval mode and gives the model back in the mode it came in.

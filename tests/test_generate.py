@@ -42,12 +42,13 @@ class CausalConvLM(nn.Module):
 
     def __init__(self, shape: DataShape, attention=None, dim: int = 8, seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
         self.shape = shape
-        self.embed = nn.Embedding(shape.vocab_size, dim)
-        self.conv = nn.Conv1d(dim, dim, kernel_size=3)
+        with torch.random.fork_rng():  # its weights are a function of seed; global state untouched
+            torch.manual_seed(seed)
+            self.embed = nn.Embedding(shape.vocab_size, dim)
+            self.conv = nn.Conv1d(dim, dim, kernel_size=3)
+            self.head = nn.Linear(dim, shape.vocab_size)
         self.drop = nn.Dropout(0.5)  # on in training mode: generate must switch it off
-        self.head = nn.Linear(dim, shape.vocab_size)
 
     def forward(self, x):
         h = self.embed(x).transpose(1, 2)
