@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import Tensor
 
 from attnexp.data import text
 from attnexp.data.lm import TokenStreamDataModule, eval_windows
@@ -202,3 +204,39 @@ def test_validate_refuses_data_that_does_not_fit_naming_the_key(case, tmp_path):
         overrides.append(f"dataset.path={tmp_path / 'missing.txt'}")
     with pytest.raises(ValueError, match=match):
         validate(compose_cfg(overrides))
+
+
+class Recorder(L.LightningModule):
+    """A trivially causal model (embedding + head) that keeps every training batch it sees."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Embedding(vocab_size, 8), torch.nn.Linear(8, vocab_size))
+        self.seen: list[tuple[int, Tensor]] = []
+
+    def training_step(self, batch, _):
+        x, y = batch
+        self.seen.append((self.global_step, x.clone()))
+        return torch.nn.functional.cross_entropy(self.net(x).flatten(0, 1), y.flatten())
+
+    def validation_step(self, batch, _):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_under_lightning_each_step_sees_the_windows_of_its_global_step():
+    data = counting()
+    module = stream(data, context_len=4, batch_size=3, steps_per_epoch=3, seed=7)
+    model = Recorder(data.vocab.size)
+    trainer = L.Trainer(
+        max_steps=7, max_epochs=-1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=module)
+    sampler = module.train_dataloader().sampler
+    assert [step for step, _ in model.seen] == list(range(7))  # epochs 0, 1 and part of 2
+    for step, x in model.seen:
+        assert torch.equal(x[:, 0], sampler.starts(step)), f"step {step} saw other windows"
