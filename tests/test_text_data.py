@@ -3,6 +3,8 @@ pure function of (seed, step), evaluation windows that score every token once.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +20,7 @@ from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.text import TextSplits, load_text, split_text
 from attnexp.data.vocab import Vocabulary
 from attnexp.validate import validate
-from tests.conftest import LM_DATASETS, compose_cfg, tiny
+from tests.conftest import LM_DATASETS, SUBPROCESS_ENV, compose_cfg, tiny
 
 # Held out: 'z' appears only in the last 10%, so a char vocabulary of the train split lacks it.
 TEXT = "abcab cabba\n" * 15 + "bbbbbbbbbbbbbbbbbzzz"  # 200 characters
@@ -240,3 +242,23 @@ def test_under_lightning_each_step_sees_the_windows_of_its_global_step():
     assert [step for step, _ in model.seen] == list(range(7))  # epochs 0, 1 and part of 2
     for step, x in model.seen:
         assert torch.equal(x[:, 0], sampler.starts(step)), f"step {step} saw other windows"
+
+
+def test_validate_reads_the_text_without_importing_lightning(tmp_path):
+    """The command line validates first: a token stream's check must stay as fast as the arrays'."""
+    overrides = lm_overrides(write(tmp_path), tmp_path, "dataset.context_len=500")
+    code = (
+        "import sys\nfrom attnexp.validate import validate\nfrom tests.conftest import compose_cfg\n"
+        f"try:\n    validate(compose_cfg({overrides!r}))\nexcept ValueError as e:\n    print(e)\n"
+        "print('lightning' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+        env=SUBPROCESS_ENV,
+    )  # fmt: skip
+    assert proc.stdout.splitlines()[-2:] == [
+        "dataset.context_len=500 does not fit the training split (180 tokens; a window needs "
+        "context_len + 1): use at most 179",
+        "False",
+    ], proc.stderr
