@@ -34,7 +34,8 @@ def write(tmp_path: Path, content: str = TEXT) -> Path:
 
 def stream(splits: TextSplits, context_len=4, batch_size=3, steps_per_epoch=5, seed=0):
     """A data module over fixed splits (the source ignores path and download)."""
-    shape = DataShape("tokens", [context_len], splits.vocab.size, vocab_size=splits.vocab.size, task="lm")
+    size = splits.vocab.size
+    shape = DataShape("tokens", [context_len], size, vocab_size=size, task="lm")
     return TokenStreamDataModule(
         lambda path, download: splits, shape, "unused", context_len, batch_size, steps_per_epoch,
         shuffle_seed=seed,
@@ -58,7 +59,7 @@ def test_splits_are_nanogpts():
 
 def test_char_vocabulary_comes_from_the_train_split_and_bytes_take_any_text(tmp_path):
     path = write(tmp_path, "hello, world" * 9 + "Wq")  # 110 chars: 'W', 'q' in test only
-    with pytest.raises(ValueError, match=r"test split .* 'Wq' are not in the vocabulary.*vocab=bytes"):
+    with pytest.raises(ValueError, match=r"test split .* 'Wq' are not in the vocab.*vocab=bytes"):
         load_text(str(path), str(tmp_path / "data"))
     data = load_text(str(path), str(tmp_path / "data"), vocab="bytes")
     assert data.vocab.size == 256
@@ -83,7 +84,8 @@ def test_the_cache_is_npy_and_reused_and_keyed_by_content_and_vocab(tmp_path, mo
     path, data_dir = write(tmp_path), tmp_path / "data"
     first = load_text(str(path), str(data_dir), vocab="bytes")
     (cache,) = data_dir.iterdir()
-    assert sorted(p.name for p in cache.iterdir()) == ["test.npy", "train.npy", "val.npy", "vocab.json"]
+    files = sorted(p.name for p in cache.iterdir())
+    assert files == ["test.npy", "train.npy", "val.npy", "vocab.json"]
     np.testing.assert_array_equal(np.load(cache / "train.npy", allow_pickle=False), first.train)
 
     def refuse(*args):
@@ -124,7 +126,8 @@ def test_a_train_batch_depends_only_on_seed_and_step():
 
 def test_train_windows_are_contiguous_and_y_is_x_shifted_by_one():
     context_len = 8
-    loader = stream(counting(n_train=40), context_len, batch_size=16, steps_per_epoch=30).train_dataloader()
+    module = stream(counting(n_train=40), context_len, batch_size=16, steps_per_epoch=30)
+    loader = module.train_dataloader()
     starts = set()
     for x, y in loader:
         assert x.shape == y.shape == (16, context_len) and x.dtype == y.dtype == torch.long
@@ -213,7 +216,9 @@ class Recorder(L.LightningModule):
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Embedding(vocab_size, 8), torch.nn.Linear(8, vocab_size))
+        self.net = torch.nn.Sequential(
+            torch.nn.Embedding(vocab_size, 8), torch.nn.Linear(8, vocab_size)
+        )
         self.seen: list[tuple[int, Tensor]] = []
 
     def training_step(self, batch, _):
@@ -248,7 +253,8 @@ def test_validate_reads_the_text_without_importing_lightning(tmp_path):
     """The command line validates first: a token stream's check must stay as fast as the arrays'."""
     overrides = lm_overrides(write(tmp_path), tmp_path, "dataset.context_len=500")
     code = (
-        "import sys\nfrom attnexp.validate import validate\nfrom tests.conftest import compose_cfg\n"
+        "import sys\nfrom attnexp.validate import validate\n"
+        "from tests.conftest import compose_cfg\n"
         f"try:\n    validate(compose_cfg({overrides!r}))\nexcept ValueError as e:\n    print(e)\n"
         "print('lightning' in sys.modules)\n"
     )

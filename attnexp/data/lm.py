@@ -1,7 +1,7 @@
 """A token stream for causal language modelling: random training windows, exhaustive evaluation.
 
-Training: one "epoch" is ``steps_per_epoch`` batches of ``batch_size`` windows of ``context_len + 1``
-tokens at random starts (``x`` the first ``context_len``, ``y`` the same shifted by one), drawn
+Training: one "epoch" is ``steps_per_epoch`` batches of ``batch_size`` windows of
+``context_len + 1`` tokens at random starts (``x`` the first ``context_len``, ``y`` the same shifted by one), drawn
 from a generator seeded by (seed, global step, rank): a resumed run sees the windows the
 uninterrupted one saw. Validation and test: non-overlapping windows in order that score every
 token but the first exactly once; the last one is padded (``x = 0``, ``y = IGNORE_INDEX``).
@@ -32,8 +32,8 @@ class StepWindows:
     def __init__(
         self, num_starts: int, batch_size: int, steps_per_epoch: int, seed: int = 0, rank: int = 0
     ) -> None:
-        self.num_starts, self.batch_size, self.steps_per_epoch = num_starts, batch_size, steps_per_epoch
-        self.seed, self.rank = seed, rank
+        self.num_starts, self.batch_size = num_starts, batch_size
+        self.steps_per_epoch, self.seed, self.rank = steps_per_epoch, seed, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
