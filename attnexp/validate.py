@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnexp.results import MAX, check_direction, task_of
 
@@ -33,6 +33,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ``ValueError`` naming the key and what is allowed for the first bad value found."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    _check_missing(cfg)
     for key, value in _leaves(cfg, CHECKED_GROUPS):
         name = key.rsplit(".", 1)[-1]
         if name.endswith(POSITIVE_SUFFIXES):
@@ -51,6 +52,16 @@ def validate(cfg: DictConfig) -> None:
     _check_objective(cfg)  # after the shape: the task depends on it
     _check_model(cfg)
     _check_data(cfg)
+
+
+def _check_missing(cfg: DictConfig) -> None:
+    """A ``???`` value (e.g. ``dataset.path`` of ``dataset=text``) named as the key to set, not as
+    OmegaConf's error from wherever it is first read (often an interpolation of it)."""
+    missing = OmegaConf.missing_keys(cfg)
+    # The source key, not the keys that interpolate it (``backbone.shape`` is ``${dataset.shape}``).
+    own = sorted(k for k in missing if k.startswith("dataset.")) or sorted(missing)
+    if own:
+        raise ValueError(f"{own[0]} must be set: it has no default (??? in the config)")
 
 
 def _check_positive(
@@ -127,13 +138,36 @@ def _check_model(cfg: DictConfig) -> None:
 
 
 def _check_data(cfg: DictConfig) -> None:
+    """What needs the data itself, as the data module named by ``dataset._target_`` will see it
+    (each check is Lightning-free; a data module not listed here checks itself when it loads)."""
+    check = DATA_CHECKS.get(cfg.dataset.get("_target_"))
+    if check is not None:
+        check(cfg.dataset)
+
+
+def _check_arrays(dataset: DictConfig) -> None:
     from hydra.utils import instantiate
 
     from attnexp.data.splits import carve_validation  # the split the data module will make
 
-    dataset = cfg.dataset
     _, y_train, _, _ = instantiate(dataset.source)()
     carve_validation(len(y_train), dataset.val_fraction, dataset.split_seed, dataset.batch_size)
+
+
+def _check_token_stream(dataset: DictConfig) -> None:
+    from hydra.utils import instantiate
+
+    # Reads (downloads, encodes, caches) the text, so a missing file fails before training.
+    data = instantiate(dataset.source)(path=dataset.path, download=dataset.download)
+    data.check(
+        dataset.shape.vocab_size, dataset.context_len, dataset.batch_size, dataset.steps_per_epoch
+    )
+
+
+DATA_CHECKS = {
+    "attnexp.data.datamodule.ArrayDataModule": _check_arrays,
+    "attnexp.data.lm.TokenStreamDataModule": _check_token_stream,
+}
 
 
 def _leaves(

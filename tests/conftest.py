@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from attnexp.attention import available
 from attnexp.config import CONFIG_DIR, compose_train_config, register_resolvers
@@ -23,7 +23,18 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 ATTENTIONS = available()
 BACKBONES = sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
-DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+
+
+def _is_lm(dataset: str) -> bool:
+    """Whether a dataset yaml (or one it extends through its defaults) declares ``task: lm``."""
+    node = OmegaConf.load(CONFIG_DIR / "dataset" / f"{dataset}.yaml")
+    parents = [d for d in node.get("defaults", []) if d != "_self_"]
+    return node.get("shape", {}).get("task") == "lm" or any(map(_is_lm, parents))
+
+
+ALL_DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+DATASETS = [d for d in ALL_DATASETS if not _is_lm(d)]  # classification: the grid's datasets
+LM_DATASETS = [d for d in ALL_DATASETS if _is_lm(d)]
 
 # Small enough for a 2-core CI machine; num_samples keeps every class present.
 TINY = ["trainer=cpu", "logger=csv", "backbone.depth=1", "backbone.dim=16"]
