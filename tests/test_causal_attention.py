@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from attnexp.attention import AttentionModule, attention_config, factory
+from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.design import (
     NORMALIZATIONS,
     SCORES,
@@ -20,7 +21,6 @@ from attnexp.attention.design import (
     AttentionDesign,
     GridDepthwiseConv,
     attend,
-    causal_conv1d,
     causal_mask,
     kv_positions,
     normalize_scores,

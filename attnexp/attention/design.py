@@ -62,7 +62,7 @@ weights, runs the explicit path, which computes the same numbers.
 Entry points: ``AttentionDesign`` (validated knobs), ``AttentionCore`` (the module a mixer calls with
 ``(B, heads, N, d)`` q, k, v and the grid), and the pieces it is made of: ``Scorer``,
 ``normalize_scores``, ``attention_mask``, ``causal_mask``, ``kv_positions``, ``select_kv``,
-``GridDepthwiseConv``, ``causal_conv1d``, ``rotary``, ``attend``.
+``GridDepthwiseConv``, ``rotary``, ``attend``.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from attnexp.attention.causal import causal_conv1d
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 NORMALIZATIONS = ("softmax", "sigmoid", "max")
@@ -398,15 +400,6 @@ def select_kv(
     return take_positions(k, index), take_positions(v, index)
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1) -> Tensor:
-    """Causal convolution of a channels-first sequence ``(B, C, L)`` by ``weight``
-    ``(out, in // groups, k)``: k - 1 zeros on the left only, so output t sees inputs
-    t - k + 1 .. t. Runs as ``base.grid_conv`` does (conv2d, channels-last: the fast CPU path)."""
-    x = F.pad(x, (weight.shape[-1] - 1, 0)).unsqueeze(2)
-    x = x.contiguous(memory_format=torch.channels_last)
-    return F.conv2d(x, weight.unsqueeze(2), bias, groups=groups).squeeze(2)
-
-
 def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
     """Rotary position embedding of ``(..., N, d)`` ``x`` at integer ``positions`` ``(N,)``: the
     feature pair (f, f + d/2) at position p turned by the angle p * base^(-2f/d) (GPT-NeoX's
@@ -545,8 +538,8 @@ class AttentionCore(nn.Module):
     ``forward(q, k, v, grid, need_weights=False)`` with ``q, k, v`` of shape ``(B, h, N, d)`` on a
     grid with ``N = prod(grid)`` positions returns ``(out (B, h, N, d), weights (B, h, N, M) or
     None)``: qk convolution -> rope -> key/value selection -> mask -> ``attend``. ``grid_ndim``
-    (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` (sequences only) lets query i see keys at
-    positions <= i under every knob (module docstring).
+    (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` lets query i see keys at positions <= i
+    under every knob (module docstring); the mixer refuses it on images (``check_causal_grid``).
     """
 
     def __init__(
@@ -560,11 +553,6 @@ class AttentionCore(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
-        if causal and grid_ndim != 1:
-            raise ValueError(
-                f"causal=True needs a sequence (grid_ndim=1): causality is an order over positions; "
-                f"got grid_ndim={grid_ndim}"
-            )
         if causal and design.qk_conv and design.qk_conv_padding == "valid":
             raise ValueError(
                 "qk_conv_padding=valid cannot be causal: it drops the keys of the first "

@@ -39,7 +39,7 @@ from attnexp.attention.base import (
     grid_conv,
     unflatten_grid,
 )
-from attnexp.attention.design import causal_conv1d
+from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.mha import MultiHeadAttention
 
 
