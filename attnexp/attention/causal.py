@@ -30,7 +30,10 @@ def running_max(x: Tensor) -> Tensor:
     return x.cummax(dim=1).values
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def causal_conv1d(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, groups: int = 1
+) -> Tensor:
     """Convolution of channels-first ``x`` ``(B, C, L)`` with ``k - 1`` zeros on the left only,
-    so output t sees inputs ``t - k + 1 .. t``; same length out."""
-    return F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias)
+    so output t sees inputs ``t - k + 1 .. t``; same length out. ``groups`` as ``F.conv1d``'s
+    (``groups=C``: depthwise)."""
+    return F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias, groups=groups)

@@ -35,14 +35,34 @@ knob here, so ``mha`` (and ``muse``'s attention branch) expose them as config:
     ``valid`` padding shrinks the key grid by k - 1 along each axis (cheaper), and the values are
     cropped to the same centre positions so key j and value j describe the same grid cell. Valid
     padding applies to keys only: queries keep one row per output position.
+``rope``       rotary position embeddings (RoFormer, Su et al. 2021; the GPT-NeoX half-rotation):
+    after the projection and any qk convolution, every head's q and k at position p are rotated
+    feature pair (f, f + d/2) by the angle p * 10000^(-2f/d), so q_i . k_j depends on i - j
+    only. Keys keep their own positions (kept keys of ``kv_stride``, centres of a valid conv).
+    Sequences only.
+
+Causal attention (``AttentionCore(..., causal=True)``, sequences only): query i may see key j only
+if j's position <= i, on top of every other rule, so the output at i depends on inputs <= i:
+    window w    j in [i - w, i], a sliding window over the past.
+    global g    the first g positions are seen by every later position and see only positions
+                <= their own.
+    kv_stride   a query sees the kept keys at positions <= its own; ``random`` always keeps
+                position 0 (and draws the rest), so no query is left without a key.
+    qk_conv     left padding only (k - 1 zeros before the sequence), initialised at the identity
+                (last tap 1). ``valid`` padding is refused: it would drop the keys of the first
+                k - 1 positions, leaving those queries nothing to attend to.
+    normalize   the allowed set A_i shrinks to keys <= i: ``sigmoid``'s n_i counts them, ``max``
+                takes min/max over them; masked keys get exactly zero weight.
 
 Fast path: ``dot`` + ``softmax`` (with or without a mask) runs through
-``scaled_dot_product_attention`` with a boolean ``attn_mask`` of the same meaning; everything else,
-and any call that asks for the weights, runs the explicit path, which computes the same numbers.
+``scaled_dot_product_attention`` with a boolean ``attn_mask`` of the same meaning (causal with no
+other mask: ``is_causal=True``, no mask tensor); everything else, and any call that asks for the
+weights, runs the explicit path, which computes the same numbers.
 
 Entry points: ``AttentionDesign`` (validated knobs), ``AttentionCore`` (the module a mixer calls with
 ``(B, heads, N, d)`` q, k, v and the grid), and the pieces it is made of: ``Scorer``,
-``normalize_scores``, ``attention_mask``, ``select_kv``, ``GridDepthwiseConv``, ``attend``.
+``normalize_scores``, ``attention_mask``, ``causal_mask``, ``kv_positions``, ``select_kv``,
+``GridDepthwiseConv``, ``rotary``, ``attend``.
 """
 
 from __future__ import annotations
@@ -53,6 +73,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from attnexp.attention.causal import causal_conv1d
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 NORMALIZATIONS = ("softmax", "sigmoid", "max")
@@ -92,6 +114,7 @@ class AttentionDesign:
     qk_conv_padding: str = "same"
     qk_conv_target: str = "k"
     additive_dim: int | None = None
+    rope: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("score", self.score, SCORES)
@@ -111,6 +134,8 @@ class AttentionDesign:
             )
         if self.additive_dim is not None:
             _check_int("additive_dim", self.additive_dim, 1)
+        if not isinstance(self.rope, bool):
+            raise ValueError(f"rope must be true or false, got {self.rope!r}")
         if self.global_tokens and self.window is None:
             raise ValueError(
                 "global_tokens only restricts attention together with window (without a window "
@@ -307,38 +332,84 @@ def attention_mask(
     return mask
 
 
+def causal_mask(
+    n: int, key_positions: Tensor | None = None, device: torch.device | None = None
+) -> Tensor:
+    """Bool, True where key m's position is <= query i's: ``(N, M)``, or ``(B, 1, N, M)`` for
+    per-sample ``key_positions`` ``(B, M)``. ``key_positions=None``: keys are positions 0..N-1."""
+    keys = torch.arange(n, device=device) if key_positions is None else key_positions
+    mask = keys.unsqueeze(-2) <= torch.arange(n, device=keys.device).unsqueeze(-1)
+    return mask.unsqueeze(1) if mask.dim() == 3 else mask
+
+
 # --------------------------------------------------------------------------------------------
 # Keys and values
 # --------------------------------------------------------------------------------------------
 
 
-def select_kv(
-    k: Tensor, v: Tensor, stride: int = 1, mode: str = "stride", training: bool = False
-) -> tuple[Tensor, Tensor]:
-    """Keep ``ceil(M / stride)`` of the ``M`` key/value positions of ``(B, h, M, d)`` tensors.
+def kv_positions(
+    n: int,
+    stride: int = 1,
+    mode: str = "stride",
+    *,
+    batch: int = 1,
+    training: bool = False,
+    keep_first: bool = False,
+    device: torch.device | None = None,
+) -> Tensor | None:
+    """Which ``ceil(n / stride)`` of ``n`` key positions to keep, in position order: ``(M,)``
+    shared by the batch, ``(batch, M)`` per sample (``random`` in training), or ``None`` for all.
 
-    ``stride``: positions 0, s, 2s, ...; ``random``: a random subset in position order, fresh per
-    sample in training, one per call shared by the batch in eval (see the module docstring).
+    ``stride``: positions 0, s, 2s, ...; ``random``: a random subset, fresh per sample in training,
+    one per call shared by the batch in eval (see the module docstring). ``keep_first``: position 0
+    is always kept (``random`` draws the others), so every causal query has a key.
     """
     _check_choice("kv_select", mode, KV_SELECTS)
     if stride == 1:
-        return k, v
-    n = k.shape[-2]
-    keep = math.ceil(n / stride)
+        return None
     if mode == "stride":
-        index = torch.arange(0, n, stride, device=k.device)
-        return k[..., index, :], v[..., index, :]
-    if not training:
-        index = torch.randperm(n, device=k.device)[:keep].sort().values
-        return k[..., index, :], v[..., index, :]
-    batch, heads = k.shape[:2]
-    index = torch.rand(batch, n, device=k.device).argsort(-1)[:, :keep].sort(-1).values
-    index = index[:, None, :, None]
+        return torch.arange(0, n, stride, device=device)
+    first = int(keep_first)
+    keep = math.ceil(n / stride) - first
+    if training:
+        index = torch.rand(batch, n - first, device=device).argsort(-1)[:, :keep]
+    else:
+        index = torch.randperm(n - first, device=device)[:keep]
+    index = (index + first).sort(-1).values
+    return F.pad(index, (1, 0)) if first else index
 
-    def take(x: Tensor) -> Tensor:
-        return x.gather(2, index.expand(batch, heads, keep, x.shape[-1]))
 
-    return take(k), take(v)
+def take_positions(x: Tensor, index: Tensor | None) -> Tensor:
+    """The rows ``index`` (``(M,)`` or per sample ``(B, M)``) of ``(B, h, N, d)`` ``x``."""
+    if index is None:
+        return x
+    if index.dim() == 1:
+        return x[..., index, :]
+    batch, heads, _, d = x.shape
+    return x.gather(2, index[:, None, :, None].expand(batch, heads, index.shape[-1], d))
+
+
+def select_kv(
+    k: Tensor, v: Tensor, stride: int = 1, mode: str = "stride", training: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Keep ``ceil(M / stride)`` of the ``M`` key/value positions of ``(B, h, M, d)`` tensors, as
+    ``kv_positions`` chooses them."""
+    index = kv_positions(
+        k.shape[-2], stride, mode, batch=k.shape[0], training=training, device=k.device
+    )
+    return take_positions(k, index), take_positions(v, index)
+
+
+def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding of ``(..., N, d)`` ``x`` at integer ``positions`` ``(N,)``: the
+    feature pair (f, f + d/2) at position p turned by the angle p * base^(-2f/d) (GPT-NeoX's
+    half-rotation; d even). Computed in float32, returned in ``x``'s dtype."""
+    half = x.shape[-1] // 2
+    inv_freq = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[:, None] * inv_freq  # (N, d/2)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 class GridDepthwiseConv(nn.Module):
@@ -347,30 +418,42 @@ class GridDepthwiseConv(nn.Module):
     Width ``kernel_size`` (odd) along each axis of a ``grid_ndim``-dimensional grid. Initialised
     at the identity (centre tap 1, bias 0) so adding it does not change the model at start.
     ``forward(x, grid) -> (y, out_grid)``; ``valid`` padding shrinks each axis by kernel_size - 1.
+    ``causal`` (sequences, ``same`` only): left padding only, identity at the last tap.
     """
 
     def __init__(
-        self, channels: int, kernel_size: int, *, padding: str = "same", grid_ndim: int = 1
+        self,
+        channels: int,
+        kernel_size: int,
+        *,
+        padding: str = "same",
+        grid_ndim: int = 1,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         _check_choice("qk_conv_padding", padding, QK_CONV_PADDINGS)
         if grid_ndim not in (1, 2):
             raise ValueError(f"grid_ndim must be 1 or 2, got {grid_ndim!r}")
+        if causal and (grid_ndim != 1 or padding != "same"):
+            raise ValueError("a causal qk_conv needs a sequence (grid_ndim=1) and padding same")
         conv = nn.Conv1d if grid_ndim == 1 else nn.Conv2d
         self.conv = conv(
             channels,
             channels,
             kernel_size,
-            padding=kernel_size // 2 if padding == "same" else 0,
+            padding=kernel_size // 2 if padding == "same" and not causal else 0,
             groups=channels,
         )
-        self.grid_ndim = grid_ndim
+        self.grid_ndim, self.causal = grid_ndim, causal
+        identity_tap = kernel_size - 1 if causal else kernel_size // 2
         with torch.no_grad():
             self.conv.weight.zero_()
-            self.conv.weight[(slice(None), 0, *[kernel_size // 2] * grid_ndim)] = 1.0
+            self.conv.weight[(slice(None), 0, *[identity_tap] * grid_ndim)] = 1.0
             self.conv.bias.zero_()
 
     def output_grid(self, grid: tuple[int, ...]) -> tuple[int, ...]:
+        if self.causal:
+            return tuple(grid)
         pad, size = self.conv.padding[0], self.conv.kernel_size[0]
         return tuple(side + 2 * pad - size + 1 for side in grid)
 
@@ -384,7 +467,11 @@ class GridDepthwiseConv(nn.Module):
         if min(out_grid) < 1:
             raise ValueError(f"qk_conv={self.conv.kernel_size[0]} is wider than grid {grid}")
         batch, heads, n, d = x.shape
-        y = self.conv(x.transpose(-2, -1).reshape(batch, heads * d, *grid))
+        x = x.transpose(-2, -1).reshape(batch, heads * d, *grid)
+        if self.causal:
+            y = causal_conv1d(x, self.conv.weight, self.conv.bias, self.conv.groups)
+        else:
+            y = self.conv(x)
         return y.reshape(batch, heads, d, -1).transpose(-2, -1), out_grid
 
     def flops(self, grid: tuple[int, ...]) -> int:
@@ -413,6 +500,7 @@ def attend(
     scorer: Scorer | None = None,
     normalize: str = "softmax",
     mask: Tensor | None = None,
+    is_causal: bool = False,
     dropout_p: float = 0.0,
     training: bool = False,
     need_weights: bool = False,
@@ -420,14 +508,22 @@ def attend(
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
     ``scorer=None`` is the scaled dot product. ``mask``: bool broadcastable to ``(B, h, N, M)``,
-    True = allowed. Dropout acts on the weights only when ``training``. Dot + softmax without
+    True = allowed. ``is_causal`` (instead of a ``mask``, keys = queries' positions): query i sees
+    keys <= i. Dropout acts on the weights only when ``training``. Dot + softmax without
     ``need_weights`` runs the fused kernel; otherwise the explicit path returns the weights
     ``(B, h, N, M)`` before dropout.
     """
+    if is_causal and mask is not None:
+        raise ValueError("attend takes a mask or is_causal, not both; fold causality into the mask")
     p = dropout_p if training else 0.0
     is_dot = scorer is None or scorer.kind == "dot"
     if is_dot and normalize == "softmax" and not need_weights:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), None
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
+        )
+        return out, None
+    if is_causal:
+        mask = causal_mask(q.shape[-2], device=q.device)
     scores = (
         scorer(q, k) if scorer is not None else (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     )
@@ -441,8 +537,9 @@ class AttentionCore(nn.Module):
 
     ``forward(q, k, v, grid, need_weights=False)`` with ``q, k, v`` of shape ``(B, h, N, d)`` on a
     grid with ``N = prod(grid)`` positions returns ``(out (B, h, N, d), weights (B, h, N, M) or
-    None)``: qk convolution -> key/value selection -> mask -> ``attend``. ``grid_ndim`` (1 or 2)
-    is needed only by ``qk_conv``, whose kernel shape depends on it.
+    None)``: qk convolution -> rope -> key/value selection -> mask -> ``attend``. ``grid_ndim``
+    (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` lets query i see keys at positions <= i
+    under every knob (module docstring); the mixer refuses it on images (``check_causal_grid``).
     """
 
     def __init__(
@@ -453,9 +550,22 @@ class AttentionCore(nn.Module):
         head_dim: int,
         dropout: float = 0.0,
         grid_ndim: int = 1,
+        causal: bool = False,
     ) -> None:
         super().__init__()
-        self.design = design
+        if causal and design.qk_conv and design.qk_conv_padding == "valid":
+            raise ValueError(
+                "qk_conv_padding=valid cannot be causal: it drops the keys of the first "
+                f"qk_conv - 1 = {design.qk_conv - 1} positions, leaving those queries no key; with "
+                "causal=True use qk_conv_padding=same (left padding only)"
+            )
+        if design.rope and grid_ndim != 1:
+            raise ValueError(
+                f"rope rotates by position along a sequence: it needs grid_ndim=1, got {grid_ndim}"
+            )
+        if design.rope and head_dim % 2:
+            raise ValueError(f"rope rotates feature pairs: it needs an even head_dim, got {head_dim}")
+        self.design, self.causal = design, causal
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
         self.scorer = Scorer(
             design.score, num_heads=num_heads, head_dim=head_dim, additive_dim=design.additive_dim
@@ -463,33 +573,56 @@ class AttentionCore(nn.Module):
         channels, width = num_heads * head_dim, design.qk_conv
         target = design.qk_conv_target if width else ""
         self.q_conv = (
-            GridDepthwiseConv(channels, width, padding="same", grid_ndim=grid_ndim)
+            GridDepthwiseConv(channels, width, padding="same", grid_ndim=grid_ndim, causal=causal)
             if "q" in target
             else None
         )
         self.k_conv = (
-            GridDepthwiseConv(channels, width, padding=design.qk_conv_padding, grid_ndim=grid_ndim)
+            GridDepthwiseConv(
+                channels, width, padding=design.qk_conv_padding, grid_ndim=grid_ndim, causal=causal
+            )
             if "k" in target
             else None
         )
 
+    def conv_key_count(self, grid: tuple[int, ...]) -> int:
+        """How many keys the qk convolution leaves (all positions unless ``valid``)."""
+        return math.prod(self.k_conv.output_grid(grid) if self.k_conv else grid)
+
     def key_count(self, grid: tuple[int, ...]) -> int:
         """How many keys each query sees before masking (M)."""
-        n = math.prod(self.k_conv.output_grid(grid) if self.k_conv else grid)
-        return math.ceil(n / self.design.kv_stride)
+        return math.ceil(self.conv_key_count(grid) / self.design.kv_stride)
 
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, ...], need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         design = self.design
+        first_key = 0  # the position of key 0 (a valid conv's keys start at its first centre)
         if self.q_conv is not None:
             q, _ = self.q_conv(q, grid)
         if self.k_conv is not None:
             k, _ = self.k_conv(k, grid)
             if design.qk_conv_padding == "valid":
                 v = crop_valid(v, grid, design.qk_conv)
-        k, v = select_kv(k, v, design.kv_stride, design.kv_select, self.training)
+                first_key = design.qk_conv // 2
+        if design.rope:
+            positions = torch.arange(q.shape[-2], device=q.device)
+            q, k = rotary(q, positions), rotary(k, positions[first_key:][: k.shape[-2]])
+        index = kv_positions(
+            k.shape[-2],
+            design.kv_stride,
+            design.kv_select,
+            batch=k.shape[0],
+            training=self.training,
+            keep_first=self.causal,
+            device=k.device,
+        )
+        k, v = take_positions(k, index), take_positions(v, index)
         mask = attention_mask(grid, design.window, design.global_tokens, q.device)
+        is_causal = self.causal and mask is None and index is None
+        if self.causal and not is_causal:
+            allowed = causal_mask(q.shape[-2], index, q.device)
+            mask = allowed if mask is None else mask & allowed
         return attend(
             q,
             k,
@@ -497,6 +630,7 @@ class AttentionCore(nn.Module):
             scorer=self.scorer,
             normalize=design.normalize,
             mask=mask,
+            is_causal=is_causal,
             dropout_p=self.dropout,
             training=self.training,
             need_weights=need_weights,
@@ -507,6 +641,8 @@ class AttentionCore(nn.Module):
         compute the dense matrix and discard them)."""
         n, m, h = math.prod(grid), self.key_count(grid), self.num_heads
         conv = sum(c.flops(grid) for c in (self.q_conv, self.k_conv) if c is not None)
+        # rope: two multiplies and an add per feature of every query and (pre-selection) key.
+        rope = 3 * (n + self.conv_key_count(grid)) * self.head_dim * h if self.design.rope else 0
         normalize = _NORMALIZE_FLOPS_PER_ENTRY[self.design.normalize] * n * m * h
         weighted_sum = 2 * n * m * self.head_dim * h
-        return conv + self.scorer.flops(n, m, h) + normalize + weighted_sum
+        return conv + rope + self.scorer.flops(n, m, h) + normalize + weighted_sum

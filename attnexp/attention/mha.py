@@ -19,6 +19,7 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
+from attnexp.attention.causal import check_causal_grid
 from attnexp.attention.design import AttentionCore, AttentionDesign
 
 
@@ -54,6 +55,8 @@ class MultiHeadAttention(AttentionModule):
     validates them at construction, so a bad value fails before training. The defaults are plain
     scaled dot-product softmax attention over all positions, which runs through
     ``scaled_dot_product_attention``. ``attn_drop`` acts on the attention weights in training only.
+    ``causal=True`` (sequences): position i attends to positions <= i under every knob (causal
+    dot + softmax with no other mask runs the fused kernel with ``is_causal``).
 
     ``weights`` (with ``return_weights=True``): ``{"attn": (B, heads, N, M)}``, N = prod(grid) and
     M the number of keys (N unless ``kv_stride`` or a ``valid`` ``qk_conv`` drops positions).
@@ -66,6 +69,7 @@ class MultiHeadAttention(AttentionModule):
         self,
         dim: int,
         grid_ndim: int = 1,
+        causal: bool = False,
         num_heads: int = 4,
         head_dim: int | None = None,
         attn_drop: float = 0.0,
@@ -73,7 +77,8 @@ class MultiHeadAttention(AttentionModule):
         qkv_bias: bool = True,
         **design: Any,
     ) -> None:
-        super().__init__(dim, grid_ndim)
+        super().__init__(dim, grid_ndim, causal)
+        check_causal_grid(self)
         self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
         check_probability("attn_drop", attn_drop)
         check_probability("proj_drop", proj_drop)
@@ -87,6 +92,7 @@ class MultiHeadAttention(AttentionModule):
             head_dim=self.head_dim,
             dropout=float(attn_drop),
             grid_ndim=grid_ndim,
+            causal=causal,
         )
         self.proj = nn.Linear(self.inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)

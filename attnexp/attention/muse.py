@@ -4,7 +4,8 @@ Attention for Sequence to Sequence Learning").
 Self-attention as in ``mha`` plus, in parallel, a convolution branch on the same value projection
 V: for each kernel size k a depthwise conv (none for k = 1) then a pointwise conv to C channels,
 the branches mixed by ``softmax(branch_logits)`` and added to the attention output. On a 2-D grid
-the depthwise convs are k x k over the grid, not 1-D over raster order.
+the depthwise convs are k x k over the grid, not 1-D over raster order. ``causal=True`` (sequences):
+causal attention as ``mha``'s and causal depthwise convs (k - 1 zeros on the left only).
 
 The widely copied reference re-wraps its mixing weights in a fresh ``nn.Parameter`` inside
 ``forward``, so they never train; here ``branch_logits`` is created once and softmax is applied
@@ -38,6 +39,7 @@ from attnexp.attention.base import (
     grid_conv,
     unflatten_grid,
 )
+from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.mha import MultiHeadAttention
 
 
@@ -72,10 +74,11 @@ class MUSE(MultiHeadAttention):
         self,
         dim: int,
         grid_ndim: int = 1,
+        causal: bool = False,
         kernel_sizes: Sequence[int] = (1, 3, 5),
         **attention: Any,
     ) -> None:
-        super().__init__(dim, grid_ndim, **attention)
+        super().__init__(dim, grid_ndim, causal, **attention)
         self.kernel_sizes = check_kernel_sizes(kernel_sizes)
         d = self.inner_dim
         self.depthwise = nn.ParameterDict(
@@ -121,11 +124,13 @@ class MUSE(MultiHeadAttention):
         return weight, self.proj.bias + sum(b for _, b in scaled)
 
     def branch_inputs(self, values: Tensor, grid: tuple[int, ...]) -> list[Tensor]:
-        """Each branch's depthwise output ``(B, N, D)`` (V itself for k = 1)."""
+        """Each branch's depthwise output ``(B, N, D)`` (V itself for k = 1); causal: left
+        padding only, so position t mixes values t - k + 1 .. t."""
         v = channels_first(unflatten_grid(values, grid))
+        conv = causal_conv1d if self.causal else grid_conv
         return [
             channels_last(
-                grid_conv(v, self.depthwise[f"k{k}"], self.depthwise_bias[f"k{k}"], self.inner_dim)
+                conv(v, self.depthwise[f"k{k}"], self.depthwise_bias[f"k{k}"], self.inner_dim)
             ).flatten(1, -2)
             if k > 1
             else values
