@@ -28,7 +28,9 @@ from attnexp.models.common import (
     Readout,
     block_slot,
     check_context,
+    check_init,
     check_lm_keys,
+    init_gpt,
     readout_slot,
 )
 
@@ -100,8 +102,10 @@ class CNN(Backbone):
         depth: int = 3,
         kernel_size: int = 3,
         tie_weights: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__(shape)
+        check_init(init)
         if kernel_size % 2 == 0:
             raise ValueError(f"backbone.kernel_size must be odd (same padding), got {kernel_size}")
         check_lm_keys(shape, tie_weights)
@@ -127,6 +131,8 @@ class CNN(Backbone):
             self.readout = LMHead(dim, shape.vocab_size, tied)
         else:
             self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, grid))
+        if init == "gpt":  # the convs keep PyTorch's init: no residual projection is a Linear
+            init_gpt(self, (), depth)
 
     def forward(self, x: Tensor) -> Tensor:
         """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)``."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -216,3 +217,25 @@ def check_context(x: Tensor, shape: DataShape) -> None:
             f"a language model reads token ids (B, T) with T <= the context length "
             f"{shape.grid[0]} (dataset.shape.grid), got {tuple(x.shape)}"
         )
+
+
+INITS = ("default", "gpt")  # default: PyTorch's per-layer init; gpt: nanoGPT's (init_gpt)
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"backbone.init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def init_gpt(model: nn.Module, residual: Iterable[nn.Linear], depth: int) -> None:
+    """nanoGPT's (GPT-2's) init: every Linear and Embedding weight N(0, 0.02), biases zero, and
+    the ``residual`` projections (the layers writing into the residual stream) N(0, 0.02 /
+    sqrt(2 depth)), so the stream's variance does not grow with depth. PyTorch's default gives an
+    Embedding N(0, 1), which as a tied head makes the first logits ~sqrt(dim) too large."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    for m in residual:
+        nn.init.normal_(m.weight, std=0.02 / math.sqrt(2 * depth))

@@ -27,7 +27,9 @@ from attnexp.models.common import (
     Readout,
     block_slot,
     check_context,
+    check_init,
     check_lm_keys,
+    init_gpt,
     readout_slot,
 )
 
@@ -50,6 +52,12 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, dropout)
         self.drop = nn.Dropout(dropout)
 
+    def residual_projections(self) -> list[nn.Linear]:
+        """The layers whose outputs are added to the stream: the MLP's last and the slot's
+        ``proj`` (the output projection of mha, muse and linear)."""
+        proj = getattr(self.slot.module, "proj", None) if self.slot is not None else None
+        return [self.mlp[-1], *([proj] if isinstance(proj, nn.Linear) else [])]
+
     def forward(self, x: Tensor) -> Tensor:
         if self.slot is not None:
             x = x + self.drop(self.slot(self.norm1(x)))
@@ -71,8 +79,10 @@ class Transformer(Backbone):
         dropout: float = 0.0,
         positions: str = "learned",
         tie_weights: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__(shape)
+        check_init(init)
         if positions not in POSITIONS:
             raise ValueError(
                 f"backbone.positions must be one of {', '.join(POSITIONS)}, got {positions!r}"
@@ -103,6 +113,8 @@ class Transformer(Backbone):
             self.readout = LMHead(dim, shape.vocab_size, tied)
         else:
             self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
+        if init == "gpt":
+            init_gpt(self, (p for block in self.blocks for p in block.residual_projections()), depth)
 
     def forward(self, x: Tensor) -> Tensor:
         """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)`` for ``T <=``
