@@ -1,7 +1,8 @@
 """Command-line entry points: the only code that talks to Hydra.
 
 ``train_main`` and ``eval_main`` resolve the config inside the Hydra job (where ``${hydra:...}``
-works) and hand plain configs to ``attnexp.pipeline``.
+works) and hand plain configs to ``attnexp.pipeline``; ``sample_main`` hands a run's config to
+``attnexp.generate.sample_run``.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from attnexp.config import (
     CONFIG_DIR,
@@ -86,9 +90,7 @@ def eval_main(cfg: DictConfig) -> dict[str, float]:
     from attnexp.pipeline import evaluate
 
     quiet_dependencies()
-    given = Path(cfg.ckpt_path)
-    run_dir = find_run_dir(given)
-    ckpt = given if given.is_file() else best_checkpoint(run_dir)
+    run_dir, ckpt = run_and_checkpoint(cfg.ckpt_path)
     run_cfg = load_run_config(run_dir)
     # The run's own trainer settings (e.g. batch limits) keep the numbers comparable; only where
     # to evaluate is this command's choice.
@@ -102,3 +104,46 @@ def eval_main(cfg: DictConfig) -> dict[str, float]:
     )
     log.info("test metrics of %s: %s", ckpt, metrics)
     return metrics
+
+
+def run_and_checkpoint(ckpt_path: str) -> tuple[Path, Path]:
+    """``ckpt_path=`` of eval and sample: a .ckpt file, or a run dir (its tested checkpoint)."""
+    given = Path(ckpt_path)
+    run_dir = find_run_dir(given)
+    return run_dir, given if given.is_file() else best_checkpoint(run_dir)
+
+
+def sample_main() -> list[str]:
+    """Print samples from a language model run: ``python sample.py ckpt_path=<run dir or .ckpt>``."""
+    quiet_dependencies()
+    _register_sample_schema()
+    return _sample_job()
+
+
+def _register_sample_schema() -> None:
+    """``sample.py``'s keys: ``SampleSettings``' (their defaults live there), ``ckpt_path`` and
+    ``device``. Registered when sampling starts, not at import: ``train.py --help`` needs no torch."""
+    from attnexp.generate import SampleSettings
+
+    @dataclass
+    class SampleCommand(SampleSettings):
+        ckpt_path: str = MISSING
+        device: str = "cpu"
+        paths: Any = None  # conf/paths: where this command's log and samples.txt go
+
+    ConfigStore.instance().store(name="sample_schema", node=SampleCommand)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
+def _sample_job(cfg: DictConfig) -> list[str]:
+    from attnexp.generate import SAMPLES_FILE, SampleSettings, format_samples, sample_run
+
+    settings = SampleSettings(**{f.name: cfg[f.name] for f in fields(SampleSettings)})
+    run_dir, ckpt = run_and_checkpoint(cfg.ckpt_path)
+    run_cfg = load_run_config(run_dir)
+    OmegaConf.resolve(run_cfg)
+    samples = sample_run(run_cfg, ckpt, settings, cfg.device)
+    text = format_samples(samples)
+    print(text, end="")
+    atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / SAMPLES_FILE, text)
+    return samples

@@ -33,3 +33,13 @@ def publish_to_wandb(
         logger.experiment.summary.update(summary_of(results))
         for path in figures:
             logger.log_image(key=f"attention/{path.stem}", images=[str(path)])
+
+
+def publish_samples(loggers: Iterable[Any], prompt: str, samples: Sequence[str]) -> None:
+    """Log generated text as a ``samples`` table (columns prompt, sample) on every W&B logger."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_text(key="samples", columns=["prompt", "sample"],
+                            data=[[prompt, s] for s in samples])  # fmt: skip

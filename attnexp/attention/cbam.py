@@ -18,6 +18,7 @@ from attnexp.attention.base import (
     grid_conv,
     make_divisible,
 )
+from attnexp.attention.causal import causal_conv1d, check_causal_grid, running_max, running_mean
 
 
 class CBAM(AttentionModule):
@@ -26,16 +27,31 @@ class CBAM(AttentionModule):
     ``sigmoid(BN(conv_k([mean_C x, max_C x])))``, a k x k conv on images (``grid_ndim=2``) and a
     length-k conv on sequences (``grid_ndim=1``): ``spatial_weight`` is ``(1, 2, *[k] * grid_ndim)``.
 
-    ``weights`` (with ``return_weights=True``): ``{"channel": (B, C), "spatial": (B, *grid)}``.
+    Causal (``causal=True``, sequences only): position t's channel gate comes from the running
+    mean and running max over positions ``<= t`` (one gate vector per position), and the spatial
+    conv is causal (``k - 1`` zeros on the left). There is no norm on the spatial logits then but
+    a conv bias (``spatial_bias``): BatchNorm in training mode mixes positions and samples through
+    its batch statistics (the future leaks into the past), and a per-position norm of a one-channel
+    map is identically zero; a learned scale and shift, all BatchNorm adds at inference, is what
+    remains, and the scale is already the conv weight's.
+
+    ``weights`` (with ``return_weights=True``): ``{"channel": (B, C), "spatial": (B, *grid)}``;
+    causal: ``channel`` is the gate of the last position, which has seen the whole sequence.
     """
 
     kind = Kind.GATE
     weight_kinds = {"channel": WeightKind.CHANNEL_GATE, "spatial": WeightKind.SPATIAL_GATE}
 
     def __init__(
-        self, dim: int, grid_ndim: int = 1, rd_ratio: float = 1 / 16, kernel_size: int = 7
+        self,
+        dim: int,
+        grid_ndim: int = 1,
+        causal: bool = False,
+        rd_ratio: float = 1 / 16,
+        kernel_size: int = 7,
     ) -> None:
-        super().__init__(dim, grid_ndim)
+        super().__init__(dim, grid_ndim, causal)
+        check_causal_grid(self)
         check_ratio("rd_ratio", rd_ratio)
         check_positive("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
@@ -50,24 +66,37 @@ class CBAM(AttentionModule):
         kernel = (kernel_size,) * grid_ndim
         bound = 1 / math.sqrt(2 * math.prod(kernel))  # PyTorch's default conv init
         self.spatial_weight = nn.Parameter(torch.empty(1, 2, *kernel).uniform_(-bound, bound))
-        self.spatial_norm = nn.BatchNorm1d(1)  # one channel: the same for 1-D and 2-D maps
+        if causal:
+            self.spatial_bias = nn.Parameter(torch.zeros(1))
+        else:
+            self.spatial_norm = nn.BatchNorm1d(1)  # one channel: the same for 1-D and 2-D maps
 
     def forward(self, x: Tensor, return_weights: bool = False):
         self.check_input(x)
-        broadcast = (x.shape[0], *([1] * (x.dim() - 2)), self.dim)
-        tokens = x.flatten(1, -2)
-        channel = (self.mlp(tokens.mean(dim=1)) + self.mlp(tokens.amax(dim=1))).sigmoid()
-        x = x * channel.view(broadcast)
-        pooled = torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=-1)  # (B, *grid, 2)
-        logits = grid_conv(channels_first(pooled), self.spatial_weight)  # (B, 1, *grid)
-        normed = self.spatial_norm(logits.flatten(2)).view_as(logits)
-        spatial = normed.squeeze(1).sigmoid()
+        if self.causal:  # (B, L, C): one channel gate per position, from its prefix
+            channel = (self.mlp(running_mean(x)) + self.mlp(running_max(x))).sigmoid()
+            x = x * channel
+        else:
+            tokens = x.flatten(1, -2)
+            channel = (self.mlp(tokens.mean(dim=1)) + self.mlp(tokens.amax(dim=1))).sigmoid()
+            x = x * channel.view(x.shape[0], *([1] * (x.dim() - 2)), self.dim)
+        pooled = channels_first(torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=-1))
+        if self.causal:
+            logits = causal_conv1d(pooled, self.spatial_weight, self.spatial_bias)  # (B, 1, L)
+        else:
+            logits = grid_conv(pooled, self.spatial_weight)  # (B, 1, *grid)
+            logits = self.spatial_norm(logits.flatten(2)).view_as(logits)
+        spatial = logits.squeeze(1).sigmoid()
         y = x * spatial.unsqueeze(-1)
-        return (y, {"channel": channel, "spatial": spatial}) if return_weights else y
+        if not return_weights:
+            return y
+        return y, {"channel": channel[:, -1] if self.causal else channel, "spatial": spatial}
 
     def flops(self, grid: tuple[int, ...]) -> int:
         """With N = prod(grid), C = dim, r = rd_dim, a = k^grid_ndim kernel taps: channel pooling
         2*N*C + shared MLP on two vectors 2*2*2*C*r + channel gating N*C + channel-wise mean and
-        max 2*N*C + conv 2*N*2*a + spatial gating N*C = 6*N*C + 8*C*r + 4*N*a."""
+        max 2*N*C + conv 2*N*2*a + spatial gating N*C = 6*N*C + 8*C*r + 4*N*a; causal: the MLP
+        at every position, N*8*C*r."""
         n, c = self.num_positions(grid), self.dim
-        return 6 * n * c + 8 * c * self.rd_dim + 4 * n * self.kernel_size**self.grid_ndim
+        mlp = 8 * c * self.rd_dim * (n if self.causal else 1)
+        return 6 * n * c + mlp + 4 * n * self.kernel_size**self.grid_ndim

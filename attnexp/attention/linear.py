@@ -9,6 +9,13 @@ so the (d x d) summary ``S`` is built once and every query reads it: O(N d^2) ti
 memory instead of O(N^2). Non-causal: every position sees every other, on a sequence or a
 flattened image. Weights are never needed by the output; with ``return_weights=True`` the implied
 (B, heads, N, N) matrix ``phi(q_i).phi(k_j) / (phi(q_i).z + eps)`` is built for visualisation only.
+
+Causal (``causal=True``, sequences only): the sums run over the prefix, ``S_i = sum_{j<=i}
+phi(k_j) v_j^T`` and ``z_i = sum_{j<=i} phi(k_j)`` (the RNN form of the paper). A cumulative sum
+of the N outer products would hold N (d x d) matrices per head for backward; instead the sequence
+is cut into chunks of ``chunk_size`` positions: a chunk's own prefix is read by the small masked
+(chunk x chunk) product, everything before it by the carried state ``(S, z)``. Time O(N (chunk d
++ d^2)), memory per head O(N chunk + (N / chunk) d^2) -- linear in N; no N x N matrix is formed.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
+from attnexp.attention.causal import check_causal_grid
 
 
 def feature_map(x: Tensor) -> Tensor:
@@ -42,15 +50,20 @@ class LinearAttention(AttentionModule):
         self,
         dim: int,
         grid_ndim: int = 1,
+        causal: bool = False,
         num_heads: int = 4,
         qkv_bias: bool = True,
         eps: float = 1e-6,
+        chunk_size: int = 64,
     ) -> None:
-        super().__init__(dim, grid_ndim)
+        super().__init__(dim, grid_ndim, causal)
+        check_causal_grid(self)
         check_positive("num_heads", num_heads)
+        check_positive("chunk_size", chunk_size)
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads, self.head_dim, self.eps = num_heads, dim // num_heads, eps
+        self.chunk_size = chunk_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -60,14 +73,19 @@ class LinearAttention(AttentionModule):
         # (B, N, heads, d) each; einsum keeps the head axis where it is.
         q, k, v = self.qkv(tokens).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2)
         q, k = feature_map(q), feature_map(k)
-        summary = torch.einsum("bnhd,bnhe->bhde", k, v)
-        normaliser = torch.einsum("bnhd,bhd->bnh", q, k.sum(1)) + self.eps
-        out = torch.einsum("bnhd,bhde->bnhe", q, summary) / normaliser.unsqueeze(-1)
+        if self.causal:
+            out = causal_linear_attention(q, k, v, self.eps, self.chunk_size)
+        else:
+            summary = torch.einsum("bnhd,bnhe->bhde", k, v)
+            normaliser = torch.einsum("bnhd,bhd->bnh", q, k.sum(1)) + self.eps
+            out = torch.einsum("bnhd,bhde->bnhe", q, summary) / normaliser.unsqueeze(-1)
         y = unflatten_grid(self.proj(out.flatten(2)), grid)
         if not return_weights:
             return y
         similarity = torch.einsum("bnhd,bmhd->bhnm", q, k)
-        return y, {"attn": similarity / normaliser.transpose(1, 2).unsqueeze(-1)}
+        if self.causal:
+            similarity = similarity.tril()
+        return y, {"attn": similarity / (similarity.sum(-1, keepdim=True) + self.eps)}
 
     def flops(self, grid: tuple[int, ...]) -> int:
         n, c, d, h = self.num_positions(grid), self.dim, self.head_dim, self.num_heads
@@ -75,4 +93,26 @@ class LinearAttention(AttentionModule):
         features = 2 * 2 * n * c  # elu + 1 on q and k
         summary = 2 * n * d * d * h + n * c  # S and z
         read = 2 * n * d * d * h + 2 * n * c + n * c  # phi(q) S, phi(q) z, divide
+        if self.causal:  # the chunks' own masked products, and adding them to the state's part
+            full, last = divmod(n, self.chunk_size)
+            chunk_squares = full * self.chunk_size**2 + last**2
+            read += h * (2 * chunk_squares * d * 2 + chunk_squares) + n * c + n * h
         return projections + features + summary + read
+
+
+def causal_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float, chunk_size: int) -> Tensor:
+    """``out_i = phi(q_i)^T S_i / (phi(q_i)^T z_i + eps)`` over the prefix ``j <= i``, chunk by
+    chunk; ``q``, ``k`` are features ``(B, N, heads, d)``, ``v`` is ``(B, N, heads, e)``."""
+    state = q.new_zeros(q.shape[0], q.shape[2], q.shape[3], v.shape[3])  # S: (B, heads, d, e)
+    normaliser = q.new_zeros(q.shape[0], q.shape[2], q.shape[3])  # z: (B, heads, d)
+    outs = []
+    for start in range(0, q.shape[1], chunk_size):
+        qc, kc, vc = (t[:, start : start + chunk_size] for t in (q, k, v))
+        within = torch.einsum("bnhd,bmhd->bhnm", qc, kc).tril()  # keys j <= i inside the chunk
+        numerator = torch.einsum("bhnm,bmhe->bnhe", within, vc)
+        numerator = numerator + torch.einsum("bnhd,bhde->bnhe", qc, state)
+        denominator = within.sum(-1).transpose(1, 2) + torch.einsum("bnhd,bhd->bnh", qc, normaliser)
+        outs.append(numerator / (denominator + eps).unsqueeze(-1))
+        state = state + torch.einsum("bmhd,bmhe->bhde", kc, vc)
+        normaliser = normaliser + kc.sum(1)
+    return torch.cat(outs, dim=1)

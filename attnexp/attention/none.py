@@ -5,13 +5,19 @@ from __future__ import annotations
 from torch import Tensor
 
 from attnexp.attention.base import AttentionModule, Kind
+from attnexp.attention.causal import check_causal_grid
 
 
 class Identity(AttentionModule):
-    """Returns its input unchanged; backbones drop the slot entirely for this kind."""
+    """Returns its input unchanged; backbones drop the slot entirely for this kind. Causal as it
+    is: it mixes nothing."""
 
     kind = Kind.IDENTITY
     weight_kinds = {}
+
+    def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
+        super().__init__(dim, grid_ndim, causal)
+        check_causal_grid(self)
 
     def forward(self, x: Tensor, return_weights: bool = False):
         self.check_input(x)

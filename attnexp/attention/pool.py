@@ -36,8 +36,14 @@ class AttentionPool(AttentionModule):
         num_heads: int = 4,
         num_queries: int = 1,
         residual: bool = False,
+        causal: bool = False,
     ) -> None:
-        super().__init__(dim, grid_ndim)
+        super().__init__(dim, grid_ndim, causal)
+        if causal:
+            raise ValueError(
+                "pool cannot be causal: it collapses the sequence into one vector, and a language "
+                "model reads out every position"
+            )
         self.head_dim = resolve_head_dim(dim, num_heads, None)
         check_positive("num_queries", num_queries)
         self.num_heads = num_heads
