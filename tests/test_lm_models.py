@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch._dynamo
 from torch import nn
 from torch.nn import functional as F
 
@@ -275,3 +276,14 @@ def test_tied_weights_are_refused_for_classification(build):
 def test_patches_are_refused_for_a_language_model():
     with pytest.raises(ValueError, match=r"backbone\.patch_size must be 1 for task=lm"):
         Transformer(functools.partial(PrefixMeanMixer), LM, dim=16, patch_size=2)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_an_lm_compiles_as_one_graph(backbone):
+    """``compile=true`` for a language model: the context check and the head break no graph."""
+    torch._dynamo.reset()
+    model = stand_in(backbone, PrefixMeanMixer, tie_weights=True).eval()
+    x = torch.randint(0, V, (2, L))
+    expected = model(x)
+    model.compile(fullgraph=True, backend="eager")
+    torch.testing.assert_close(model(x), expected)
