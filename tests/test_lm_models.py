@@ -81,6 +81,12 @@ class RefusingPool(StandIn):
         super().__init__(dim, grid_ndim, causal)
 
 
+class SilentPool(StandIn):
+    """Accepts ``causal`` without refusing it: the backbone still has no place for it."""
+
+    kind = Kind.POOL
+
+
 def stand_in(backbone: str, cls: type, **kw) -> nn.Module:
     torch.manual_seed(0)
     return BUILDERS[backbone](functools.partial(cls), LM, dim=16, depth=2, **kw)
@@ -149,6 +155,8 @@ def test_batch_norm_in_training_would_leak_the_future():
 def test_a_pool_is_refused_with_its_own_message(backbone):
     with pytest.raises(ValueError, match="not supported by this pooling stand-in"):
         stand_in(backbone, RefusingPool)
+    with pytest.raises(ValueError, match="causal=True: SilentPool pools the sequence"):
+        stand_in(backbone, SilentPool)
 
 
 # --- every variant of conf/attention in both backbones -------------------------------------------
