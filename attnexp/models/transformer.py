@@ -114,7 +114,8 @@ class Transformer(Backbone):
         else:
             self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
         if init == "gpt":
-            init_gpt(self, (p for block in self.blocks for p in block.residual_projections()), depth)
+            residual = [layer for block in self.blocks for layer in block.residual_projections()]
+            init_gpt(self, residual, depth)
 
     def forward(self, x: Tensor) -> Tensor:
         """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)`` for ``T <=``
