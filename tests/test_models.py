@@ -132,3 +132,19 @@ def test_bad_backbone_keys_are_refused_with_the_key_named():
         cnn(Mixer, SEQUENCE, kernel_size=4)
     with pytest.raises(TypeError, match="AttentionModule"):
         kind_of(functools.partial(torch.nn.Linear))
+
+
+@pytest.mark.parametrize(
+    "build,names",
+    [
+        (Transformer, ["pos", "embed.embed", "blocks.0.norm1", "blocks.0.norm2", "blocks.0.mlp.0",
+                       "blocks.0.mlp.3", "norm", "readout.head"]),
+        (CNN, ["embed.embed", "stem.0", "stem.1", "blocks.0.body.0", "blocks.0.body.1",
+               "blocks.0.body.3", "blocks.0.body.4", "readout.head"]),
+    ],
+    ids=["transformer", "cnn"],
+)  # fmt: skip
+def test_a_classifiers_parameters_keep_their_names_so_old_checkpoints_load(build, names):
+    """The language-model mode added no parameter, buffer or name to a classifier."""
+    model = build(functools.partial(Mixer), SEQUENCE, dim=16, depth=1)
+    assert list(dict.fromkeys(k.rpartition(".")[0] or k for k in model.state_dict())) == names

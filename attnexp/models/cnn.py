@@ -5,11 +5,17 @@ SE-ResNet and CBAM put their gates; a MIXER there acts as in BoTNet. The grid ke
 the network (these inputs are small), so every slot sees the input grid. IDENTITY drops the slot;
 POOL replaces the global-average readout with attention pooling (blocks without slots).
 ``dim`` is the channels of every convolution: both backbones call their width ``dim``.
+
+As a language model (``shape.is_lm``) it is a causal 1-D ResNet: each conv sees only the current
+and earlier positions (k - 1 zeros on the left), a LayerNorm over the channels at each position
+replaces BatchNorm (whose batch mean in training would carry later positions back), the slots are
+built ``causal=True``, and a per-position head predicts the next token. POOL is refused.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from attnexp.attention.base import channels_first, channels_last
 from attnexp.data.shape import DataShape
@@ -18,26 +24,64 @@ from attnexp.models.common import (
     AttentionSlot,
     Backbone,
     InputEmbedding,
+    LMHead,
     Readout,
     block_slot,
+    check_context,
+    check_init,
+    check_lm_keys,
+    init_gpt,
     readout_slot,
 )
+
+
+class CausalConv1d(nn.Conv1d):
+    """A 1-D conv whose output at position t sees inputs at t - k + 1 .. t: zeros on the left."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (self.kernel_size[0] - 1, 0)))
+
+
+class PositionNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each position of a channels-first ``(B, C, L)`` tensor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return channels_first(super().forward(channels_last(x)))
+
+
+def conv_layer(dim: int, ndim: int, kernel_size: int, causal: bool) -> nn.Module:
+    """A same-size conv over the grid; ``causal``: over the past only (1-D)."""
+    if causal:
+        return CausalConv1d(dim, dim, kernel_size, bias=False)
+    conv = nn.Conv1d if ndim == 1 else nn.Conv2d
+    return conv(dim, dim, kernel_size, padding=kernel_size // 2, bias=False)
+
+
+def norm_layer(dim: int, ndim: int, causal: bool) -> nn.Module:
+    """BatchNorm; ``causal``: a per-position norm, which mixes no positions or samples."""
+    if causal:
+        return PositionNorm(dim)
+    return (nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d)(dim)
 
 
 class ResidualBlock(nn.Module):
     """conv-BN-ReLU-conv-BN, then the slot, then the residual add and ReLU (channels-first)."""
 
-    def __init__(self, dim: int, ndim: int, kernel_size: int, slot: AttentionSlot | None):
+    def __init__(
+        self,
+        dim: int,
+        ndim: int,
+        kernel_size: int,
+        slot: AttentionSlot | None,
+        causal: bool = False,
+    ):
         super().__init__()
-        conv = nn.Conv1d if ndim == 1 else nn.Conv2d
-        norm = nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d
-        pad = kernel_size // 2
         self.body = nn.Sequential(
-            conv(dim, dim, kernel_size, padding=pad, bias=False),
-            norm(dim),
+            conv_layer(dim, ndim, kernel_size, causal),
+            norm_layer(dim, ndim, causal),
             nn.ReLU(inplace=True),
-            conv(dim, dim, kernel_size, padding=pad, bias=False),
-            norm(dim),
+            conv_layer(dim, ndim, kernel_size, causal),
+            norm_layer(dim, ndim, causal),
         )
         self.slot = slot
         self.act = nn.ReLU(inplace=True)
@@ -57,28 +101,42 @@ class CNN(Backbone):
         dim: int = 64,
         depth: int = 3,
         kernel_size: int = 3,
+        tie_weights: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__(shape)
+        check_init(init)
         if kernel_size % 2 == 0:
             raise ValueError(f"backbone.kernel_size must be odd (same padding), got {kernel_size}")
+        check_lm_keys(shape, tie_weights)
+        causal = shape.is_lm
         self.embed = InputEmbedding(shape, dim)
         grid = self.embed.grid
         ndim = len(grid)
-        conv = nn.Conv1d if ndim == 1 else nn.Conv2d
-        norm = nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d
         self.stem = nn.Sequential(
-            conv(dim, dim, kernel_size, padding=kernel_size // 2, bias=False),
-            norm(dim),
+            conv_layer(dim, ndim, kernel_size, causal),
+            norm_layer(dim, ndim, causal),
             nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(
             *(
-                ResidualBlock(dim, ndim, kernel_size, block_slot(attention, dim, grid, True))
+                ResidualBlock(
+                    dim, ndim, kernel_size, block_slot(attention, dim, grid, True, causal), causal
+                )
                 for _ in range(depth)
             )
         )
-        self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, grid))
+        if causal:
+            tied = self.embed.embed if tie_weights else None
+            self.readout = LMHead(dim, shape.vocab_size, tied)
+        else:
+            self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, grid))
+        if init == "gpt":  # the convs keep PyTorch's init: no residual projection is a Linear
+            init_gpt(self, (), depth)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)``."""
+        if self.shape.is_lm:
+            check_context(x, self.shape)
         x = self.stem(channels_first(self.embed(x)))
         return self.readout(channels_last(self.blocks(x)))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from attnexp.attention.base import AttentionModule, Kind, channels_first, channe
 from attnexp.data.shape import DataShape
 
 AttentionFactory = Callable[..., AttentionModule]  # a Hydra partial: called with dim=..., grid_ndim=...
+POSITIONWISE = (Kind.MIXER, Kind.GATE)  # the kinds that sit in a block and keep every position
 
 
 def kind_of(attention: AttentionFactory) -> Kind:
@@ -23,13 +25,42 @@ def kind_of(attention: AttentionFactory) -> Kind:
     return kind
 
 
+def build_attention(
+    attention: AttentionFactory, dim: int, grid: Sequence[int], causal: bool = False
+) -> AttentionModule:
+    """``attention(dim=..., grid_ndim=...)``, plus ``causal=True`` in a language model. ``causal``
+    is passed only when set, so a variant written before the flag still builds for classification."""
+    return attention(dim=dim, grid_ndim=len(grid), **({"causal": True} if causal else {}))
+
+
 def block_slot(
-    attention: AttentionFactory, dim: int, grid: Sequence[int], channels_first: bool = False
+    attention: AttentionFactory,
+    dim: int,
+    grid: Sequence[int],
+    channels_first: bool = False,
+    causal: bool = False,
 ) -> AttentionSlot | None:
-    """The slot inside a residual block: MIXER and GATE sit there; IDENTITY and POOL leave none."""
-    if kind_of(attention) in (Kind.MIXER, Kind.GATE):
-        return AttentionSlot(attention(dim=dim, grid_ndim=len(grid)), grid, channels_first)
+    """The slot inside a residual block: MIXER and GATE sit there; IDENTITY and POOL leave none.
+    ``causal``: a language model's block, whose slot must not see later positions; POOL refuses
+    (``refuse_pool``)."""
+    kind = kind_of(attention)
+    if causal and kind is Kind.POOL:
+        refuse_pool(attention, dim, grid)
+    if kind in POSITIONWISE:
+        return AttentionSlot(build_attention(attention, dim, grid, causal), grid, channels_first)
     return None
+
+
+def refuse_pool(attention: AttentionFactory, dim: int, grid: Sequence[int]) -> None:
+    """A language model reads out every position, so a POOL module, which collapses the sequence,
+    has no place in it. Built with ``causal=True`` first so its own refusal, which names
+    ``causal``, is the one the user reads."""
+    build_attention(attention, dim, grid, causal=True)
+    name = getattr(getattr(attention, "func", attention), "__name__", attention)
+    raise ValueError(
+        f"causal=True: {name} pools the sequence into one vector, and a language model predicts "
+        "a token at every position; use a mixer, a gate or none"
+    )
 
 
 def readout_slot(
@@ -37,7 +68,7 @@ def readout_slot(
 ) -> AttentionSlot | None:
     """The readout's pooling slot: only POOL sits there (the others read out by the mean)."""
     if kind_of(attention) is Kind.POOL:
-        return AttentionSlot(attention(dim=dim, grid_ndim=len(grid)), grid)
+        return AttentionSlot(build_attention(attention, dim, grid), grid)
     return None
 
 
@@ -151,3 +182,60 @@ class Readout(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x: (B, *grid, dim)
         pooled = self.pool(x) if self.pool is not None else x.flatten(1, -2).mean(1)
         return self.head(pooled)
+
+
+class LMHead(nn.Module):
+    """Tokens-last features ``(B, L, dim)`` -> next-token logits ``(B, L, vocab)`` at every
+    position. ``tied``: the token embedding whose weight the head shares (as nanoGPT and GPT-2),
+    so one matrix maps ids to vectors and vectors to logits."""
+
+    def __init__(self, dim: int, vocab_size: int, tied: nn.Embedding | None = None) -> None:
+        super().__init__()
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        if tied is not None:
+            self.head.weight = tied.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x)
+
+
+def check_lm_keys(shape: DataShape, tie_weights: bool) -> None:
+    """Refuse the language-model keys of a backbone where they mean nothing."""
+    if not isinstance(tie_weights, bool):
+        raise ValueError(f"backbone.tie_weights must be true or false, got {tie_weights!r}")
+    if tie_weights and not shape.is_lm:
+        raise ValueError(
+            "backbone.tie_weights=true shares the token embedding with a language model's head; "
+            f"it needs dataset.shape.task=lm, got task={shape.task}"
+        )
+
+
+def check_context(x: Tensor, shape: DataShape) -> None:
+    """A language model reads at most its context length of tokens (fewer: a short prompt)."""
+    if x.dim() != 2 or x.shape[1] > shape.grid[0]:
+        raise ValueError(
+            f"a language model reads token ids (B, T) with T <= the context length "
+            f"{shape.grid[0]} (dataset.shape.grid), got {tuple(x.shape)}"
+        )
+
+
+INITS = ("default", "gpt")  # default: PyTorch's per-layer init; gpt: nanoGPT's (init_gpt)
+
+
+def check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"backbone.init must be one of {', '.join(INITS)}, got {init!r}")
+
+
+def init_gpt(model: nn.Module, residual: Iterable[nn.Linear], depth: int) -> None:
+    """nanoGPT's (GPT-2's) init: every Linear and Embedding weight N(0, 0.02), biases zero, and
+    the ``residual`` projections (the layers writing into the residual stream) N(0, 0.02 /
+    sqrt(2 depth)), so the stream's variance does not grow with depth. PyTorch's default gives an
+    Embedding N(0, 1), which as a tied head makes the first logits ~sqrt(dim) too large."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    for m in residual:
+        nn.init.normal_(m.weight, std=0.02 / math.sqrt(2 * depth))

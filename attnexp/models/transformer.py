@@ -1,10 +1,15 @@
-"""A pre-norm transformer classifier whose token-mixing slot holds the attention under test.
+"""A pre-norm transformer whose token-mixing slot holds the attention under test: a classifier,
+or a causal language model when ``shape.is_lm``.
 
 Placement by kind:
 - MIXER and GATE fill the token-mixing slot of every block: ``x = x + slot(norm(x))``.
 - IDENTITY leaves MLP-only blocks (the no-attention baseline).
 - POOL replaces the mean readout with attention pooling; the blocks stay MLP-only, so the pooling
   is the model's only attention (one variable changes per ablation cell).
+
+As a language model (nanoGPT's layout): token embedding + learned positions (or none, for an
+attention with its own, e.g. rotary), blocks whose slots are built ``causal=True``, a final norm,
+and a per-position head (``tie_weights``: the embedding's matrix). POOL is refused.
 """
 
 from __future__ import annotations
@@ -18,8 +23,13 @@ from attnexp.models.common import (
     AttentionSlot,
     Backbone,
     InputEmbedding,
+    LMHead,
     Readout,
     block_slot,
+    check_context,
+    check_init,
+    check_lm_keys,
+    init_gpt,
     readout_slot,
 )
 
@@ -42,10 +52,19 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, dropout)
         self.drop = nn.Dropout(dropout)
 
+    def residual_projections(self) -> list[nn.Linear]:
+        """The layers whose outputs are added to the stream: the MLP's last and the slot's
+        ``proj`` (the output projection of mha, muse and linear)."""
+        proj = getattr(self.slot.module, "proj", None) if self.slot is not None else None
+        return [self.mlp[-1], *([proj] if isinstance(proj, nn.Linear) else [])]
+
     def forward(self, x: Tensor) -> Tensor:
         if self.slot is not None:
             x = x + self.drop(self.slot(self.norm1(x)))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+POSITIONS = ("learned", "none")  # none: the attention brings its own (e.g. rotary)
 
 
 class Transformer(Backbone):
@@ -58,19 +77,54 @@ class Transformer(Backbone):
         mlp_ratio: float = 2.0,
         patch_size: int = 1,
         dropout: float = 0.0,
+        positions: str = "learned",
+        tie_weights: bool = False,
+        init: str = "default",
     ) -> None:
         super().__init__(shape)
+        check_init(init)
+        if positions not in POSITIONS:
+            raise ValueError(
+                f"backbone.positions must be one of {', '.join(POSITIONS)}, got {positions!r}"
+            )
+        check_lm_keys(shape, tie_weights)
+        if shape.is_lm and patch_size != 1:
+            raise ValueError(
+                f"backbone.patch_size must be 1 for task=lm (a token is predicted at every "
+                f"position), got {patch_size}"
+            )
         self.embed = InputEmbedding(shape, dim, patch_size)
         tokens = self.embed.grid
-        self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.pos = None
+        if positions == "learned":
+            self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
+            nn.init.trunc_normal_(self.pos, std=0.02)
         hidden = int(dim * mlp_ratio)
         self.blocks = nn.Sequential(
-            *(Block(dim, hidden, dropout, block_slot(attention, dim, tokens)) for _ in range(depth))
+            *(
+                Block(dim, hidden, dropout, block_slot(attention, dim, tokens, causal=shape.is_lm))
+                for _ in range(depth)
+            )
         )
         self.norm = nn.LayerNorm(dim)
-        self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
+        if shape.is_lm:
+            self.drop = nn.Dropout(dropout)  # on the embedded tokens, as nanoGPT
+            tied = self.embed.embed if tie_weights else None
+            self.readout = LMHead(dim, shape.vocab_size, tied)
+        else:
+            self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
+        if init == "gpt":
+            residual = [layer for block in self.blocks for layer in block.residual_projections()]
+            init_gpt(self, residual, depth)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.embed(x) + self.pos
+        """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)`` for ``T <=``
+        the context length (a prompt may be shorter)."""
+        if self.shape.is_lm:
+            check_context(x, self.shape)
+        x = self.embed(x)
+        if self.pos is not None:
+            x = x + self.pos[:, : x.shape[1]]
+        if self.shape.is_lm:
+            x = self.drop(x)
         return self.readout(self.norm(self.blocks(x)))
