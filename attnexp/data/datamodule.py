@@ -152,6 +152,10 @@ class ArrayDataModule(L.LightningDataModule):
     def test_dataloader(self) -> SliceLoader:
         return self._loader("test")
 
+    def example_batch(self, n: int) -> Tensor:
+        """The first ``n`` test inputs (figures, sampling prompts)."""
+        return self.load()["test"][0][:n]
+
     def _loader(self, split: str, shuffle: bool = False, pad: bool = False) -> SliceLoader:
         """Under data-parallel training each rank gets its share of ``split``. Evaluation splits
         are not padded (a sample counted twice would bias the synchronised metrics)."""
