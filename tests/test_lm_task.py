@@ -276,7 +276,9 @@ def test_an_lm_run_with_a_classification_objective_is_refused_before_training():
 def test_lm_ablation_sweeps_every_variant_that_can_be_causal():
     params = OmegaConf.load(CONFIG_DIR / "experiment" / "lm_ablation.yaml").hydra.sweeper.params
     assert sorted(params.attention.split(",")) == [a for a in available() if a != "pool"]
-    assert params.backbone.split(",") == ["transformer", "cnn"] and params.seed == "0,1,2"
+    assert params.lm_backbone.split(",") == ["transformer", "cnn"] and params.seed == "0,1,2"
+    presets = sorted(p.stem for p in (CONFIG_DIR / "lm_backbone").glob("*.yaml"))
+    assert presets == sorted(p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml"))
 
 
 # --------------------------------------------------------------------------- after the merge
@@ -298,6 +300,8 @@ def test_shakespeare_char_cpu_is_nanogpts_cpu_setting():
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.dataset.steps_per_epoch == 250
     assert (cfg.objective, cfg.objective_mode) == ("val/loss_best", "min")
     assert cfg.dataset.shape.task == "lm"
+    cnn = compose_cfg(["experiment=shakespeare_char_cpu", "lm_backbone=cnn"])
+    assert cnn.choices.backbone == "cnn" and (cnn.backbone.depth, cnn.backbone.dim) == (4, 128)
 
 
 def test_shakespeare_char_is_nanogpts_gpu_setting():
@@ -315,6 +319,14 @@ TINY_LM = [
 ]  # fmt: skip
 
 
+def text_run(path, data_dir) -> list[str]:
+    """A tiny run of the CPU experiment on the text at ``path``, as bytes (256 token ids)."""
+    return [
+        *TINY_LM, "dataset=text", f"dataset.path={path}", f"paths.data_dir={data_dir}",
+        "dataset.source.vocab=bytes", "dataset.shape.vocab_size=256",
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def text_file(tmp_path):
     path = tmp_path / "corpus.txt"
@@ -325,8 +337,7 @@ def text_file(tmp_path):
 def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_file, data_dir):
     from attnexp.pipeline import train
 
-    overrides = [*TINY_LM, "dataset=text", f"dataset.path={text_file}", f"paths.data_dir={data_dir}"]
-    results = train(compose_cfg(overrides, tmp_path / "run"))
+    results = train(compose_cfg(text_run(text_file, data_dir), tmp_path / "run"))
     assert results["status"] == "completed" and results["task"]["name"] == "language_modelling"
     m = results["metrics"]
     assert m["test/bpc"] == pytest.approx(m["test/loss"] / math.log(2), rel=1e-5)
@@ -339,8 +350,7 @@ def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_
 def test_an_lm_run_with_pool_fails_before_training_naming_causal(tmp_path, text_file, data_dir):
     from attnexp.pipeline import train
 
-    overrides = [*TINY_LM, "attention=pool", "dataset=text", f"dataset.path={text_file}",
-                 f"paths.data_dir={data_dir}"]  # fmt: skip
+    overrides = [*text_run(text_file, data_dir), "attention=pool"]
     with pytest.raises(ValueError, match="causal"):
         train(compose_cfg(overrides, tmp_path / "run"))
     assert not (tmp_path / "run" / "checkpoints").exists()
