@@ -270,6 +270,13 @@ def test_an_lm_run_with_a_classification_objective_is_refused_before_training():
         validate(compose_cfg([*LM_SHAPE, "objective=val/loss_best", "objective_mode=max"]))
 
 
+def test_training_by_steps_needs_max_steps():
+    with pytest.raises(ValueError, match="trainer.max_epochs=-1 trains until trainer.max_steps"):
+        validate(compose_cfg(["trainer.max_epochs=-1"]))
+    with pytest.raises(ValueError, match="trainer.max_steps must be a positive integer, got 0"):
+        validate(compose_cfg(["+trainer.max_steps=0"]))
+
+
 # --------------------------------------------------------------------------- experiments
 
 
