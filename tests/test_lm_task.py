@@ -9,6 +9,7 @@ the LM data module (``dataset=text``/``shakespeare_char``), the LM backbones and
 from __future__ import annotations
 
 import math
+import random
 import warnings
 
 import lightning as L
@@ -337,7 +338,8 @@ def text_run(path, data_dir) -> list[str]:
 @pytest.fixture
 def text_file(tmp_path):
     path = tmp_path / "corpus.txt"
-    path.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40)
+    rng = random.Random(0)  # no repeats: val and test differ, so their losses do
+    path.write_text("".join(rng.choice("abcdefgh \n") for _ in range(3000)))
     return path
 
 
@@ -347,11 +349,14 @@ def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_
     results = train(compose_cfg(text_run(text_file, data_dir), tmp_path / "run"))
     assert results["status"] == "completed" and results["task"]["name"] == "language_modelling"
     m = results["metrics"]
+    assert set(language_modelling().keys()) <= set(m)
     assert m["test/bpc"] == pytest.approx(m["test/loss"] / math.log(2), rel=1e-5)
-    assert m["val/loss_best"] <= m["val/loss"] + 1e-6
-    assert m["global_step"] == 6 if "global_step" in m else True
-    # The held-out loss is a token-weighted mean of the tested checkpoint's val and test losses.
-    assert "heldout/loss" in m and m["heldout/loss"] > 0
+    assert m["test/ppl"] == pytest.approx(math.exp(m["test/loss"]), rel=1e-5)
+    # The tested checkpoint is the best by val/loss, so its val loss is val/loss_best; the
+    # held-out loss is their token-weighted mean, strictly between when they differ.
+    val, test = m["val/loss_best"], m["test/loss"]
+    assert val != pytest.approx(test, abs=1e-4)
+    assert min(val, test) < m["heldout/loss"] < max(val, test)
 
 
 def test_an_lm_run_with_pool_fails_before_training_naming_causal(tmp_path, text_file, data_dir):
