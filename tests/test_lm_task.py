@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attnexp.attention import available
+from attnexp.checkpoint import load_checkpoint
 from attnexp.config import CONFIG_DIR
 from attnexp.data.shape import IGNORE_INDEX
 from attnexp.lm import LanguageModel, TokenMetrics, heldout_loss
@@ -357,6 +358,12 @@ def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_
     val, test = m["val/loss_best"], m["test/loss"]
     assert val != pytest.approx(test, abs=1e-4)
     assert min(val, test) < m["heldout/loss"] < max(val, test)
+    # The schedule runs over trainer.max_steps and ends at the floor, nanoGPT's min_lr = lr / 10;
+    # weight decay on matrices only.
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    groups = last["optimizer_states"][0]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-4])
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
 
 
 def test_an_lm_run_with_pool_fails_before_training_naming_causal(tmp_path, text_file, data_dir):
