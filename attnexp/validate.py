@@ -110,9 +110,11 @@ def _check_objective(cfg: DictConfig) -> None:
     objective = cfg.get("objective")
     direction = task.direction_of(str(objective))
     if direction is None:
+        best = next((k for k in task.keys() if k.endswith("_best")), None)
+        hint = f"; e.g. objective={best} objective_mode={task.direction_of(best)}" if best else ""
         raise ValueError(
             f"objective must be a metric the {task.name} task logs ({', '.join(task.keys())}), "
-            f"got {objective!r}"
+            f"got {objective!r}{hint}"
         )
     if direction != mode:
         raise ValueError(

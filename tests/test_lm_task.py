@@ -266,8 +266,9 @@ def test_task_of_follows_dataset_shape_task():
 
 
 def test_an_lm_run_with_a_classification_objective_is_refused_before_training():
-    with pytest.raises(ValueError, match="objective must be a metric the language_modelling task"):
+    with pytest.raises(ValueError, match="objective must be a metric the language_modelling task") as e:
         validate(compose_cfg(LM_SHAPE))  # the default objective is val/acc_best
+    assert str(e.value).endswith("got 'val/acc_best'; e.g. objective=val/loss_best objective_mode=min")
     with pytest.raises(ValueError, match="set objective_mode=min"):
         validate(compose_cfg([*LM_SHAPE, "objective=val/loss_best", "objective_mode=max"]))
 
