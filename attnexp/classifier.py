@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from attnexp.module import TrainingModule
 from attnexp.results import TOP_K
 
 VAL_METRIC = "val/acc"  # its best is val/acc_best; the progress bar shows it
@@ -28,9 +28,8 @@ def classification_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(metrics)
 
 
-class Classifier(L.LightningModule):
-    """Receives the built network and partials of optimizer (``params`` missing) and scheduler
-    (``optimizer`` and ``total_steps`` missing; stepped every optimizer step)."""
+class Classifier(TrainingModule):
+    """One label per sample: cross-entropy, the classification metrics and the best val/acc."""
 
     def __init__(
         self,
@@ -38,39 +37,21 @@ class Classifier(L.LightningModule):
         num_classes: int,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        decay_matrices_only: bool = False,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        super().__init__(model, optimizer, scheduler, decay_matrices_only)
         metrics = classification_metrics(num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_loss = MeanMetric()
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
-        self._loss_sum = torch.zeros(())
-        self._loss_count = 0
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = F.cross_entropy(self(x), y)
-        # Logging every step costs as much as the step for small models: log every N steps and
-        # keep the epoch mean on the device (no sync until the epoch ends).
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
-        self._loss_count += 1
+        self.log_train_loss(loss)
         return loss
-
-    def on_train_epoch_end(self) -> None:
-        if self._loss_count:
-            # The mean over all ranks' batches under data-parallel training.
-            self.log("train/loss_epoch", self._loss_sum / self._loss_count, sync_dist=True)
-        self._loss_sum, self._loss_count = torch.zeros(()), 0
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -97,14 +78,3 @@ class Classifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=max(1, total))
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -1,26 +1,69 @@
-"""Learning-rate schedules built from ``(optimizer, total_steps)``, the scheduler convention."""
+"""Optimizer parameter groups and learning-rate schedules built from ``(optimizer, total_steps)``,
+the scheduler convention."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
+def param_groups(params: Iterable[nn.Parameter], decay_matrices_only: bool) -> list[dict]:
+    """Every trainable parameter in one group; or, as nanoGPT, weight decay on matrices
+    (>= 2-D: linear and embedding weights) only, biases and norm gains in a group without it."""
+    params = list(params)
+    if not decay_matrices_only:
+        return [{"params": params}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2]},  # the optimizer's weight_decay
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
 def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_ratio: float = 0.0
+    optimizer: Optimizer,
+    total_steps: int,
+    warmup_fraction: float | None = None,
+    warmup_steps: int | None = None,
+    min_ratio: float = 0.0,
 ) -> LambdaLR:
-    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to ``min_ratio``."""
-    if not 0.0 <= warmup_fraction < 1.0:
+    """Linear warm-up, then cosine decay from the base learning rate to ``min_ratio`` times it at
+    ``total_steps`` (held there after).
+
+    The warm-up is set by one of ``warmup_fraction`` (a fraction of the steps, reaching the peak
+    on its last step) or ``warmup_steps`` (a count; lr x (step + 1) / (warmup_steps + 1), then the
+    decay over ``total_steps - warmup_steps``: nanoGPT's ``get_lr`` with ``lr_decay_iters =
+    total_steps`` and ``min_lr = min_ratio x lr``); neither: no warm-up.
+    """
+    if warmup_fraction is not None and warmup_steps is not None:
+        raise ValueError(
+            "optim.scheduler.warmup_fraction and optim.scheduler.warmup_steps exclude each other: "
+            f"set one and the other to null, got {warmup_fraction} and {warmup_steps}"
+        )
+    if warmup_fraction is not None and not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(
             f"optim.scheduler.warmup_fraction must be in [0, 1), got {warmup_fraction}"
         )
-    warmup = int(total_steps * warmup_fraction)
+    if warmup_steps is not None and (
+        isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0
+    ):
+        raise ValueError(
+            f"optim.scheduler.warmup_steps must be an integer >= 0, got {warmup_steps!r}"
+        )
+    if not 0.0 <= min_ratio <= 1.0:
+        raise ValueError(f"optim.scheduler.min_ratio must be in [0, 1], got {min_ratio}")
+    if warmup_steps is not None:
+        warmup, ramp = warmup_steps, warmup_steps + 1
+    else:
+        warmup = int(total_steps * (warmup_fraction or 0.0))
+        ramp = warmup
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / warmup
+            return (step + 1) / ramp
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -23,6 +23,7 @@ from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.classifier import Classifier
 from attnexp.config import as_plain
 from attnexp.data.datamodule import ArrayDataModule
+from attnexp.lm import LanguageModel, heldout_loss
 from attnexp.models import build_model
 from attnexp.models.common import Backbone
 from attnexp.provenance import new_results
@@ -45,13 +46,17 @@ def build_data(cfg: DictConfig) -> ArrayDataModule:
     return instantiate(cfg.dataset)
 
 
-def build_module(cfg: DictConfig, model: Backbone) -> Classifier:
-    return Classifier(
-        model,
-        num_classes=model.shape.num_classes,
-        optimizer=instantiate(cfg.optim.optimizer),
-        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
-    )
+def build_module(cfg: DictConfig, model: Backbone) -> Classifier | LanguageModel:
+    """The LightningModule of the run's task (``dataset.shape.task``)."""
+    optim = {
+        "optimizer": instantiate(cfg.optim.optimizer),
+        "scheduler": instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        # A config saved before the key existed trained with weight decay on every parameter.
+        "decay_matrices_only": cfg.optim.get("decay_matrices_only", False),
+    }
+    if model.shape.is_lm:
+        return LanguageModel(model, **optim)
+    return Classifier(model, num_classes=model.shape.num_classes, **optim)
 
 
 def instantiate_each(group: DictConfig | None, key: str) -> list[Any]:
@@ -156,11 +161,11 @@ def train(
         fit_metrics = _float_metrics(trainer.callback_metrics)  # test() replaces them
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         # Without a best checkpoint (fast_dev_run, no validation) test the weights in memory.
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        test_metrics = _test(trainer, module, datamodule, best or None)
 
         results.update(
             status=COMPLETED,
-            metrics={**fit_metrics, **_float_metrics(trainer.callback_metrics)},
+            metrics={**fit_metrics, **test_metrics},
             throughput=stats.throughput,
             peak_memory_mb=stats.peak_memory_mb(),
             wall_time_s=time.perf_counter() - start,
@@ -170,9 +175,8 @@ def train(
             logger.log_metrics(cost_metrics(results))
         # Looking inside: what the attention does on a few test samples; figures also go to W&B.
         if trainer.is_global_zero:
-            figures = save_model_figures(
-                model, datamodule.load()["test"][0], run_dir / "figures", cfg.get("figures", 4)
-            )
+            n = cfg.get("figures", 4)
+            figures = save_model_figures(model, datamodule.example_batch(n), run_dir / "figures", n)
             publish_to_wandb(loggers, results, figures)
     except BaseException as e:
         results.update(
@@ -184,6 +188,21 @@ def train(
         _finish_wandb()
     record(run_dir, results)
     return results
+
+
+def _test(
+    trainer: L.Trainer, module: Classifier | LanguageModel, datamodule: Any, ckpt: str | None
+) -> dict[str, float]:
+    """Test metrics of ``ckpt`` (None: the weights in memory). A language model also gets
+    ``heldout/loss``: that checkpoint validated once more, and its val and test losses combined
+    by their token counts (``attnexp.lm.heldout_loss``)."""
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    metrics = _float_metrics(trainer.callback_metrics)  # test() replaced fit's metrics
+    if isinstance(module, LanguageModel):
+        trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        losses = {"val": float(trainer.callback_metrics["val/loss"]), "test": metrics["test/loss"]}
+        metrics["heldout/loss"] = heldout_loss(losses, module.scored_tokens)
+    return metrics
 
 
 def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, float]:

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from attnexp.data.shape import LM
+
 RESULTS_FILE = "results.json"
 
 # Status values a results file may carry.
@@ -164,10 +166,32 @@ def classification(num_classes: int | None = None) -> Task:
     )
 
 
+def language_modelling() -> Task:
+    """Next-token prediction (``attnexp.lm``): the loss in nats per token, bits per token, the
+    perplexity and the accuracy per stage; the best validation loss so far (the LM sweep
+    objective); and ``heldout/loss``, the tested checkpoint's loss over val and test together
+    (``attnexp.lm.heldout_loss``: nanoGPT reports its "val loss" over that whole held-out part)."""
+    return Task(
+        "language_modelling",
+        (
+            Metric("loss", MIN, "loss (nats/token)", stages=("train", "val", "test")),
+            Metric("bpc", MIN, "bits/token"),
+            Metric("ppl", MIN, "perplexity"),
+            Metric("acc", MAX, "next-token acc", percent=True),
+            Metric("loss_epoch", MIN, "epoch mean loss", stages=("train",)),
+            Metric("loss_best", MIN, "best loss", stages=("val",)),
+            Metric("loss", MIN, "held-out loss (val + test)", stages=("heldout",)),
+        ),
+    )
+
+
 def task_of(cfg: Any) -> Task:
-    """The task a run of ``cfg`` trains: every dataset is classification today. Reads the config
-    unchecked (a refused run's record names its task too)."""
-    num_classes = (cfg.dataset.get("shape") or {}).get("num_classes")
+    """The task a run of ``cfg`` trains, by ``dataset.shape.task`` (``attnexp.data.shape``).
+    Reads the config unchecked (a refused run's record names its task too)."""
+    shape = cfg.dataset.get("shape") or {}
+    if shape.get("task") == LM:
+        return language_modelling()
+    num_classes = shape.get("num_classes")
     return classification(num_classes if isinstance(num_classes, int) else None)
 
 

@@ -47,6 +47,13 @@ def validate(cfg: DictConfig) -> None:
                         f"{key} must be odd (same padding keeps the grid), got {value!r}"
                     )
     _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
+    _check_positive("trainer.max_steps", cfg.trainer.get("max_steps"), allow_minus_one=True)
+    if cfg.trainer.get("max_epochs") == -1 and cfg.trainer.get("max_steps") in (None, -1):
+        # Training by steps (the LM experiments) ends at max_steps; without it, never.
+        raise ValueError(
+            "trainer.max_epochs=-1 trains until trainer.max_steps: set trainer.max_steps to a "
+            "positive integer (or trainer.max_epochs)"
+        )
     _check_compile(cfg)
     _check_shape(cfg)
     _check_objective(cfg)  # after the shape: the task depends on it
@@ -114,9 +121,11 @@ def _check_objective(cfg: DictConfig) -> None:
     objective = cfg.get("objective")
     direction = task.direction_of(str(objective))
     if direction is None:
+        best = next((k for k in task.keys() if k.endswith("_best")), None)
+        hint = f"; e.g. objective={best} objective_mode={task.direction_of(best)}" if best else ""
         raise ValueError(
             f"objective must be a metric the {task.name} task logs ({', '.join(task.keys())}), "
-            f"got {objective!r}"
+            f"got {objective!r}{hint}"
         )
     if direction != mode:
         raise ValueError(

@@ -35,9 +35,12 @@ EXPECTED_JOBS = {
     "ablation_mnist1d": 6 * 2 * 3,
     "design_space": 5 * 3 * 3,
     "design_space_mqar": 5 * 3 * 3,
+    "lm_ablation": 7 * 2 * 3,
     "mqar_length": 6 * 3 * 3,
     "mqar_recall": 1,
     "muse_kernels": 5 * 2 * 3,
+    "shakespeare_char": 1,
+    "shakespeare_char_cpu": 1,
 }
 
 
