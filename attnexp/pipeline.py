@@ -23,6 +23,7 @@ from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.classifier import Classifier
 from attnexp.config import as_plain
 from attnexp.data.datamodule import ArrayDataModule
+from attnexp.generate import record_samples
 from attnexp.lm import LanguageModel, heldout_loss
 from attnexp.models import build_model
 from attnexp.models.common import Backbone
@@ -178,6 +179,8 @@ def train(
             n = cfg.get("figures", 4)
             figures = save_model_figures(model, datamodule.example_batch(n), run_dir / "figures", n)
             publish_to_wandb(loggers, results, figures)
+            if model.shape.is_lm:  # what the tested model writes: samples.txt and a W&B table
+                record_samples(model, datamodule.vocab, run_dir, cfg.seed, loggers)
     except BaseException as e:
         results.update(
             status=FAILED, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - start

@@ -365,6 +365,9 @@ def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_
     groups = last["optimizer_states"][0]["param_groups"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-4])
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    # The tested model writes its samples (3 by default, each followed by a line of dashes).
+    samples = (tmp_path / "run" / "samples.txt").read_text()
+    assert samples.count("-" * 40) == 3 and len(samples) > 3 * 41
 
 
 def test_an_lm_run_with_pool_fails_before_training_naming_causal(tmp_path, text_file, data_dir):
