@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from attnexp.results import check_direction, read_results
+from attnexp.results import check_direction, default_objective, read_results
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -41,6 +41,10 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("join", lambda xs, sep="_": sep.join(map(str, xs)))
     if not OmegaConf.has_resolver("run_group"):
         OmegaConf.register_new_resolver("run_group", run_group)
+    if not OmegaConf.has_resolver("task_objective"):  # ${task_objective:lm} -> val/loss_best
+        OmegaConf.register_new_resolver("task_objective", lambda t: default_objective(t)[0])
+    if not OmegaConf.has_resolver("task_objective_mode"):  # ${task_objective_mode:lm} -> min
+        OmegaConf.register_new_resolver("task_objective_mode", lambda t: default_objective(t)[1])
     if not OmegaConf.has_resolver("optuna_direction"):
         OmegaConf.register_new_resolver("optuna_direction", optuna_direction)
 

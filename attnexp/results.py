@@ -114,6 +114,7 @@ class Task:
 
     name: str
     metrics: tuple[Metric, ...]
+    objective: str | None = None  # the key a sweep optimises by default (its direction declared)
 
     def keys(self) -> tuple[str, ...]:
         """Every metric key a run of this task logs."""
@@ -133,14 +134,15 @@ class Task:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-native (lists, not tuples): the record ``train`` returns equals the file's."""
-        return {"name": self.name,
+        return {"name": self.name, "objective": self.objective,
                 "metrics": [{**asdict(m), "stages": list(m.stages)} for m in self.metrics]}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> Task:
         if not isinstance(data, dict) or not isinstance(data.get("metrics"), list):
             raise ValueError(f"'task' must be an object with a 'metrics' list, got {data!r}")
-        task = cls(str(data.get("name")), tuple(Metric(**m) for m in data["metrics"]))
+        metrics = tuple(Metric(**m) for m in data["metrics"])
+        task = cls(str(data.get("name")), metrics, data.get("objective"))
         if not task.test_metrics:
             raise ValueError(f"task {task.name!r} declares no metric with a test stage")
         return task
@@ -163,6 +165,7 @@ def classification(num_classes: int | None = None) -> Task:
             Metric("loss_epoch", MIN, "epoch mean loss", stages=("train",)),
             Metric("acc_best", MAX, "best acc", percent=True, stages=("val",)),
         ),
+        objective="val/acc_best",
     )
 
 
@@ -182,7 +185,15 @@ def language_modelling() -> Task:
             Metric("loss_best", MIN, "best loss", stages=("val",)),
             Metric("loss", MIN, "held-out loss (val + test)", stages=("heldout",)),
         ),
+        objective="val/loss_best",
     )
+
+
+def default_objective(shape_task: str) -> tuple[str, str]:
+    """``(objective, objective_mode)`` a run of a ``dataset.shape.task`` optimises unless the
+    config names another: ``val/acc_best, max`` for classification, ``val/loss_best, min`` for lm."""
+    task = language_modelling() if shape_task == LM else classification()
+    return task.objective, task.direction_of(task.objective)
 
 
 def task_of(cfg: Any) -> Task:

@@ -265,9 +265,13 @@ def test_task_of_follows_dataset_shape_task():
     assert task_of(compose_cfg(["dataset=mqar"])).name == "classification"
 
 
-def test_an_lm_run_with_a_classification_objective_is_refused_before_training():
+def test_the_default_objective_is_the_tasks_own_and_a_wrong_one_is_refused():
+    lm = compose_cfg(LM_SHAPE)
+    assert (lm.objective, lm.objective_mode) == ("val/loss_best", "min")
+    classification = compose_cfg([])
+    assert (classification.objective, classification.objective_mode) == ("val/acc_best", "max")
     with pytest.raises(ValueError, match="objective must be a metric the language_modelling task") as e:
-        validate(compose_cfg(LM_SHAPE))  # the default objective is val/acc_best
+        validate(compose_cfg([*LM_SHAPE, "objective=val/acc_best", "objective_mode=max"]))
     assert str(e.value).endswith("got 'val/acc_best'; e.g. objective=val/loss_best objective_mode=min")
     with pytest.raises(ValueError, match="set objective_mode=min"):
         validate(compose_cfg([*LM_SHAPE, "objective=val/loss_best", "objective_mode=max"]))
