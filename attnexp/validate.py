@@ -11,6 +11,7 @@ what needs the data: a batch larger than the training split, an unreadable cache
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,7 +144,24 @@ def _check_model(cfg: DictConfig) -> None:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
         choices = cfg.get("choices") or {}
         where = f"attention={choices.get('attention')}, backbone={choices.get('backbone')}"
-        raise ValueError(f"bad model config ({where}): {cause}") from e
+        raise ValueError(f"bad model config ({where}): {_unknown_key(cfg, cause) or cause}") from e
+
+
+def _unknown_key(cfg: DictConfig, cause: BaseException) -> str | None:
+    """A constructor's "unexpected keyword argument 'k'" said as the config key that set it."""
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
+    if not isinstance(cause, TypeError) or match is None:
+        return None
+    key = match.group(1)
+    for group in ("backbone", "attention"):
+        if key in (cfg.get(group) or {}):
+            choice = (cfg.get("choices") or {}).get(group)
+            return (
+                f"{group}.{key} is not a setting of {group}={choice} (an experiment or override set "
+                f"it for another {group}; LM experiments pick the backbone with lm_backbone=<name>, "
+                "which sets each backbone's own keys)"
+            )
+    return None
 
 
 def _check_data(cfg: DictConfig) -> None:

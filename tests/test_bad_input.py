@@ -231,3 +231,12 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file_intact(tmp
         io.save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(3)}, "f": lambda: 0}, path)
     assert io.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temp file left behind
+
+
+def test_a_key_the_chosen_backbone_does_not_take_is_named(tmp_path):
+    from attnexp.config import compose_train_config
+    from attnexp.validate import validate
+
+    cfg = compose_train_config(["backbone=cnn", "+backbone.mlp_ratio=4.0"], tmp_path)
+    with pytest.raises(ValueError, match=r"backbone.mlp_ratio is not a setting of backbone=cnn"):
+        validate(cfg)
