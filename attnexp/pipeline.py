@@ -179,8 +179,10 @@ def train(
             n = cfg.get("figures", 4)
             figures = save_model_figures(model, datamodule.example_batch(n), run_dir / "figures", n)
             publish_to_wandb(loggers, results, figures)
-            if model.shape.is_lm:  # what the tested model writes: samples.txt and a W&B table
-                record_samples(model, datamodule.vocab, run_dir, cfg.seed, loggers)
+            # What a text model writes: samples.txt and a W&B table (MQAR's ids spell nothing).
+            vocab = getattr(datamodule, "vocab", None)
+            if model.shape.is_lm and vocab is not None:
+                record_samples(model, vocab, run_dir, cfg.seed, loggers)
     except BaseException as e:
         results.update(
             status=FAILED, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - start

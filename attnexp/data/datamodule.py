@@ -6,13 +6,14 @@ Every dataset here fits in memory, so per-sample ``__getitem__`` + collate would
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 
-from attnexp.data.shape import DataShape
+from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.splits import Splits, carve_validation
 from attnexp.seeding import derive_seed
 
@@ -106,8 +107,17 @@ class ArrayDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         split_seed: int = 0,
         shuffle_seed: int = 0,
+        **source_args: Any,
     ) -> None:
         super().__init__()
+        # A dataset yaml may lift its source's main arguments to its top level (``dataset.seq_len``
+        # read as ``source.seq_len: ${dataset.seq_len}``); anything else there is a mistake.
+        unknown = sorted(set(source_args) - set(getattr(source, "keywords", {})))
+        if unknown:
+            raise ValueError(
+                f"dataset.{unknown[0]} is neither an argument of the data module nor one of "
+                f"dataset.source's ({', '.join(sorted(getattr(source, 'keywords', {})))})"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
         if not 0.0 < val_fraction < 1.0:
@@ -178,9 +188,18 @@ class ArrayDataModule(L.LightningDataModule):
                 f"{split} inputs have per-sample shape {tuple(x.shape[1:])}, but "
                 f"dataset.shape.{declared} declare {shape.sample_shape}"
             )
-        if len(y) and (y.min() < 0 or y.max() >= shape.num_classes):
+        # A language model's labels are per position (the next token, or IGNORE_INDEX: unscored).
+        labels_shape = shape.grid if shape.is_lm else ()
+        if tuple(y.shape[1:]) != labels_shape:
             raise ValueError(
-                f"{split} labels fall outside dataset.shape.num_classes={shape.num_classes}"
+                f"{split} labels have per-sample shape {tuple(y.shape[1:])}, but "
+                f"dataset.shape.task={shape.task} needs {labels_shape}"
+            )
+        scored = y[y != IGNORE_INDEX] if shape.is_lm else y
+        if len(scored) and (scored.min() < 0 or scored.max() >= shape.num_classes):
+            allowed = f" (or {IGNORE_INDEX}, unscored)" if shape.is_lm else ""
+            raise ValueError(
+                f"{split} labels fall outside dataset.shape.num_classes={shape.num_classes}{allowed}"
             )
         if shape.is_tokens and (x.min() < 0 or x.max() >= shape.vocab_size):
             raise ValueError(

@@ -6,14 +6,12 @@ cached in the data dir under a name derived from the generator's arguments.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnexp.data.cache import cached_arrays
 from attnexp.data.splits import Splits
 
 
@@ -24,22 +22,8 @@ def load_mnist1d(data_dir: str, num_samples: int = 5000, seed: int = 42) -> Spli
     args = get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
     key = {k: v for k, v in vars(args).items() if k != "url"}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(data_dir) / f"mnist1d-{digest}.npz"
-    if not path.exists():
-        data = _generate(args)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **data)
-        tmp.replace(path)  # atomic: two runs generating at once never read a half-written file
-    try:
-        with np.load(path) as f:  # allow_pickle stays False: loading runs no code
-            return (f["x"][..., None], f["y"], f["x_test"][..., None], f["y_test"])
-    except Exception as e:
-        raise ValueError(
-            f"cached dataset file {path} is unreadable ({type(e).__name__}: {e}); delete it and "
-            "the next run regenerates it"
-        ) from e
+    f = cached_arrays(data_dir, "mnist1d", key, lambda: _generate(args))
+    return (f["x"][..., None], f["y"], f["x_test"][..., None], f["y_test"])
 
 
 def _generate(args) -> dict[str, np.ndarray]:
