@@ -21,7 +21,14 @@ from attnexp.attention.muse import MUSE
 from attnexp.attention.se import SqueezeExcite
 from attnexp.bench import references as refs
 from attnexp.bench import suite
-from attnexp.bench.measure import median_times, peak_memory_bytes, plain_loop_throughput
+from attnexp.bench.measure import (
+    median_times,
+    next_token_loss,
+    peak_memory_bytes,
+    plain_loop_throughput,
+    random_windows,
+    shuffled_batches,
+)
 from attnexp.bench.suite import main, mixers, numeric_check, randomise_constants
 from attnexp.bench.tables import evaluate_targets
 from tests.conftest import SUBPROCESS_ENV
@@ -64,6 +71,25 @@ def test_smoke_run_passes_and_covers_every_variant(smoke):
     assert overhead["choices"]["attention"] == "mha" and overhead["loggers"] == ["csv"]
     mfu = results["mfu"]  # on CPU: the arithmetic runs, no utilisation figure
     assert mfu["flops_per_step"] > 0 and mfu["achieved_tflop_per_s"] > 0 and mfu["mfu"] is None
+
+
+def test_smoke_run_measures_the_language_model(smoke):
+    _, results, _ = smoke
+    lm = results["lm_overhead"]
+    assert lm["task"] == "lm" and lm["unit"] == "steps" and lm["text"] == "synthetic"
+    assert lm["choices"]["experiment"] == "shakespeare_char_cpu" and lm["context_len"] == 16
+    for side in ("framework", "plain"):
+        (windows,), (tokens,) = lm[f"{side}_samples_per_s"], lm[f"{side}_tokens_per_s"]
+        assert windows > 0 and tokens == pytest.approx(16 * windows)
+    causal = {(r["backbone"], r["variant"]): r for r in results["causal"]}
+    assert set(causal) == {(b, v) for b in ("transformer", "cnn") for v in available()}
+    for (backbone, variant), row in causal.items():
+        if variant == "pool":  # refused with its message, never timed
+            assert row["ms"] is None and "causal" in row["refused"] and row["met"] is None
+            continue
+        mha = causal[backbone, "mha"]["ms"]
+        assert row["ms"] > 0 and row["over_baseline"] == pytest.approx(row["ms"] / mha)
+        assert row["met"] == (row["over_baseline"] <= 2.0)
 
 
 def test_smoke_run_checks_every_reference_numerically(smoke):
@@ -220,9 +246,7 @@ def test_plain_loop_trains_and_counts_samples():
 
     result = plain_loop_throughput(
         factory,
-        inputs,
-        targets,
-        batch_size=32,
+        shuffled_batches(inputs, targets, 32),
         steps=30,
         warmup_steps=2,
         optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.5),
@@ -233,13 +257,56 @@ def test_plain_loop_trains_and_counts_samples():
     assert result["last_loss"] < 0.5 * result["first_loss"]
 
 
-def test_plain_loop_refuses_bad_arguments():
+def test_plain_batches_refuse_bad_arguments():
     x, y = torch.randn(8, 2), torch.zeros(8, dtype=torch.long)
-    kwargs = {"optimizer_factory": lambda p: torch.optim.SGD(p, lr=0.1), "steps": 1}
     with pytest.raises(ValueError, match="batch_size"):
-        plain_loop_throughput(Counting, x, y, batch_size=9, **kwargs)
+        shuffled_batches(x, y, batch_size=9)
     with pytest.raises(ValueError, match="differ in length"):
-        plain_loop_throughput(Counting, x, y[:4], batch_size=2, **kwargs)
+        shuffled_batches(x, y[:4], batch_size=2)
+    with pytest.raises(ValueError, match="context_len must be in \\[1, 7\\]"):
+        random_windows(torch.arange(8), context_len=8, batch_size=2)
+
+
+def test_random_windows_are_the_stream_and_its_next_tokens():
+    tokens = torch.arange(100) * 3  # token t is 3t: a window's position is readable
+    x, y = next(random_windows(tokens, context_len=5, batch_size=4, seed=1))
+    assert x.shape == y.shape == (4, 5)
+    assert (y == x + 3).all()  # the next token at every position
+    assert (x[:, 1:] - x[:, :-1] == 3).all() and (y[:, -1] <= 99 * 3).all()
+    again = next(random_windows(tokens, context_len=5, batch_size=4, seed=1))[0]
+    assert torch.equal(x, again)  # a pure function of the seed
+
+
+def test_plain_loop_clips_gradients_and_trains_a_language_model():
+    """A bigram model learns a deterministic stream (token t+1 = token t + 1 mod 5); with
+    clipping at a tiny norm and a huge lr every step moves the weights by at most lr x norm."""
+    tokens = torch.arange(500) % 5
+    models = []
+
+    def factory():
+        models.append(nn.Embedding(5, 5))
+        return models[-1]
+
+    result = plain_loop_throughput(
+        factory,
+        random_windows(tokens, context_len=8, batch_size=4),
+        steps=60,
+        warmup_steps=0,
+        loss_fn=next_token_loss,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=1.0),
+    )
+    assert result["batch_size"] == 4 and result["last_loss"] < 0.2 * result["first_loss"]
+    before = models[0].weight.detach().clone()
+    plain_loop_throughput(
+        lambda: models[0],
+        random_windows(tokens, context_len=8, batch_size=4),
+        steps=1,
+        warmup_steps=0,
+        loss_fn=next_token_loss,
+        clip_grad_norm=1e-3,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=100.0),
+    )
+    assert (models[0].weight.detach() - before).norm() == pytest.approx(0.1, rel=1e-3)
 
 
 def test_targets_are_read_at_n256_dim128():
@@ -359,7 +426,7 @@ def test_overhead_rounds_alternate_order_and_ratio_is_the_median(monkeypatch, da
 
     monkeypatch.setattr(overhead, "framework_round", fake("framework"))
     monkeypatch.setattr(overhead, "plain_round", fake("plain"))
-    result = overhead.measure_overhead([f"paths.data_dir={data_dir}"], epochs=1, rounds=3)
+    result = overhead.measure_overhead([f"paths.data_dir={data_dir}"], length=1, rounds=3)
     assert calls == ["framework", "plain", "plain", "framework", "framework", "plain"]
     # Per round framework / plain: 100/50, 45/90, 80/100 -> median 0.8.
     assert result["framework_samples_per_s"] == [100.0, 45.0, 80.0]
@@ -367,6 +434,67 @@ def test_overhead_rounds_alternate_order_and_ratio_is_the_median(monkeypatch, da
     assert result["ratio"] == pytest.approx(0.8) and result["met"] is False
     with pytest.raises(ValueError, match="rounds"):
         overhead.measure_overhead(rounds=0)
+
+
+def test_lm_overhead_reports_tokens_per_s_as_windows_times_context(monkeypatch, tmp_path):
+    from attnexp.bench import overhead
+    from attnexp.bench.tables import section_report
+
+    speeds = iter([10.0, 20.0, 30.0, 24.0])  # windows/s in call order: F P P F
+    composed = []
+
+    def framework(overrides, work_dir):
+        composed.append(list(overrides))
+        return {"samples_per_s": next(speeds)}
+
+    monkeypatch.setattr(overhead, "framework_round", framework)
+    monkeypatch.setattr(overhead, "plain_round", lambda cfg: {"samples_per_s": next(speeds)})
+    text = overhead.synthetic_text(tmp_path / "t.txt", chars=3000)
+    overrides = overhead.text_overrides(
+        text, ["experiment=shakespeare_char_cpu", f"paths.data_dir={tmp_path}"]
+    )
+    assert overrides[-1] == "dataset.shape.vocab_size=28"  # a-z, space and newline
+    result = overhead.measure_overhead(
+        [*overrides, "dataset.context_len=32"], length=7, rounds=2, work_dir=tmp_path
+    )
+    assert result["task"] == "lm" and (result["length"], result["unit"]) == (7, "steps")
+    assert "trainer.max_steps=7" in composed[0] and "dataset.steps_per_epoch=7" in composed[0]
+    assert result["framework_samples_per_s"] == [10.0, 24.0]
+    assert result["framework_tokens_per_s"] == [320.0, 768.0]  # x context 32
+    assert result["plain_tokens_per_s"] == [640.0, 960.0]
+    assert result["ratio"] == pytest.approx((10 / 20 + 24 / 30) / 2) and not result["met"]
+    report = section_report("lm_overhead", result)
+    assert "| 2 | 24 | 30 | 768 | 960 | 0.8 |" in report and "7 steps" in report
+
+
+def test_the_lm_plain_loop_steps_as_the_framework_counts(tmp_path):
+    """The plain side times the steps RunStats times: all but the first, whole windows."""
+    from attnexp.bench.overhead import counted_samples, fit_steps, length_overrides
+    from attnexp.config import compose_train_config
+
+    cfg = compose_train_config(
+        ["experiment=shakespeare_char_cpu", *length_overrides("lm", 30)], tmp_path
+    )
+    assert fit_steps(cfg, 10**6) == 30 and counted_samples(cfg, 10**6) == 29 * 12
+    cls = compose_train_config(length_overrides("classification", 2), tmp_path)
+    assert fit_steps(cls, 100) == 2 * -(-100 // cls.dataset.batch_size)
+
+
+def test_causal_rows_are_relative_to_mha_and_pool_is_refused():
+    from attnexp.bench.model_step import bench_causal
+
+    rows = bench_causal(
+        ["pool", "mha", "none"], ["transformer"], context_len=8, warmup=0, repeats=1,
+        device=torch.device("cpu"), overrides=["backbone.dim=16", "backbone.depth=1"],
+    )  # fmt: skip
+    found = {r["variant"]: r for r in rows}
+    assert found["mha"]["over_baseline"] == 1.0 and found["mha"]["met"]
+    assert found["none"]["over_baseline"] == pytest.approx(found["none"]["ms"] / found["mha"]["ms"])
+    assert found["pool"]["ms"] is None and "causal" in found["pool"]["refused"]
+    assert rows[0]["batch"] == 12 and rows[0]["context_len"] == 8  # the CPU experiment's batch
+    with pytest.raises(ValueError, match="relative to mha"):
+        bench_causal(["none"], ["cnn"], context_len=8, warmup=0, repeats=1,
+                     device=torch.device("cpu"))  # fmt: skip
 
 
 def test_the_ablation_takes_its_lists_from_the_experiment_config(tmp_path):

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
+
+from attnexp.data.shape import CLASSIFICATION, IGNORE_INDEX, LM
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,67 +82,121 @@ def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
-def plain_loop_throughput(
-    model_factory: Callable[[], nn.Module],
-    inputs: Tensor,
-    targets: Tensor,
-    *,
-    batch_size: int,
-    optimizer_factory: Callable[..., torch.optim.Optimizer],
-    steps: int,
-    warmup_steps: int = 2,
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
-    seed: int = 0,
-    scheduler_factory: Callable[[torch.optim.Optimizer], object] | None = None,
-) -> dict[str, float]:
-    """Training samples/s of a plain PyTorch loop: shuffled mini-batches of ``batch_size`` from
-    ``inputs``/``targets`` (incomplete last batch dropped, reshuffled every epoch), forward, loss,
-    backward, optimizer step (and ``scheduler_factory(optimizer)``'s step, when given). The first
-    ``warmup_steps`` are not timed. This is the baseline the
-    framework-overhead ratio divides by: the same model, data, batch size and optimizer."""
+def next_token_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """A language model's loss as a hand-written loop computes it (``attnexp.lm.lm_loss``, which
+    lives beside Lightning): mean cross-entropy over the scored positions of ``(B, L, V)``."""
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    CLASSIFICATION: F.cross_entropy,
+    LM: next_token_loss,
+}  # the training loss of each task (``dataset.shape.task``)
+
+
+def config_task(cfg: Any) -> str:
+    """The task a config trains: ``dataset.shape.task`` (classification where unset)."""
+    return cfg.dataset.shape.get("task", CLASSIFICATION)
+
+
+def shuffled_batches(
+    inputs: Tensor, targets: Tensor, batch_size: int, seed: int = 0
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless mini-batches of ``batch_size`` from ``inputs``/``targets``, reshuffled every
+    epoch, the incomplete last batch dropped: a plain classification loop."""
     if len(inputs) != len(targets):
         raise ValueError(f"inputs and targets differ in length: {len(inputs)} vs {len(targets)}")
     if not 1 <= batch_size <= len(inputs):
         raise ValueError(
             f"batch_size must be in [1, {len(inputs)}] (the data size), got {batch_size}"
         )
-    if steps < 1 or warmup_steps < 0:
-        raise ValueError(f"need steps >= 1 and warmup_steps >= 0, got {steps}, {warmup_steps}")
-    torch.manual_seed(seed)
-    model = model_factory().to(inputs.device).train()
-    optimizer = optimizer_factory(model.parameters())
-    scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
     generator = torch.Generator().manual_seed(seed)
     per_epoch = len(inputs) // batch_size
 
-    def batches():
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
         while True:
             order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
             for i in range(per_epoch):
                 index = order[i * batch_size : (i + 1) * batch_size]
                 yield inputs[index], targets[index]
 
-    losses: list[float] = []
-    stream = batches()
+    return batches()
+
+
+def random_windows(
+    tokens: Tensor, context_len: int, batch_size: int, seed: int = 0
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless batches of ``batch_size`` windows at uniform random starts of the 1-D ``tokens``:
+    ``x`` ``context_len`` tokens, ``y`` the same shifted by one (nanoGPT's ``get_batch``)."""
+    if not 1 <= context_len < len(tokens):
+        raise ValueError(
+            f"context_len must be in [1, {len(tokens) - 1}] (a window and its next token fit the "
+            f"{len(tokens)} tokens), got {context_len}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(context_len + 1, device=tokens.device)
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        while True:
+            starts = torch.randint(len(tokens) - context_len, (batch_size,), generator=generator)
+            windows = tokens[starts.to(tokens.device)[:, None] + offsets]
+            yield windows[:, :-1], windows[:, 1:]
+
+    return batches()
+
+
+def plain_loop_throughput(
+    model_factory: Callable[[], nn.Module],
+    batches: Iterator[tuple[Tensor, Tensor]],
+    *,
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    steps: int,
+    warmup_steps: int = 2,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    seed: int = 0,
+    scheduler_factory: Callable[[torch.optim.Optimizer], object] | None = None,
+    clip_grad_norm: float | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Training samples/s of a plain PyTorch loop over ``batches`` (``shuffled_batches``,
+    ``random_windows``): forward, loss, backward, gradient-norm clipping (when given), optimizer
+    step (and ``scheduler_factory(optimizer)``'s step, when given). A sample is one row of a
+    batch (a window, for a language model). The first ``warmup_steps`` are not timed. This is the
+    baseline the framework-overhead ratio divides by: the same model, data, batch size and
+    optimizer."""
+    if steps < 1 or warmup_steps < 0:
+        raise ValueError(f"need steps >= 1 and warmup_steps >= 0, got {steps}, {warmup_steps}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = model_factory().to(device).train()
+    optimizer = optimizer_factory(model.parameters())
+    scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
+    losses: list[Tensor] = []
+    samples = 0
     for i in range(warmup_steps + steps):
         if i == warmup_steps:
-            synchronize(inputs.device)
+            synchronize(device)
             start = time.perf_counter()
-        x, y = next(stream)
+        x, y = next(batches)
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         losses.append(loss.detach())
-    synchronize(inputs.device)
+        samples += len(x) if i >= warmup_steps else 0
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {
-        "samples_per_s": steps * batch_size / seconds,
+        "samples_per_s": samples / seconds,
         "seconds": seconds,
         "steps": steps,
-        "batch_size": batch_size,
+        "batch_size": samples // steps,
         "first_loss": float(losses[0]),
         "last_loss": float(losses[-1]),
     }

@@ -1,8 +1,10 @@
-"""A real training step of a composed model: the MQAR scaling curve and model FLOP utilisation.
+"""A real training step of a composed model: the MQAR scaling curve, model FLOP utilisation and
+the causal variants' step time in the language models.
 
-Both build what ``train.py`` builds (``attention=<name> backbone=transformer dataset=mqar``,
-composed with Hydra) and time one optimizer step (forward, loss, backward, AdamW) on a batch
-from the real MQAR generator at the sequence length asked for.
+Each builds what ``train.py`` builds (``attention=<name> backbone=transformer dataset=mqar``, or
+``experiment=shakespeare_char_cpu attention=<name> lm_backbone=<backbone>``, composed with Hydra)
+and times one optimizer step (forward, the task's loss, backward, AdamW) on a batch from the real
+MQAR generator, or of random token windows, at the sequence length asked for.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnexp.bench.measure import median_times, peak_memory_bytes
+from attnexp.bench.measure import LOSSES, config_task, median_times, peak_memory_bytes
 from attnexp.config import compose_train_config
 from attnexp.data.mqar import make_mqar
 from attnexp.models import build_model  # not attnexp.pipeline: timing a model needs no Lightning
 from attnexp.models.common import AttentionSlot, Readout
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM, per NVIDIA's specification
+LM_EXPERIMENT = "shakespeare_char_cpu"  # the language model of the LM figures (nanoGPT's CPU one)
+CAUSAL_LIMIT = 2.0  # target: every causal variant's LM step within 2x mha's at context 256 on CPU
+CAUSAL_BASELINE = "mha"
 
 
 def mqar_config(attention: str, seq_len: int, overrides: Sequence[str] = ()) -> DictConfig:
@@ -41,6 +47,33 @@ def mqar_config(attention: str, seq_len: int, overrides: Sequence[str] = ()) -> 
     )
 
 
+def lm_config(
+    attention: str, backbone: str, context_len: int, overrides: Sequence[str] = ()
+) -> DictConfig:
+    """The ``LM_EXPERIMENT`` language model of ``attention`` on ``backbone`` (an
+    ``lm_backbone`` preset) at context length ``context_len``; needs no text file."""
+    return compose_train_config(
+        [
+            f"experiment={LM_EXPERIMENT}",
+            f"attention={attention}",
+            f"lm_backbone={backbone}",
+            f"dataset.context_len={context_len}",
+            "logger=none",
+            *overrides,
+        ],
+        Path("unused"),  # nothing is written
+    )
+
+
+def lm_batch(cfg: DictConfig, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``batch`` windows of uniform random tokens of ``cfg.dataset``'s context and vocabulary,
+    with their next tokens (the step time of a model does not depend on the text)."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    size = (batch, cfg.dataset.context_len + 1)
+    windows = torch.randint(cfg.dataset.shape.vocab_size, size, generator=generator).to(device)
+    return windows[:, :-1], windows[:, 1:]
+
+
 def mqar_batch(cfg: DictConfig, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """``batch`` sequences from the MQAR generator with ``cfg.dataset.source``'s sizes."""
     src = cfg.dataset.source
@@ -54,6 +87,7 @@ def optimizer_step(
     x: Tensor,
     y: Tensor,
     autocast_dtype: torch.dtype | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
 ) -> Callable[[], None]:
     """One training step: forward (under autocast when a dtype is given), loss, backward, step."""
     device_type = x.device.type
@@ -61,7 +95,7 @@ def optimizer_step(
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = F.cross_entropy(model(x), y)
+            loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
 
@@ -69,13 +103,20 @@ def optimizer_step(
 
 
 def build_step(
-    cfg: DictConfig, batch: int, device: torch.device, autocast_dtype: torch.dtype | None = None
+    cfg: DictConfig,
+    batch: int,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    make_batch: Callable[[DictConfig, int, torch.device], tuple[Tensor, Tensor]] = mqar_batch,
 ) -> tuple[nn.Module, Callable[[], None]]:
+    """The model of ``cfg`` and one optimizer step of it on ``make_batch(cfg, batch, device)``,
+    with the loss of the config's task."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device).train()
     optimizer = instantiate(cfg.optim.optimizer)(params=model.parameters())
-    x, y = mqar_batch(cfg, batch, device)
-    return model, optimizer_step(model, optimizer, x, y, autocast_dtype)
+    x, y = make_batch(cfg, batch, device)
+    loss = LOSSES[config_task(cfg)]
+    return model, optimizer_step(model, optimizer, x, y, autocast_dtype, loss)
 
 
 # --- scaling in sequence length --------------------------------------------------------------------
@@ -118,6 +159,57 @@ def bench_mqar_scaling(
             f"MQAR scaling N={n}: "
             + ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in seconds.items())
             + "".join(f"; {name} skipped" for name in variants if name not in steps)
+        )
+    return rows
+
+
+# --- causal variants in the language models -------------------------------------------------------
+
+
+def bench_causal(
+    variants: Sequence[str],
+    backbones: Sequence[str],
+    *,
+    context_len: int,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    overrides: Sequence[str] = (),
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[dict]:
+    """One training step of the ``LM_EXPERIMENT`` language model (its batch size and sizes, or
+    ``overrides``) with each variant on each backbone at ``context_len``, the variants of a
+    backbone timed interleaved, each against ``CAUSAL_BASELINE`` on the same backbone. A variant
+    that refuses ``causal`` gets a row with ``ms`` None and its message."""
+    rows = []
+    for backbone in backbones:
+        steps, refused, batch = {}, {}, None
+        for name in variants:
+            cfg = lm_config(name, backbone, context_len, overrides)
+            batch = cfg.dataset.batch_size
+            try:
+                steps[name] = build_step(cfg, batch, device, make_batch=lm_batch)[1]
+            except (ValueError, InstantiationException) as e:
+                why = str(e.__cause__ or e)  # Hydra wraps the module's own ValueError
+                if "causal" not in why:  # pool's refusal names causal; anything else is a bug
+                    raise
+                refused[name] = why
+        if CAUSAL_BASELINE not in steps:
+            raise ValueError(f"the causal step times are relative to {CAUSAL_BASELINE}: include it")
+        seconds = median_times(steps, warmup, repeats, device)
+        for name in variants:
+            row = {"variant": name, "backbone": backbone, "context_len": context_len,
+                   "batch": batch, "ms": None, "over_baseline": None, "limit": CAUSAL_LIMIT}  # fmt: skip
+            if name in refused:
+                row.update(met=None, refused=refused[name])
+            else:
+                ratio = seconds[name] / seconds[CAUSAL_BASELINE]
+                row.update(ms=1e3 * seconds[name], over_baseline=ratio,
+                           met=ratio <= CAUSAL_LIMIT, refused=None)  # fmt: skip
+            rows.append(row)
+        progress(
+            f"causal {backbone} N={context_len}: "
+            + ", ".join(f"{name} {1e3 * s:.1f} ms" for name, s in seconds.items())
         )
     return rows
 

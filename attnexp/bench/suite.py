@@ -1,10 +1,11 @@
 """The benchmark suite: every attention variant against the references a user would
 pick instead, the MQAR scaling curve of a real training step, the framework overhead of
-``train.py`` against a plain loop, and (on CUDA) model FLOP utilisation.
+``train.py`` against a plain loop (classification, and the language model in tokens/s), every
+causal variant's language-model step time against mha's, and (on CUDA) model FLOP utilisation.
 
 ``python scripts/benchmark.py [--smoke] [--out FILE]`` (or ``attnexp-bench``) prints Markdown
 tables and writes JSON plus a scaling plot beside it; ``--scaling``, ``--overhead``,
-``--mfu`` and ``--ablation-timing`` run one section alone. Conventions (also stored in the JSON):
+``--lm-overhead``, ``--causal``, ``--mfu`` and ``--ablation-timing`` run one section alone. Conventions (also stored in the JSON):
 time is the median of one forward + backward step; FLOP/s = 3 x the module's analytic forward
 FLOPs (``flops(grid)``, backward ~ 2 x forward) x batch / time, the same count for a module and its
 references; peak memory as in ``measure``.
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,8 +31,15 @@ from attnexp.attention import AttentionModule, Kind, available, create
 from attnexp.attention.variants import searchpath_override, variant_kind
 from attnexp.bench import ablation
 from attnexp.bench.measure import median_times, peak_memory_bytes, training_step
-from attnexp.bench.model_step import H100_BF16_PEAK, bench_mqar_scaling, measure_mfu
-from attnexp.bench.overhead import measure_overhead
+from attnexp.bench.model_step import (
+    CAUSAL_BASELINE,
+    H100_BF16_PEAK,
+    LM_EXPERIMENT,
+    bench_causal,
+    bench_mqar_scaling,
+    measure_mfu,
+)
+from attnexp.bench.overhead import measure_overhead, synthetic_text, text_overrides
 from attnexp.bench.references import Reference, references_for, timm_or_reason
 from attnexp.bench.tables import (
     evaluate_targets,
@@ -41,6 +50,7 @@ from attnexp.bench.tables import (
 from attnexp.terminal import quiet_dependencies
 
 OURS = "attnexp"
+TINY_LM = ["dataset.batch_size=4", "backbone.depth=1", "backbone.dim=32"]  # smoke sizes
 TOLERANCE = 1e-5  # atol and rtol of the numeric checks
 
 
@@ -51,6 +61,10 @@ class Settings:
     transformer backbone on MQAR at each of ``scaling_lengths``; a variant whose step exceeds
     ``step_budget_s`` is skipped at longer lengths. Overhead: ``train.py``'s default config plus
     ``overhead_overrides``, ``overhead_epochs`` epochs, ``overhead_rounds`` alternating rounds.
+    LM overhead: the same for ``experiment=shakespeare_char_cpu`` on the UTF-8 file ``text`` (None:
+    a small synthetic text) plus ``lm_overhead_overrides``, ``lm_overhead_steps`` steps per round.
+    Causal: one training step of that experiment's language model on each of ``causal_backbones``
+    at context ``causal_context_len`` (plus ``causal_overrides``), each variant against mha.
     MFU: a transformer + mha training step of ``mfu`` sizes. ``search_path``: extra config roots
     whose ``attention/<name>.yaml`` variants join the discovered ones."""
 
@@ -64,6 +78,12 @@ class Settings:
     overhead_overrides: list[str] = field(default_factory=list)
     overhead_epochs: int = 3
     overhead_rounds: int = 3
+    text: str | None = None
+    lm_overhead_overrides: list[str] = field(default_factory=list)
+    lm_overhead_steps: int = 200
+    causal_context_len: int = 256
+    causal_backbones: list[str] = field(default_factory=lambda: ["transformer", "cnn"])
+    causal_overrides: list[str] = field(default_factory=list)
     mfu: dict = field(
         default_factory=lambda: {"dim": 1024, "depth": 8, "heads": 16, "seq_len": 2048, "batch": 16}
     )
@@ -92,6 +112,11 @@ def smoke_settings() -> Settings:
         overhead_overrides=["dataset.source.num_samples=400", "dataset.batch_size=32"],
         overhead_epochs=1,
         overhead_rounds=1,
+        # The LM experiment shrunk: a synthetic text, context 16, 4 windows a batch, 4 steps.
+        lm_overhead_overrides=[*TINY_LM, "dataset.context_len=16"],
+        lm_overhead_steps=4,
+        causal_context_len=16,
+        causal_overrides=TINY_LM,
         mfu={"dim": 32, "depth": 1, "heads": 4, "seq_len": 64, "batch": 2},
         mfu_on_cpu=True,
     )
@@ -248,6 +273,8 @@ def run_suite(
         "scaling": scaling,
         "targets": evaluate_targets(modules),
         "overhead": run_overhead(settings),
+        "lm_overhead": run_lm_overhead(settings),
+        "causal": run_causal(settings, chosen, device),
         "mfu": run_mfu(settings, device, peak_flops)
         if device.type == "cuda" or settings.mfu_on_cpu
         else None,
@@ -271,6 +298,10 @@ def meta(settings: Settings, device: torch.device, **extra) -> dict:
             "scaling": "one optimizer step (forward, loss, backward, AdamW) of the transformer "
             "backbone on an MQAR batch of the given length",
             "overhead.ratio": "median over rounds of train.py samples/s / plain-loop samples/s",
+            "lm_overhead": "as overhead for the language model; a sample is a window, tokens/s "
+            "= windows/s x context_len",
+            "causal.over_baseline": "a variant's LM training step time / mha's on the same "
+            "backbone (timed interleaved); pool refuses causal",
             "mfu": "3 x (2 x dense params x tokens + attention flops()) x batch / step time / peak",
         },
     }
@@ -299,6 +330,39 @@ def run_overhead(settings: Settings) -> dict:
     return result
 
 
+def run_lm_overhead(settings: Settings, work_dir: Path | None = None) -> dict:
+    progress("LM framework overhead: train() and the plain loop, alternating ...")
+    with tempfile.TemporaryDirectory(prefix="lm-overhead-", dir=work_dir) as tmp:
+        text = settings.text or synthetic_text(Path(tmp) / "text.txt")
+        # A synthetic text's encoding is cached beside it, never in the project's data dir.
+        cache = [] if settings.text else [f"paths.data_dir={tmp}"]
+        overrides = text_overrides(
+            Path(text),
+            [f"experiment={LM_EXPERIMENT}", *cache, *settings.lm_overhead_overrides],
+        )
+        result = measure_overhead(
+            overrides, settings.lm_overhead_steps, settings.overhead_rounds, Path(tmp)
+        )
+    result["text"] = str(settings.text) if settings.text else "synthetic"
+    progress(f"LM framework overhead: ratio {result['ratio']:.3f}")
+    return result
+
+
+def run_causal(settings: Settings, variants: list[str], device: torch.device) -> list[dict]:
+    if CAUSAL_BASELINE not in variants:
+        variants = [CAUSAL_BASELINE, *variants]  # the ratios are to mha's step
+    return bench_causal(
+        variants,
+        settings.causal_backbones,
+        context_len=settings.causal_context_len,
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        device=device,
+        overrides=[*searchpath_override(settings.search_path), *settings.causal_overrides],
+        progress=progress,
+    )
+
+
 def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict:
     sizes = settings.mfu
     if sizes["dim"] % sizes["heads"]:
@@ -313,7 +377,7 @@ def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict
     )
 
 
-SECTIONS = ("scaling", "overhead", "mfu", "ablation_timing")
+SECTIONS = ("scaling", "overhead", "lm_overhead", "causal", "mfu", "ablation_timing")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,6 +415,17 @@ def main(argv: list[str] | None = None) -> int:
         "--overhead", action="store_true", help="only the framework-overhead ratio"
     )
     section.add_argument(
+        "--lm-overhead",
+        action="store_true",
+        help="only the language model's framework-overhead ratio and tokens/s "
+        "(experiment=shakespeare_char_cpu on --text)",
+    )
+    section.add_argument(
+        "--causal",
+        action="store_true",
+        help="only every causal variant's LM training step time against mha's (context 256)",
+    )
+    section.add_argument(
         "--mfu", action="store_true", help="only model FLOP utilisation (the figure on CUDA only)"
     )
     section.add_argument(
@@ -363,10 +438,20 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra train.py override for --overhead and --ablation-timing (repeatable)",
+        help="extra train.py override for --overhead, --lm-overhead and --ablation-timing "
+        "(repeatable; the whole suite gives it to both overhead sections)",
     )
     parser.add_argument("--epochs", type=int, help="overhead: epochs per round (default 3)")
+    parser.add_argument(
+        "--steps", type=int, help="LM overhead: training steps per round (default 200; smoke 4)"
+    )
     parser.add_argument("--rounds", type=int, help="overhead: alternating rounds (default 3)")
+    parser.add_argument(
+        "--text",
+        type=Path,
+        help="LM overhead: the UTF-8 text to train on, e.g. tinyshakespeare's input.txt "
+        "(default: a small synthetic text)",
+    )
     parser.add_argument("--n-jobs", type=int, default=2, help="ablation: joblib jobs (default 2)")
     parser.add_argument(
         "--peak-tflops",
@@ -375,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         help="MFU: the device's peak TFLOP/s (default: H100 dense bf16, 989)",
     )
     args = parser.parse_args(argv)
-    for key in ("threads", "repeats", "epochs", "rounds", "n_jobs", "peak_tflops"):
+    for key in ("threads", "repeats", "epochs", "steps", "rounds", "n_jobs", "peak_tflops"):
         value = getattr(args, key)
         if value is not None and value <= 0:
             parser.error(f"--{key.replace('_', '-')} must be positive, got {value}")
@@ -388,8 +473,13 @@ def main(argv: list[str] | None = None) -> int:
         chosen_variants(settings)
     except ValueError as error:
         parser.error(str(error))
+    if args.text is not None and not args.text.is_file():
+        parser.error(f"--text {args.text}: no such file")
+    settings.text = str(args.text.resolve()) if args.text else None
     settings.overhead_overrides += args.override
+    settings.lm_overhead_overrides += args.override
     for key, field_name in (("repeats", "repeats"), ("epochs", "overhead_epochs"),
+                            ("steps", "lm_overhead_steps"),
                             ("rounds", "overhead_rounds")):  # fmt: skip
         if getattr(args, key) is not None:
             setattr(settings, field_name, getattr(args, key))
@@ -403,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
             result = run_scaling(settings, names, device)
         elif chosen == "overhead":
             result = run_overhead(settings)
+        elif chosen == "lm_overhead":
+            result = run_lm_overhead(settings)
+        elif chosen == "causal":
+            result = run_causal(settings, chosen_variants(settings), device)
         elif chosen == "mfu":
             if device.type != "cuda":  # the large sizes are for a GPU: check the arithmetic only
                 settings.mfu = smoke_settings().mfu

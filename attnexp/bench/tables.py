@@ -74,6 +74,8 @@ def markdown_report(results: dict) -> str:
         targets if results["targets"] else "(not measured in this run)",
         section_report("scaling", results["scaling"]),
         section_report("overhead", results["overhead"]),
+        section_report("lm_overhead", results["lm_overhead"]),
+        section_report("causal", results["causal"]),
     ]
     if results.get("mfu"):
         parts.append(section_report("mfu", results["mfu"]))
@@ -104,25 +106,10 @@ def section_report(name: str, result: dict) -> str:
             f"## Scaling on MQAR (one training step, transformer backbone{batch})\n\n"
             + scaling_table(result)
         )
-    if name == "overhead":
-        r = result
-        return (
-            f"## Framework overhead ({r['choices']['attention']} + {r['choices']['backbone']} + "
-            f"{r['choices']['dataset']}, batch {r['batch_size']}, {r['epochs']} epochs, loggers: "
-            f"{', '.join(r['loggers']) or 'none'}; callbacks: {', '.join(r['callbacks']) or 'none'})"
-            "\n\n"
-            + table(
-                ["round", "train.py samples/s", "plain loop samples/s", "ratio"],
-                [
-                    [i + 1, f, p, f / p]
-                    for i, (f, p) in enumerate(
-                        zip(r["framework_samples_per_s"], r["plain_samples_per_s"], strict=True)
-                    )
-                ],
-            )  # fmt: skip
-            + f"\n\nratio (median over rounds): {r['ratio']:.3f} (target ≥ {r['target']}: "
-            f"{'met' if r['met'] else 'NOT met'})"
-        )
+    if name in ("overhead", "lm_overhead"):
+        return overhead_report(result)
+    if name == "causal":
+        return causal_report(result)
     if name == "mfu":
         r, c = result, result["config"]
         mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
@@ -158,7 +145,56 @@ def section_report(name: str, result: dict) -> str:
             f"{r['target_s']} s: {'met' if r['met'] else 'NOT met'})"
             + (f"\n\n```\n{r['stderr_tail']}\n```" if r["stderr_tail"] else "")
         )
-    raise ValueError(f"unknown section {name!r}; one of scaling, overhead, mfu, ablation_timing")
+    raise ValueError(
+        f"unknown section {name!r}; one of scaling, overhead, lm_overhead, causal, mfu, "
+        "ablation_timing"
+    )
+
+
+def overhead_report(r: dict) -> str:
+    """Per round: train.py's and the plain loop's throughput (and tokens/s for a language model,
+    a sample being a window of ``context_len`` tokens) and their ratio."""
+    lm = "framework_tokens_per_s" in r
+    columns = [r["framework_samples_per_s"], r["plain_samples_per_s"]]
+    header = ["round", "train.py samples/s", "plain loop samples/s"]
+    if lm:
+        columns += [r["framework_tokens_per_s"], r["plain_tokens_per_s"]]
+        header = ["round", "train.py windows/s", "plain loop windows/s",
+                  "train.py tokens/s", "plain loop tokens/s"]  # fmt: skip
+    per_round = enumerate(zip(*columns, strict=True))
+    rows = [[i + 1, *values, values[0] / values[1]] for i, values in per_round]
+    c = r["choices"]
+    data = f"{c['dataset']}, context {r['context_len']}" if lm else c["dataset"]
+    return (
+        f"## Framework overhead ({c['attention']} + {c['backbone']} + {data}, batch "
+        f"{r['batch_size']}, {r['length']} {r['unit']}, loggers: {', '.join(r['loggers']) or 'none'};"
+        f" callbacks: {', '.join(r['callbacks']) or 'none'})\n\n"
+        + table([*header, "ratio"], rows)
+        + f"\n\nratio (median over rounds): {r['ratio']:.3f} (target ≥ {r['target']}: "
+        f"{'met' if r['met'] else 'NOT met'})"
+    )
+
+
+def causal_report(rows: list[dict]) -> str:
+    """One row per backbone and variant: step time, ratio to mha, target and status."""
+    if not rows:
+        return "## Causal variants in the language models\n\n(no variants)"
+    first = rows[0]
+    body = table(
+        ["backbone", "variant", "ms/step", "÷ mha", "target", "status"],
+        [
+            [r["backbone"], r["variant"], r["ms"], r["over_baseline"], f"≤ {r['limit']:g}",
+             "refused (causal)" if r["refused"] else "met" if r["met"] else "NOT met"]
+            for r in rows
+        ],
+    )  # fmt: skip
+    refusals = "".join(
+        f"\n\n{r['variant']} on {r['backbone']}: {r['refused']}" for r in rows if r["refused"]
+    )
+    return (
+        f"## Causal variants in the language models (one training step, context "
+        f"{first['context_len']}, batch {first['batch']})\n\n" + body + refusals
+    )
 
 
 def save_scaling_plot(rows: list[dict], path: Path) -> Path:
