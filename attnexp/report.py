@@ -91,6 +91,8 @@ class Row:
     n_failed: int
     stats: dict[str, Stat]  # each test metric of the task ("test/acc") over the seeds
     costs: dict[str, float]  # each cost field's mean
+    # Extra columns (attnexp.best_over): config values that split rows, the value a selection kept.
+    labels: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -112,6 +114,7 @@ class Report:
     unreadable: list[Unreadable]
     running: list[RunRecord]
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # sentences under the table's legend
 
 
 def reported_key(metric: Metric) -> str:
@@ -228,6 +231,18 @@ def _pm(stat: Stat, metric: Metric) -> str:
     return f"{format(scale * stat.mean, spec)} ± {std}"
 
 
+def label_columns(rows: Sequence[Row]) -> list[str]:
+    """Every row's extra columns (``Row.labels``), first seen first."""
+    return list(dict.fromkeys(k for r in rows for k in r.labels))
+
+
+def label_text(value: Any) -> str:
+    """A config value as a cell: a float to 4 significant digits (0.0004642), the rest as is."""
+    if value is None:
+        return MISSING
+    return format(value, ".4g") if isinstance(value, float) else str(value)
+
+
 def _si(x: float) -> str:
     """1234567 -> '1.23M'."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -255,6 +270,7 @@ def _display_columns(rows: Sequence[Row]) -> list[Column]:
         for name in IDENTITY
         if with_experiment or name != "experiment"
     ]
+    columns += [(k, lambda r, k=k: label_text(r.labels.get(k))) for k in label_columns(rows)]
     columns += [
         (metric_label(m), lambda r, key=key, m=m: _pm(r.stat(key), m))
         for key, m in metric_columns(rows).items()
@@ -275,13 +291,15 @@ def table_data(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
         return int(x) if isinstance(x, float) and x.is_integer() else x  # 4000, not 4000.0
 
     keys = list(metric_columns(rows))
-    columns = [*IDENTITY]
+    labels = label_columns(rows)
+    columns = [*IDENTITY, *labels]
     for key in keys:
         columns += [f"{key.replace('/', '_')}_mean", f"{key.replace('/', '_')}_std"]
     columns += [*(c.name for c in COSTS), "n_seeds", "n_failed"]
     data = [
         [
             *(getattr(r, name) for name in IDENTITY),
+            *(r.labels.get(k) for k in labels),
             *(x for key in keys for x in (r.stat(key).mean, r.stat(key).std)),
             *(r.costs[c.name] for c in COSTS),
             r.n_seeds,
@@ -317,7 +335,8 @@ def to_markdown(report: Report, out_dir: Path) -> str:
         "",
         "Mean ± sample std over completed seeds (– where undefined: one seed, or none completed, "
         "or a metric the row's task does not log). Metrics on the test split, in percent where "
-        "marked (%); " + "; ".join(f"{c.header}: {c.description}" for c in COSTS) + ".",
+        "marked (%); " + "; ".join(f"{c.header}: {c.description}" for c in COSTS) + "."
+        + "".join(f" {note}" for note in report.notes),
         "",
         _md_table([c[0] for c in cols], [[f(r) for _, f in cols] for r in report.rows]),
     ]
@@ -511,21 +530,32 @@ def log_to_wandb(
 
 
 def build_report(
-    dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None
+    dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    *,
+    by: Sequence[str] = (),
+    best_over: str | None = None,
 ) -> Report:
-    """Read ``dirs``, write the Markdown, CSV and PNGs into ``out_dir`` (default: the first dir)."""
+    """Read ``dirs``, write the Markdown, CSV and PNGs into ``out_dir`` (default: the first dir).
+    ``by`` and ``best_over``: config keys that split rows and that each row is the best over
+    (``attnexp.best_over``)."""
+    from attnexp.best_over import best_over_note, check_keys, summarize_by
+    from attnexp.zoology_figure import plot_width_figure
+
     if not dirs:
         raise ReportError("give at least one sweep dir")
+    check_keys(by, best_over)
     runs, unreadable = load_runs(dirs)
     out = Path(out_dir if out_dir is not None else dirs[0])
     report = Report(
-        rows=summarize(r for r in runs if r.status != RUNNING),
+        rows=summarize_by([r for r in runs if r.status != RUNNING], by, best_over),
         failures=[r for r in runs if r.status == FAILED],
         unreadable=unreadable,
         running=[r for r in runs if r.status == RUNNING],
+        notes=[best_over_note(best_over)] if best_over else [],
     )
     out.mkdir(parents=True, exist_ok=True)
-    report.files = plot_all(report.rows, out)
+    report.files = plot_all(report.rows, out) + plot_width_figure(report.rows, out)
     atomic_write_text(out / CSV_FILE, to_csv(report.rows))
     atomic_write_text(out / MD_FILE, to_markdown(report, out))
     report.files += [out / MD_FILE, out / CSV_FILE]
@@ -543,12 +573,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dirs", nargs="+", help="sweep dirs (searched recursively for results.json)"
     )
     parser.add_argument("--out", help="where to write the report (default: the first sweep dir)")
+    parser.add_argument(
+        "--by", action="append", default=[], metavar="KEY",
+        help="also split rows by this config key of each run's .hydra/config.yaml, shown as a "
+        "column (repeatable: --by backbone.dim --by dataset.seq_len)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--best-over", metavar="KEY",
+        help="within each row keep only the runs of the value of this swept config key with the "
+        "best validation objective, and name it (e.g. optim.optimizer.lr)",
+    )  # fmt: skip
     parser.add_argument("--wandb-project", help="also log the table to this W&B project")
     parser.add_argument("--wandb-group", help="W&B group of that run")
     parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.dirs, args.out)
+        report = build_report(args.dirs, args.out, by=args.by, best_over=args.best_over)
     except ReportError as e:
         print(f"attnexp-compare: error: {e}", file=sys.stderr)
         return 2

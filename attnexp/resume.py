@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # to re-run a completed job, ``figures`` how many test samples to draw after testing.
 UNHASHED_KEYS = (
     "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures", "resume",
-    "ckpt_path", "objective", "objective_mode",
+    "ckpt_path", "objective", "objective_mode", "report_by", "report_best_over",
 )  # fmt: skip
 # Keys that may change between a checkpoint and the run continuing from it: where and how long
 # to train, not what is trained.

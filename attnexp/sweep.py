@@ -7,8 +7,9 @@ them all from scratch.
 - ``threads_per_job``: torch threads for one of ``n_jobs`` jobs sharing the cores (joblib launcher).
 - ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in ``conf/hydra/default.yaml``): at the
   end of a multirun, reads every job's ``results.json``, prints what completed and what failed,
-  writes the comparison report into the sweep dir, logs the table to W&B when the sweep used it,
-  and exits non-zero when any job failed.
+  writes the comparison report into the sweep dir (rows split by the config keys ``report_by``,
+  each the best over ``report_best_over``: ``attnexp.best_over``), logs the table to W&B when
+  the sweep used it, and exits non-zero when any job failed.
 
 Jobs never raise into Hydra in a multirun (``attnexp.cli`` records the failure instead): Hydra's
 sweepers re-raise the first failed job before ``on_multirun_end``, which would skip this summary.
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnexp.results import (
     COMPLETED,
@@ -119,6 +120,13 @@ def print_outcome(sweep_dir: Path, outcome: Outcome) -> None:
         )
 
 
+def _as_list(value: Any) -> Any:
+    """A config list as a list (anything else as it is: the report refuses it by name)."""
+    if value is None:
+        return []
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+
+
 class SweepSummary(Callback):
     """End of a multirun: summary, comparison report (and W&B table), non-zero exit on failure."""
 
@@ -148,7 +156,11 @@ class SweepSummary(Callback):
         from attnexp.report import ReportError, build_report, log_to_wandb
 
         try:
-            report = build_report([sweep_dir])
+            report = build_report(
+                [sweep_dir],
+                by=_as_list(config.get("report_by")),
+                best_over=config.get("report_best_over"),
+            )
         except ReportError as e:  # e.g. every job died before writing results.json
             log.warning("no comparison report: %s", e)
             return

@@ -1,0 +1,69 @@
+"""Zoology's figure 2: accuracy against model width, one panel per sequence length, one line per
+variant (Arora et al., 2023). Drawn from the report's rows when they are split by both
+``backbone.dim`` and ``dataset.seq_len`` (``attnexp-compare --by backbone.dim --by dataset.seq_len``,
+or an experiment's ``report_by``), usually with ``--best-over optim.optimizer.lr``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnexp.best_over import value_order
+from attnexp.plotting import new_figure, save_figure
+from attnexp.report import ReportError, Row, _colors, _legend_beside, metric_label, reported_key
+from attnexp.results import Metric
+
+WIDTH_KEY = "backbone.dim"  # the x axis
+PANEL_KEY = "dataset.seq_len"  # one panel per value
+FIGURE_FILE = "zoology_accuracy.png"
+METRIC = "acc"  # plotted when the task logs it (MQAR's accuracy over the queried positions)
+
+
+def figure_metric(row: Row) -> Metric:
+    """The test metric the figure plots: accuracy, else the task's primary metric."""
+    return next((m for m in row.task.test_metrics if m.name == METRIC), row.task.primary)
+
+
+def _number(value, row: Row) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ReportError(f"{WIDTH_KEY} of {row.variant} is {value!r}, not a number") from None
+
+
+def plot_width_figure(rows: Sequence[Row], out_dir: Path) -> list[Path]:
+    """``[out_dir/zoology_accuracy.png]`` when the rows carry both keys, else ``[]``."""
+    rows = [r for r in rows if r.n_seeds and WIDTH_KEY in r.labels and PANEL_KEY in r.labels]
+    if not rows:
+        return []
+    colors = _colors(rows)
+    # A line is a variant; its backbone and dataset join its name only where they differ.
+    extra = [n for n in ("backbone", "dataset") if len({getattr(r, n) for r in rows}) > 1]
+
+    def line(r: Row) -> str:
+        return " / ".join([r.variant, *(getattr(r, n) for n in extra)])
+
+    panels = sorted({r.labels[PANEL_KEY] for r in rows}, key=value_order)
+    fig, axes = new_figure(1, len(panels), cell=(3.6, 3.2), sharey=True)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        here = [r for r in rows if r.labels[PANEL_KEY] == panel]
+        for name in sorted({line(r) for r in here}):
+            pts = sorted(((_number(r.labels[WIDTH_KEY], r), r) for r in here if line(r) == name),
+                         key=lambda p: p[0])  # fmt: skip
+            metric = figure_metric(pts[0][1])
+            scale = 100.0 if metric.percent else 1.0
+            stats = [r.stat(reported_key(metric)) for _, r in pts]
+            ax.errorbar([w for w, _ in pts], [scale * s.mean for s in stats],
+                        yerr=[0.0 if math.isnan(s.std) else scale * s.std for s in stats],
+                        marker="o", capsize=3, color=colors[pts[0][1].variant], label=name)  # fmt: skip
+        widths = sorted({_number(r.labels[WIDTH_KEY], r) for r in here})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(widths, [f"{w:g}" for w in widths])
+        ax.minorticks_off()
+        ax.set_xlabel("model width")
+        ax.set_title(f"sequence length {panel}")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(metric_label(figure_metric(rows[0])))
+    _legend_beside(fig)
+    return [save_figure(fig, out_dir / FIGURE_FILE)]

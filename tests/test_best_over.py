@@ -1,0 +1,182 @@
+"""Rows split by config values and the best run per cell over a swept key (``attnexp.best_over``),
+and Zoology's accuracy-against-width figure, on synthetic run dirs."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from attnexp import report as rp
+from attnexp.best_over import best_column, config_value, summarize_by
+from attnexp.report import ReportError, build_report
+from attnexp.results import classification, language_modelling, load_record, write_results
+from attnexp.sweep import SweepSummary
+from attnexp.zoology_figure import FIGURE_FILE
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LR = "optim.optimizer.lr"
+DIM = "backbone.dim"
+SEQ = "dataset.seq_len"
+LR_COL = best_column(LR)
+
+
+def make_run(root, name, *, attention="mha", dim=64, seq_len=64, lr=1e-3, seed=0, val=None,
+             test=None, lm=False, status="completed", config=None):  # fmt: skip
+    """A run dir: results.json with the validation objective and test metrics given, and the
+    saved .hydra/config.yaml holding the swept keys."""
+    task = language_modelling() if lm else classification(10)
+    metrics = {}
+    if status == "completed":
+        objective, primary = ("val/loss_best", "test/loss") if lm else ("val/acc_best", "test/acc")
+        metrics = {objective: val, primary: test, "test/acc": test}
+    run = root / name
+    write_results(run, {
+        "status": status, "error": None if status == "completed" else "E: died",
+        "choices": {"attention": attention, "backbone": "transformer", "dataset": "zoology_mqar",
+                    "seed": seed, "experiment": None},
+        "task": task.to_json(), "metrics": metrics,
+    })  # fmt: skip
+    cfg = config or {"seed": seed, "backbone": {"dim": dim}, "dataset": {"seq_len": seq_len},
+                     "optim": {"optimizer": {"lr": lr}}}  # fmt: skip
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run
+
+
+def rows_of(root, by=(), best_over=None):
+    runs = [load_record(p) for p in sorted(root.glob("*/results.json"))]
+    return summarize_by(runs, by, best_over)
+
+
+def test_the_best_lr_is_picked_per_cell_by_validation_not_test(tmp_path):
+    # d=64: lr 1e-3 validates best though 1e-2 tests best; d=128: 1e-2 validates best.
+    for i, (dim, lr, val, test) in enumerate([
+        (64, 1e-4, 0.50, 0.51), (64, 1e-3, 0.90, 0.80), (64, 1e-2, 0.85, 0.95),
+        (128, 1e-4, 0.40, 0.41), (128, 1e-3, 0.70, 0.72), (128, 1e-2, 0.99, 0.97),
+    ]):  # fmt: skip
+        make_run(tmp_path, f"{i}", dim=dim, lr=lr, val=val, test=test)
+    rows = rows_of(tmp_path, by=[DIM], best_over=LR)
+    assert [(r.labels[DIM], r.labels[LR_COL]) for r in rows] == [(64, 1e-3), (128, 1e-2)]
+    assert [r.stat("test/acc").mean for r in rows] == [0.80, 0.97]
+    assert [r.n_seeds for r in rows] == [1, 1]
+
+
+def test_a_min_objective_picks_the_lowest_validation_loss(tmp_path):
+    for i, (lr, val, test) in enumerate([(1e-4, 2.0, 1.0), (1e-3, 0.5, 0.9), (1e-2, 0.7, 0.3)]):
+        make_run(tmp_path, f"{i}", lr=lr, val=val, test=test, lm=True)
+    (row,) = rows_of(tmp_path, best_over=LR)
+    assert row.labels == {LR_COL: 1e-3}
+    assert row.stat("test/loss").mean == 0.9
+
+
+def test_over_seeds_the_best_mean_validation_wins_and_all_its_seeds_are_reported(tmp_path):
+    # lr 1e-3 holds the single best run (0.95), but 1e-2 is better on average (0.8 vs 0.7).
+    for i, (lr, seed, val, test) in enumerate([
+        (1e-3, 0, 0.95, 0.9), (1e-3, 1, 0.45, 0.4), (1e-2, 0, 0.8, 0.6), (1e-2, 1, 0.8, 0.7),
+    ]):  # fmt: skip
+        make_run(tmp_path, f"{i}", lr=lr, seed=seed, val=val, test=test)
+    (row,) = rows_of(tmp_path, best_over=LR)
+    assert row.labels[LR_COL] == 1e-2 and row.n_seeds == 2
+    assert row.stat("test/acc").mean == pytest.approx(0.65)
+    assert row.stat("test/acc").std == pytest.approx(math.sqrt(0.005))
+
+
+def test_a_tie_goes_to_the_smallest_value_and_failures_of_the_cell_are_counted(tmp_path):
+    make_run(tmp_path, "0", lr=1e-2, val=0.9, test=0.1)
+    make_run(tmp_path, "1", lr=1e-3, val=0.9, test=0.2)
+    make_run(tmp_path, "2", lr=1e-4, status="failed")
+    make_run(tmp_path, "3", attention="linear", lr=1e-4, status="failed")
+    rows = {r.attention: r for r in rows_of(tmp_path, best_over=LR)}
+    assert rows["mha"].labels[LR_COL] == 1e-3 and rows["mha"].stat("test/acc").mean == 0.2
+    assert (rows["mha"].n_seeds, rows["mha"].n_failed) == (1, 1)
+    # A cell where nothing completed has no winner, and still shows its failure.
+    assert rows["linear"].labels[LR_COL] is None
+    assert (rows["linear"].n_seeds, rows["linear"].n_failed) == (0, 1)
+
+
+def test_by_splits_rows_into_columns_of_the_table_csv_and_markdown(tmp_path):
+    for i, (dim, seq_len) in enumerate([(64, 64), (128, 64), (64, 128), (128, 128)]):
+        make_run(tmp_path, f"{i}", dim=dim, seq_len=seq_len, val=0.5, test=0.5 + i / 10)
+    (merged,) = rows_of(tmp_path)  # without --by the four widths/lengths average into one row
+    assert merged.n_seeds == 4
+
+    report = build_report([tmp_path], by=[DIM, SEQ])
+    assert [(r.labels[DIM], r.labels[SEQ]) for r in report.rows] == [
+        (64, 64), (64, 128), (128, 64), (128, 128)
+    ]
+    with open(tmp_path / rp.CSV_FILE) as f:
+        table = list(csv.DictReader(f))
+    assert {(int(t[DIM]), int(t[SEQ]), float(t["test_acc_mean"])) for t in table} == {
+        (64, 64, 0.5), (128, 64, 0.6), (64, 128, 0.7), (128, 128, 0.8)
+    }  # fmt: skip
+    md = (tmp_path / rp.MD_FILE).read_text()
+    assert f"| {DIM} | {SEQ} |" in md and "| 128 | 64 | 60.00 ± – |" in md
+
+
+def test_the_width_figure_is_written_when_rows_split_by_width_and_length(tmp_path):
+    for i, (attention, dim, seq_len, lr, val) in enumerate([
+        ("mha", 64, 64, 1e-3, 0.99), ("mha", 128, 64, 1e-3, 0.99), ("mha", 64, 128, 1e-3, 0.9),
+        ("linear", 64, 64, 1e-3, 0.3), ("linear", 64, 64, 1e-2, 0.4), ("linear", 128, 128, 1e-3, 0.5),
+    ]):  # fmt: skip
+        make_run(tmp_path, f"{i}", attention=attention, dim=dim, seq_len=seq_len, lr=lr, val=val,
+                 test=val)  # fmt: skip
+    out = tmp_path / "report"
+    assert rp.main([str(tmp_path), "--out", str(out), "--by", DIM, "--by", SEQ,
+                    "--best-over", LR]) == 0  # fmt: skip
+    assert (out / FIGURE_FILE).read_bytes().startswith(PNG_MAGIC)
+    md = (out / rp.MD_FILE).read_text()
+    assert f"![zoology_accuracy]({FIGURE_FILE})" in md and f"`{LR_COL}`" in md
+    assert "| linear | 64 | 64 | 0.01 | 40.00 ± – |" in md
+
+    plain = tmp_path / "plain"
+    build_report([tmp_path], plain, by=[DIM])  # no sequence-length panels: no figure
+    assert not (plain / FIGURE_FILE).exists()
+
+
+def test_config_values_resolve_interpolations_and_keep_hydra_runtime_ones_as_written(tmp_path):
+    run = make_run(tmp_path, "0", val=0.5, test=0.5, config={
+        "width": 96, "backbone": {"dim": "${width}"},
+        "choices": {"attention": "${hydra:runtime.choices.attention}"},
+    })  # fmt: skip
+    assert config_value(run, DIM) == 96
+    assert config_value(run, "choices.attention") == "${hydra:runtime.choices.attention}"
+
+
+@pytest.mark.parametrize(
+    "by, best_over, message",
+    [
+        ([DIM, "backbone.dimm"], None, "--by backbone.dimm: no such key in"),
+        ([], "optim.lr", "--best-over optim.lr: no such key in"),
+        ([LR], LR, "is both a --by and the --best-over key"),
+        ("backbone.dim", None, "report_by must be a list of config keys"),
+    ],
+)
+def test_bad_keys_are_refused_by_name(tmp_path, by, best_over, message):
+    make_run(tmp_path, "0", val=0.5, test=0.5)
+    with pytest.raises(ReportError, match=message):
+        build_report([tmp_path], by=by, best_over=best_over)
+
+
+def test_a_run_without_its_saved_config_is_named_and_the_command_exits_2(tmp_path, capsys):
+    run = make_run(tmp_path, "0", val=0.5, test=0.5)
+    (run / ".hydra" / "config.yaml").unlink()
+    assert rp.main([str(tmp_path), "--by", DIM]) == 2
+    err = capsys.readouterr().err
+    assert "--by backbone.dim" in err and "config.yaml does not exist" in err
+
+
+def test_a_sweep_reports_by_its_experiments_report_keys(tmp_path):
+    for i, (dim, lr, val) in enumerate([(64, 1e-3, 0.9), (64, 1e-2, 0.95), (128, 1e-3, 0.7)]):
+        make_run(tmp_path, f"{i}", dim=dim, lr=lr, val=val, test=val)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "logger": {},
+                               "report_by": [DIM], "report_best_over": LR})  # fmt: skip
+    SweepSummary().on_multirun_end(config)
+    with open(tmp_path / rp.CSV_FILE) as f:
+        table = list(csv.DictReader(f))
+    assert [(t[DIM], t[LR_COL], t["test_acc_mean"]) for t in table] == [
+        ("64", "0.01", "0.95"), ("128", "0.001", "0.7")
+    ]  # fmt: skip
