@@ -271,7 +271,10 @@ def test_a_declared_lower_is_better_metric_reaches_the_report_sorted_ascending(t
         assert float(lines[attention]["test_bpc_std"]) == pytest.approx(statistics.stdev(values))
     md = (tmp_path / rp.MD_FILE).read_text()
     assert "| test bpc | test acc (%) |" in md  # the task's order; bpc is no percentage
-    assert f"| 1.15 ± {statistics.stdev([1.1, 1.2]):.4g} | 30.50 ± 0.71 |" in md
+    # Two seeds: the 95% interval is the mean ± t(1 df) * std / sqrt(2) = mean ± 8.985 std.
+    half = 12.706204736174705 / math.sqrt(2) * statistics.stdev([1.1, 1.2])
+    bpc = f"1.15 ± {statistics.stdev([1.1, 1.2]):.4g} [{1.15 - half:.4g}, {1.15 + half:.4g}]"
+    assert f"| {bpc} | 30.50 ± 0.71 [24.15, 36.85] |" in md
     assert (tmp_path / "primary_text.png").exists()
 
 
