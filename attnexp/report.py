@@ -577,8 +577,6 @@ def print_table(report: Report, file=None) -> None:
     from rich.table import Table
 
     console = Console(file=file)
-    if not console.is_terminal:  # a pipe or file: do not squeeze 13 columns into 80 characters
-        console.width = 200
     cols = _display_columns(report.rows)
     table = Table(title="attnexp comparison (mean ± std [95% interval] over seeds)")
     for name, _ in cols:
@@ -586,6 +584,9 @@ def print_table(report: Report, file=None) -> None:
         table.add_column(name, justify="left" if left else "right", no_wrap=True)
     for r in report.rows:
         table.add_row(*[f(r) for _, f in cols])
+    if not console.is_terminal:  # a pipe or file: as wide as the table, never squeezed into 80
+        console.width = 10_000
+        console.width = max(80, console.measure(table).maximum)
     console.print(table)
     ranking = rank_across_datasets(report.rows)
     if ranking:
