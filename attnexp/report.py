@@ -1,14 +1,21 @@
 """The comparison report: every ``results.json`` under one or more sweep dirs -> one table + plots.
 
-One row per attention x backbone x dataset (x experiment, shown when any run names one): mean and
-sample standard deviation over the completed seeds of every test metric the runs' task declares
-(``attnexp.results``), and the means of the cost columns; rows are sorted by the task's primary
-metric, best first. Runs of different tasks share one table: its metric columns are the union, and
+One row per attention x backbone x dataset (x experiment, shown when any run names one): mean,
+sample standard deviation and 95% t-interval of the mean over the completed seeds of every test
+metric the runs' task declares (``attnexp.results``), and the means of the cost columns; rows are
+sorted by the task's primary metric, best first.
+
+With a baseline (``--baseline attention=none``), each row is compared with the baseline row of the
+same dataset and backbone on the primary test metric (``attnexp.stats``): the difference with its
+95% interval, a p-value (paired by seed where the seeds match, Welch's otherwise), Holm-adjusted
+over every tested row of the table, and a verdict (better / worse / indistinguishable at 5%, by
+the metric's declared direction; "no test" below two seeds). Over several datasets a ranking table
+gives each variant's mean rank per backbone. Runs of different tasks share one table: its metric columns are the union, and
 a cell a row's task lacks shows "–". Written as ``comparison.md``, ``comparison.csv`` and PNG plots,
 and printed as a table.
 
-Standard deviation is the sample one (n - 1); over a single seed it is undefined and shown as "–"
-(empty in the CSV), never as a misleading 0. Failed runs count in ``failed`` and are listed with
+Standard deviation is the sample one (n - 1); over a single seed it and the interval are undefined
+and shown as "–" (empty in the CSV), never as a misleading 0. Failed runs count in ``failed`` and are listed with
 their error; a ``results.json`` that cannot be read is listed as unreadable, without stopping the
 report.
 """
@@ -27,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnexp import stats
 from attnexp.plotting import new_figure, safe_filename, save_figure
 from attnexp.results import (
     COMPLETED,
@@ -69,13 +77,33 @@ class Unreadable:
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample std over a row's completed seeds; NaN where undefined."""
+    """Mean, sample std and the 95% t-interval of the mean over a row's completed seeds; NaN where
+    undefined."""
 
     mean: float
     std: float
+    low: float = math.nan
+    high: float = math.nan
+
+    @classmethod
+    def of(cls, xs: list[float]) -> Stat:
+        return cls(_mean(xs), _std(xs), *stats.t_interval(xs))
 
 
 UNDEFINED = Stat(math.nan, math.nan)
+
+BASELINE = "baseline"  # the verdict shown on the baseline row itself
+BASELINE_KEYS = ("attention", "experiment")  # what --baseline may select by (within a table)
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A row against the baseline row of its dataset and backbone, on the primary test metric."""
+
+    baseline: str  # the baseline row's variant
+    comparison: stats.Comparison | None  # None on the baseline row itself
+    p_holm: float  # NaN without a test
+    verdict: str  # stats.BETTER / WORSE / INDISTINGUISHABLE / NO_TEST, or BASELINE
 
 
 @dataclass
@@ -93,6 +121,8 @@ class Row:
     costs: dict[str, float]  # each cost field's mean
     # Extra columns (attnexp.best_over): config values that split rows, the value a selection kept.
     labels: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[tuple[Any, float]]] = field(default_factory=dict)  # (seed, value)s
+    versus: Versus | None = None  # set by compare_to_baseline
 
     @property
     def variant(self) -> str:
@@ -184,11 +214,12 @@ def summarize(runs: Iterable[RunRecord]) -> list[Row]:
                 task=task,
                 n_seeds=len(done),
                 n_failed=sum(r.status == FAILED for r in members),
-                stats={
-                    key: Stat(_mean(values[key]), _std(values[key]))
+                stats={key: Stat.of(values[key]) for key in map(reported_key, task.test_metrics)},
+                costs={c.name: _mean(values[c.name]) for c in COSTS},
+                samples={
+                    key: [(r.seed, r.value(key)) for r in done]
                     for key in map(reported_key, task.test_metrics)
                 },
-                costs={c.name: _mean(values[c.name]) for c in COSTS},
             )
         )
     return sorted(rows, key=_sort_key)
@@ -200,6 +231,100 @@ def _sort_key(row: Row):
     # Best first in the metric's direction; no result sorts last.
     rank = math.inf if math.isnan(mean) else -mean if metric.direction == MAX else mean
     return (row.dataset, row.backbone, rank, row.attention, row.experiment or "")
+
+
+# --------------------------------------------------------------------------- baseline and ranks
+
+
+def parse_baseline(spec: str) -> dict[str, str]:
+    """``"attention=none"`` (or ``"attention=mha,experiment=small"``) -> the choices a baseline
+    row has; a ReportError names a bad key and what is allowed."""
+    selector = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not value:
+            raise ReportError(f"--baseline must be KEY=VALUE (e.g. attention=none), got {spec!r}")
+        if key not in BASELINE_KEYS:
+            raise ReportError(
+                f"--baseline key {key!r} is not allowed: one of {', '.join(BASELINE_KEYS)} (a "
+                "row is compared with the baseline of its own dataset and backbone)"
+            )
+        selector[key] = value
+    return selector
+
+
+def compare_to_baseline(rows: Sequence[Row], baseline: str) -> None:
+    """Set each row's ``versus``: the comparison of its primary test metric with the row matching
+    ``baseline`` in the same dataset and backbone, Holm-adjusted over every tested row of the
+    table. Rows of a dataset and backbone without a baseline row get none. A ReportError when no
+    row anywhere matches, or when two rows of one table do."""
+    selector = parse_baseline(baseline)
+
+    def is_baseline(r: Row) -> bool:
+        return all((getattr(r, k) or "") == v for k, v in selector.items())
+
+    from attnexp.best_over import best_column
+
+    kept = best_column("")  # the suffix of the column naming the value a --best-over kept
+    tables: dict[tuple, list[Row]] = {}
+    for r in rows:  # rows split by --by values (not the value a --best-over kept) are own tables
+        split = tuple((k, str(v)) for k, v in sorted(r.labels.items()) if not k.endswith(kept))
+        tables.setdefault((r.dataset, r.backbone, split), []).append(r)
+    pending: list[tuple[Row, Row, stats.Comparison]] = []
+    for (dataset, backbone, _), members in tables.items():
+        found = [r for r in members if is_baseline(r)]
+        if len(found) > 1:
+            raise ReportError(
+                f"--baseline {baseline} matches {len(found)} rows of {dataset}/{backbone} "
+                f"({', '.join(r.variant for r in found)}): add experiment=... to pick one"
+            )
+        if not found:
+            continue
+        (base,) = found
+        key, _ = base.primary
+        for r in members:
+            if r is not base and r.primary == base.primary:
+                pending.append((r, base, stats.compare(r.samples[key], base.samples[key])))
+        base.versus = Versus(base.variant, None, math.nan, BASELINE)
+    if not any(r.versus for r in rows):
+        seen = {k: sorted({getattr(r, k) or MISSING for r in rows}) for k in selector}
+        raise ReportError(
+            f"--baseline {baseline} matches no row; "
+            + "; ".join(f"{k} values: {', '.join(v)}" for k, v in seen.items())
+        )
+    adjusted = stats.holm([c.p for _, _, c in pending])
+    for (r, base, c), p in zip(pending, adjusted, strict=True):
+        verdict = stats.verdict(c, p, r.primary[1].direction)
+        r.versus = Versus(base.variant, c, p, verdict)
+
+
+@dataclass(frozen=True)
+class RankRow:
+    backbone: str
+    variant: str
+    ranks: stats.RankSummary
+
+
+def rank_across_datasets(rows: Sequence[Row]) -> list[RankRow]:
+    """Per backbone, each variant's rank by the primary test metric (1 = best, in its declared
+    direction) in each dataset, summarised over datasets; empty below two datasets."""
+    done = [r for r in rows if r.n_seeds]
+    if len({r.dataset for r in done}) < 2:
+        return []
+    out = []
+    for backbone in sorted({r.backbone for r in done}):
+        tables = []
+        for dataset in sorted({r.dataset for r in done if r.backbone == backbone}):
+            here = [r for r in done if (r.dataset, r.backbone) == (dataset, backbone)]
+            key, metric = here[0].primary
+            tables.append(({r.variant: r.stat(key).mean for r in here}, metric.direction))
+        summary = stats.mean_ranks(tables)
+        out += [
+            RankRow(backbone, v, summary[v])
+            for v in sorted(summary, key=lambda v: (summary[v].mean, v))
+        ]
+    return out
 
 
 # --------------------------------------------------------------------------- formatting
@@ -223,12 +348,43 @@ def _scale(metric: Metric) -> float:
     return 100.0 if metric.percent else 1.0
 
 
+def _spec(metric: Metric) -> str:
+    return ".2f" if metric.percent else ".4g"
+
+
+def _interval(low: float, high: float, metric: Metric, sign: str = "") -> str:
+    """`` [80.12, 82.40]`` in the metric's scale; empty where undefined."""
+    if math.isnan(low):
+        return ""
+    scale, spec = _scale(metric), sign + _spec(metric)
+    return f" [{format(scale * low, spec)}, {format(scale * high, spec)}]"
+
+
 def _pm(stat: Stat, metric: Metric) -> str:
+    """``mean ± std [95% interval]``."""
     if math.isnan(stat.mean):
         return MISSING
-    scale, spec = (100.0, ".2f") if metric.percent else (1.0, ".4g")
+    scale, spec = _scale(metric), _spec(metric)
     std = MISSING if math.isnan(stat.std) else format(scale * stat.std, spec)
-    return f"{format(scale * stat.mean, spec)} ± {std}"
+    return f"{format(scale * stat.mean, spec)} ± {std}{_interval(stat.low, stat.high, metric)}"
+
+
+def _delta(r: Row) -> str:
+    """The difference to the baseline with its 95% interval, in the metric's scale."""
+    c = r.versus.comparison if r.versus else None
+    if c is None or math.isnan(c.diff):
+        return MISSING
+    metric = r.primary[1]
+    return format(_scale(metric) * c.diff, "+" + _spec(metric)) + _interval(
+        c.low, c.high, metric, sign="+"
+    )
+
+
+def _p(r: Row) -> str:
+    c = r.versus.comparison if r.versus else None
+    if c is None or c.test == stats.NO_TEST:
+        return MISSING
+    return f"{r.versus.p_holm:.3g} ({c.test})"
 
 
 def label_columns(rows: Sequence[Row]) -> list[str]:
@@ -275,6 +431,12 @@ def _display_columns(rows: Sequence[Row]) -> list[Column]:
         (metric_label(m), lambda r, key=key, m=m: _pm(r.stat(key), m))
         for key, m in metric_columns(rows).items()
     ]
+    if any(r.versus for r in rows):
+        columns += [
+            ("Δ vs baseline", _delta),
+            ("p (Holm)", _p),
+            ("verdict", lambda r: r.versus.verdict if r.versus else MISSING),
+        ]
     columns += [(c.header, lambda r, c=c: _cost(r.costs[c.name], c)) for c in COSTS]
     return columns + [("seeds", lambda r: str(r.n_seeds)), ("failed", lambda r: str(r.n_failed))]
 
@@ -282,8 +444,10 @@ def _display_columns(rows: Sequence[Row]) -> list[Column]:
 def table_data(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
     """Rows as raw values (fractions, not percent; None where undefined): CSV and W&B share this.
 
-    Columns: the identity, ``<stage>_<metric>_mean`` and ``_std`` for each test metric (e.g.
-    ``test_acc_mean``), each cost field, ``n_seeds``, ``n_failed``."""
+    Columns: the identity; ``<stage>_<metric>_mean``, ``_std``, ``_ci_low`` and ``_ci_high`` (the
+    95% t-interval of the mean) for each test metric (e.g. ``test_acc_mean``); with a baseline,
+    ``VERSUS_COLUMNS`` (the primary metric's difference to it, unscaled); each cost field;
+    ``n_seeds``, ``n_failed``."""
 
     def raw(x):
         if isinstance(x, float) and math.isnan(x):
@@ -292,15 +456,17 @@ def table_data(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
 
     keys = list(metric_columns(rows))
     labels = label_columns(rows)
+    versus = any(r.versus for r in rows)
     columns = [*IDENTITY, *labels]
     for key in keys:
-        columns += [f"{key.replace('/', '_')}_mean", f"{key.replace('/', '_')}_std"]
-    columns += [*(c.name for c in COSTS), "n_seeds", "n_failed"]
+        columns += [f"{key.replace('/', '_')}_{part}" for part in STAT_PARTS]
+    columns += [*(VERSUS_COLUMNS if versus else ()), *(c.name for c in COSTS), "n_seeds", "n_failed"]
     data = [
         [
             *(getattr(r, name) for name in IDENTITY),
             *(r.labels.get(k) for k in labels),
-            *(x for key in keys for x in (r.stat(key).mean, r.stat(key).std)),
+            *(getattr(r.stat(key), attr) for key in keys for attr in STAT_ATTRS),
+            *(_versus_values(r) if versus else ()),
             *(r.costs[c.name] for c in COSTS),
             r.n_seeds,
             r.n_failed,
@@ -308,6 +474,20 @@ def table_data(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
         for r in rows
     ]
     return columns, [[raw(x) for x in line] for line in data]
+
+
+STAT_PARTS = ("mean", "std", "ci_low", "ci_high")  # CSV suffixes of a metric's Stat fields
+STAT_ATTRS = ("mean", "std", "low", "high")
+VERSUS_COLUMNS = ("baseline", "baseline_metric", "delta", "delta_ci_low", "delta_ci_high",
+                  "test", "p", "p_holm", "verdict")  # fmt: skip
+
+
+def _versus_values(r: Row) -> list[Any]:
+    if r.versus is None:
+        return [None] * len(VERSUS_COLUMNS)
+    c = r.versus.comparison
+    numbers = (c.diff, c.low, c.high, c.test, c.p, r.versus.p_holm) if c else (None,) * 6
+    return [r.versus.baseline, r.primary[0], *numbers, r.versus.verdict]
 
 
 def to_csv(rows: Sequence[Row]) -> str:
@@ -333,13 +513,20 @@ def to_markdown(report: Report, out_dir: Path) -> str:
     parts = [
         "# Comparison",
         "",
-        "Mean ± sample std over completed seeds (– where undefined: one seed, or none completed, "
-        "or a metric the row's task does not log). Metrics on the test split, in percent where "
-        "marked (%); " + "; ".join(f"{c.header}: {c.description}" for c in COSTS) + "."
+        "Mean ± sample std [95% t-interval of the mean] over completed seeds (– where "
+        "undefined: one seed, or none completed, or a metric the row's task does not log). "
+        "Metrics on the test split, in percent where marked (%); "
+        + "; ".join(f"{c.header}: {c.description}" for c in COSTS)
+        + "."
         + "".join(f" {note}" for note in report.notes),
-        "",
-        _md_table([c[0] for c in cols], [[f(r) for _, f in cols] for r in report.rows]),
     ]
+    if any(r.versus for r in report.rows):
+        parts += ["", VERSUS_LEGEND]
+    parts += ["", _md_table([c[0] for c in cols], [[f(r) for _, f in cols] for r in report.rows])]
+    ranking = rank_across_datasets(report.rows)
+    if ranking:
+        parts += ["", "## Ranking across datasets", "", RANKING_LEGEND, ""]
+        parts.append(_md_table(list(RANKING_HEADER), _ranking_lines(ranking)))
     pngs = [p for p in report.files if p.suffix == ".png"]
     if pngs:
         parts += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
@@ -376,6 +563,33 @@ def to_markdown(report: Report, out_dir: Path) -> str:
     return "\n".join(parts) + "\n"
 
 
+VERSUS_LEGEND = (
+    "Δ vs baseline: the row's primary test metric minus the baseline row's of the same dataset "
+    "and backbone [95% interval]; p: two-sided t-test, paired by seed where both rows ran the same "
+    "seeds, Welch's otherwise, Holm-adjusted over every tested row of this table; verdict at 5% by "
+    "the metric's direction (no test below two seeds)."
+)
+RANKING_LEGEND = (
+    "Each variant's rank by the primary test metric (1 = best) in every dataset, per backbone: "
+    "mean, sample std and range over the datasets it ran on; ties share their mean rank."
+)
+RANKING_HEADER = ("backbone", "variant", "mean rank", "rank std", "best–worst", "datasets")
+
+
+def _ranking_lines(ranking: Sequence[RankRow]) -> list[list[str]]:
+    return [
+        [
+            rr.backbone,
+            rr.variant,
+            f"{rr.ranks.mean:.2f}",
+            MISSING if math.isnan(rr.ranks.std) else f"{rr.ranks.std:.2f}",
+            f"{rr.ranks.best:g}–{rr.ranks.worst:g}",
+            str(rr.ranks.n),
+        ]
+        for rr in ranking
+    ]
+
+
 def _rel(path: Path, base: Path) -> str:
     return os.path.relpath(path, base)
 
@@ -386,16 +600,25 @@ def print_table(report: Report, file=None) -> None:
     from rich.table import Table
 
     console = Console(file=file)
-    if not console.is_terminal:  # a pipe or file: do not squeeze 13 columns into 80 characters
-        console.width = 200
     cols = _display_columns(report.rows)
-    table = Table(title="attnexp comparison (mean ± std over seeds)")
+    table = Table(title="attnexp comparison (mean ± std [95% interval] over seeds)")
     for name, _ in cols:
-        left = name in IDENTITY
+        left = name in IDENTITY or name == "verdict"
         table.add_column(name, justify="left" if left else "right", no_wrap=True)
     for r in report.rows:
         table.add_row(*[f(r) for _, f in cols])
+    if not console.is_terminal:  # a pipe or file: as wide as the table, never squeezed into 80
+        console.width = 10_000
+        console.width = max(80, console.measure(table).maximum)
     console.print(table)
+    ranking = rank_across_datasets(report.rows)
+    if ranking:
+        ranks = Table(title="ranking across datasets (1 = best)")
+        for name in RANKING_HEADER:
+            ranks.add_column(name, justify="left" if name in RANKING_HEADER[:2] else "right")
+        for line in _ranking_lines(ranking):
+            ranks.add_row(*line)
+        console.print(ranks)
     for r in report.failures:
         console.print(f"[red]failed[/red] {r.path}: {r.error or '(no error recorded)'}")
     for u in report.unreadable:
@@ -430,9 +653,14 @@ def _legend_beside(fig: Any) -> None:
     fig.legend(entries.values(), entries.keys(), loc="outside right upper", fontsize="small")
 
 
+def _half_width(s: Stat) -> float:
+    """The error bar: half the 95% interval (symmetric for a t-interval); none below 2 seeds."""
+    return 0.0 if math.isnan(s.low) else (s.high - s.low) / 2
+
+
 def plot_primary(rows: Sequence[Row], out_dir: Path) -> list[Path]:
-    """One figure per dataset: its task's primary test metric per variant (± std), grouped by
-    backbone."""
+    """One figure per dataset: its task's primary test metric per variant (error bars: the 95%
+    interval of the mean), grouped by backbone."""
     colors = _colors(rows)
     paths = []
     for dataset in sorted({r.dataset for r in rows}):
@@ -452,12 +680,12 @@ def plot_primary(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             pts = [(backbones.index(r.backbone), r.stat(key)) for r in sub if r.variant == v]
             xs = [x - 0.4 + width * (i + 0.5) for x, _ in pts]
             ys = [scale * s.mean for _, s in pts]
-            errs = [0.0 if math.isnan(s.std) else scale * s.std for _, s in pts]
+            errs = [scale * _half_width(s) for _, s in pts]
             ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color=colors[v], label=v)
         ax.set_xticks(range(len(backbones)), backbones)
         ax.set_xlim(-0.5, len(backbones) - 0.5)
         ax.set_ylabel(metric_label(metric))
-        ax.set_title(f"{dataset}: mean ± std over seeds")
+        ax.set_title(f"{dataset}: mean and 95% interval over seeds")
         ax.grid(axis="y", alpha=0.3)
         _legend_beside(fig)
         paths.append(save_figure(fig, out_dir / f"primary_{safe_filename(dataset)}.png"))
@@ -480,7 +708,7 @@ def plot_primary_vs(rows: Sequence[Row], out_dir: Path, cost: Cost) -> Path | No
         scale = _scale(metric)
         for r in here:
             s = r.stat(key)
-            err = 0.0 if math.isnan(s.std) else scale * s.std
+            err = scale * _half_width(s)
             ax.errorbar(r.costs[cost.name], scale * s.mean, yerr=err, capsize=3, color=colors[r.variant],
                         marker=_MARKERS[backbones.index(r.backbone) % len(_MARKERS)], ls="none",
                         label=f"{r.variant} / {r.backbone}")  # fmt: skip
@@ -535,16 +763,20 @@ def build_report(
     *,
     by: Sequence[str] = (),
     best_over: str | None = None,
+    baseline: str | None = None,
 ) -> Report:
     """Read ``dirs``, write the Markdown, CSV and PNGs into ``out_dir`` (default: the first dir).
     ``by`` and ``best_over``: config keys that split rows and that each row is the best over
-    (``attnexp.best_over``)."""
+    (``attnexp.best_over``); with ``baseline`` (``"attention=none"``), compare every row with it
+    (``compare_to_baseline``)."""
     from attnexp.best_over import best_over_note, check_keys, summarize_by
     from attnexp.zoology_figure import plot_width_figure
 
     if not dirs:
         raise ReportError("give at least one sweep dir")
     check_keys(by, best_over)
+    if baseline is not None:
+        parse_baseline(baseline)  # a bad key fails before any file is read
     runs, unreadable = load_runs(dirs)
     out = Path(out_dir if out_dir is not None else dirs[0])
     report = Report(
@@ -554,6 +786,8 @@ def build_report(
         running=[r for r in runs if r.status == RUNNING],
         notes=[best_over_note(best_over)] if best_over else [],
     )
+    if baseline is not None:
+        compare_to_baseline(report.rows, baseline)
     out.mkdir(parents=True, exist_ok=True)
     report.files = plot_all(report.rows, out) + plot_width_figure(report.rows, out)
     atomic_write_text(out / CSV_FILE, to_csv(report.rows))
@@ -586,9 +820,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wandb-project", help="also log the table to this W&B project")
     parser.add_argument("--wandb-group", help="W&B group of that run")
     parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
+    parser.add_argument(
+        "--baseline",
+        metavar="KEY=VALUE",
+        help="compare every row with this row of its dataset and backbone, e.g. attention=none "
+        f"(keys: {', '.join(BASELINE_KEYS)})",
+    )
     args = parser.parse_args(argv)
     try:
-        report = build_report(args.dirs, args.out, by=args.by, best_over=args.best_over)
+        report = build_report(
+            args.dirs, args.out, by=args.by, best_over=args.best_over, baseline=args.baseline
+        )
     except ReportError as e:
         print(f"attnexp-compare: error: {e}", file=sys.stderr)
         return 2

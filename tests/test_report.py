@@ -10,10 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from attnexp import report as rp
-from attnexp.results import MAX, MIN, Metric, Task, classification, load_record, write_results
+from attnexp import stats as st
+from attnexp.results import (
+    MAX,
+    MIN,
+    Metric,
+    Task,
+    classification,
+    load_record,
+    parse_record,
+    write_results,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("mha", "se")
@@ -271,7 +282,10 @@ def test_a_declared_lower_is_better_metric_reaches_the_report_sorted_ascending(t
         assert float(lines[attention]["test_bpc_std"]) == pytest.approx(statistics.stdev(values))
     md = (tmp_path / rp.MD_FILE).read_text()
     assert "| test bpc | test acc (%) |" in md  # the task's order; bpc is no percentage
-    assert f"| 1.15 ± {statistics.stdev([1.1, 1.2]):.4g} | 30.50 ± 0.71 |" in md
+    # Two seeds: the 95% interval is the mean ± t(1 df) * std / sqrt(2) = mean ± 8.985 std.
+    half = 12.706204736174705 / math.sqrt(2) * statistics.stdev([1.1, 1.2])
+    bpc = f"1.15 ± {statistics.stdev([1.1, 1.2]):.4g} [{1.15 - half:.4g}, {1.15 + half:.4g}]"
+    assert f"| {bpc} | 30.50 ± 0.71 [24.15, 36.85] |" in md
     assert (tmp_path / "primary_text.png").exists()
 
 
@@ -311,3 +325,149 @@ def test_a_bad_task_declaration_makes_the_run_unreadable(tmp_path):
     report = rp.build_report([tmp_path])
     (unreadable,) = report.unreadable
     assert "direction must be one of max, min, got 'lower'" in unreadable.reason
+
+
+# --------------------------------------------------------------------------- intervals, baseline
+
+
+T_2DF = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
+
+
+def test_csv_holds_the_t_interval_of_every_metric(sweep):
+    rp.build_report([sweep])
+    with open(sweep / rp.CSV_FILE) as f:
+        lines = list(csv.DictReader(f))
+    for line in lines:
+        e = _expected(sweep)[(line["attention"], line["backbone"])]
+        for m in ("acc", "f1"):
+            half = T_2DF * e[f"{m}_std"] / math.sqrt(3)
+            assert float(line[f"test_{m}_ci_low"]) == pytest.approx(e[f"{m}_mean"] - half)
+            assert float(line[f"test_{m}_ci_high"]) == pytest.approx(e[f"{m}_mean"] + half)
+        assert "verdict" not in line  # no baseline asked for: no comparison columns
+
+
+def test_a_clear_difference_to_the_baseline_is_flagged_better(sweep):
+    # se's accuracy is mha's + 0.13 on every seed (see _results): paired by seed, exact.
+    report = rp.build_report([sweep], baseline="attention=mha")
+    for row in report.rows:
+        assert row.versus.baseline == "mha"
+        if row.attention == "mha":
+            assert row.versus.verdict == rp.BASELINE and row.versus.comparison is None
+        else:
+            c = row.versus.comparison
+            assert c.test == "paired" and c.diff == pytest.approx(0.13) and c.n == 3
+            assert row.versus.verdict == "better" and row.versus.p_holm < 1e-6
+    with open(sweep / rp.CSV_FILE) as f:
+        lines = {(x["attention"], x["backbone"]): x for x in csv.DictReader(f)}
+    se = lines[("se", "cnn")]
+    assert (se["verdict"], se["test"], se["baseline_metric"]) == ("better", "paired", "test/acc")
+    assert float(se["delta"]) == pytest.approx(0.13)
+    assert lines[("mha", "cnn")]["verdict"] == rp.BASELINE and lines[("mha", "cnn")]["p"] == ""
+    cells = {(x["attention"], x["backbone"]): x for x in _md_rows(sweep / rp.MD_FILE)}
+    assert cells[("se", "cnn")]["verdict"] == "better"
+    assert cells[("se", "cnn")]["Δ vs baseline"].startswith("+13.00 [+13.00, +13.00]")
+
+
+def test_a_lower_is_better_metric_is_judged_by_its_direction(tmp_path):
+    # se's bpc is 0.8 and 0.9 below mha's on seeds 0 and 1: lower, so better; and mha, against
+    # se as the baseline, is worse.
+    for attention, values in {"mha": [1.9, 2.1], "se": [1.1, 1.2]}.items():
+        for seed, bpc in enumerate(values):
+            write_results(tmp_path / f"{attention}{seed}", _lm_results(attention, seed, bpc))
+    rows = {r.attention: r for r in rp.build_report([tmp_path], baseline="attention=mha").rows}
+    c = rows["se"].versus.comparison
+    assert c.diff == pytest.approx(-0.85) and c.high < 0
+    # Paired differences -0.8, -0.9: t = -0.85 / (0.0707 / sqrt 2) = -17 on 1 df.
+    assert c.p == pytest.approx(2 * (0.5 - math.atan(17) / math.pi))  # Student t(1) is Cauchy
+    assert rows["se"].versus.verdict == "better"
+    rows = {r.attention: r for r in rp.build_report([tmp_path], baseline="attention=se").rows}
+    assert rows["mha"].versus.verdict == "worse"
+
+
+def test_holm_runs_over_every_tested_row_of_the_table(tmp_path):
+    rng = np.random.default_rng(0)
+    for a, shift in {"none": 0.0, "mha": 0.01, "se": 0.02, "pool": 0.03}.items():
+        for b in ("cnn", "transformer"):
+            for seed in range(3):
+                acc = 0.7 + shift + rng.normal(0, 0.01)
+                write_results(tmp_path / f"{a}{b}{seed}", _results("mha", "cnn", seed, metrics={
+                    "test/acc": acc, "test/f1": acc}, choices={"attention": a, "backbone": b,
+                    "dataset": "mnist1d", "seed": seed}))  # fmt: skip
+    rows = rp.build_report([tmp_path], baseline="attention=none").rows
+    tested = [r for r in rows if r.versus.comparison is not None]
+    assert len(tested) == 6  # 3 variants x 2 backbones: one family
+    raw = [r.versus.comparison.p for r in tested]
+    assert [r.versus.p_holm for r in tested] == pytest.approx(st.holm(raw))
+    assert all(r.versus.p_holm >= r.versus.comparison.p for r in tested)
+
+
+def _records(rng, seeds_of_baseline, mean_shift=0.0):
+    """A synthetic set of results.json records: baseline none and mha, 3 seeds, acc ~ N(0.8,
+    0.02); mha's mean shifted by ``mean_shift``."""
+    out = []
+    for attention, seeds, shift in (("none", seeds_of_baseline, 0.0), ("mha", (0, 1, 2), mean_shift)):
+        for seed in seeds:
+            acc = float(rng.normal(0.8 + shift, 0.02))
+            data = _results("mha", "cnn", 0, metrics={"test/acc": acc, "test/f1": acc})
+            data["choices"].update(attention=attention, seed=seed)
+            out.append(parse_record(Path(f"{attention}{seed}"), data))
+    return out
+
+
+@pytest.mark.parametrize("seeds_of_baseline", [(0, 1, 2), (3, 4, 5)], ids=["paired", "welch"])
+def test_cells_from_one_distribution_are_indistinguishable_at_the_nominal_rate(seeds_of_baseline):
+    rng = np.random.default_rng(len(seeds_of_baseline) + seeds_of_baseline[0])
+    n, flagged = 300, 0
+    for _ in range(n):
+        rows = rp.summarize(_records(rng, seeds_of_baseline))
+        rp.compare_to_baseline(rows, "attention=none")
+        (mha,) = [r for r in rows if r.attention == "mha"]
+        assert mha.versus.comparison.test == ("paired" if seeds_of_baseline[0] == 0 else "welch")
+        flagged += mha.versus.verdict != "indistinguishable"
+    assert abs(flagged - n * 0.05) <= 3.5 * math.sqrt(n * 0.05 * 0.95), flagged / n
+
+
+def test_one_seed_gets_no_test(tmp_path):
+    write_results(tmp_path / "0", _results("mha", "cnn", 0))
+    write_results(tmp_path / "1", _results("se", "cnn", 0))
+    rows = {r.attention: r for r in rp.build_report([tmp_path], baseline="attention=mha").rows}
+    assert rows["se"].versus.verdict == "no test" and math.isnan(rows["se"].versus.p_holm)
+    assert rows["se"].versus.comparison.diff == pytest.approx(0.13)
+    cells = {x["attention"]: x for x in _md_rows(tmp_path / rp.MD_FILE)}
+    assert cells["se"]["verdict"] == "no test" and cells["se"]["p (Holm)"] == rp.MISSING
+    assert cells["se"]["Δ vs baseline"] == "+13.00"
+
+
+def test_a_bad_baseline_is_a_clear_error_before_reading(sweep):
+    with pytest.raises(rp.ReportError, match="key 'backbone' is not allowed: one of attention"):
+        rp.build_report([sweep], baseline="backbone=cnn")
+    with pytest.raises(rp.ReportError, match="must be KEY=VALUE"):
+        rp.build_report([sweep], baseline="none")
+    with pytest.raises(rp.ReportError, match="matches no row; attention values: mha, se"):
+        rp.build_report([sweep], baseline="attention=none")
+
+
+def test_cli_baseline_flag_prints_the_verdicts(sweep, capsys):
+    assert rp.main([str(sweep), "--baseline", "attention=mha"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict" in out and "better" in out and "baseline" in out
+    assert rp.main([str(sweep), "--baseline", "seed=0"]) == 2
+    assert "'seed' is not allowed" in capsys.readouterr().err
+
+
+def test_ranking_across_datasets(tmp_path):
+    # mnist1d: se > mha > none; digits: mha > se > none (accuracies, higher is better).
+    accs = {"mnist1d": {"se": 0.9, "mha": 0.8, "none": 0.7}, "digits": {"mha": 0.95, "se": 0.9, "none": 0.5}}
+    for dataset, by_variant in accs.items():
+        for attention, acc in by_variant.items():
+            write_results(tmp_path / f"{dataset}{attention}", _results("mha", "cnn", 0, metrics={
+                "test/acc": acc, "test/f1": acc}, choices={"attention": attention, "backbone": "cnn",
+                "dataset": dataset, "seed": 0}))  # fmt: skip
+    report = rp.build_report([tmp_path])
+    ranking = {rr.variant: rr.ranks for rr in rp.rank_across_datasets(report.rows)}
+    assert {v: r.mean for v, r in ranking.items()} == {"mha": 1.5, "se": 1.5, "none": 3.0}
+    assert ranking["none"].std == 0 and ranking["mha"].std == pytest.approx(math.sqrt(0.5))
+    md = (tmp_path / rp.MD_FILE).read_text()
+    assert "## Ranking across datasets" in md
+    assert "| cnn | none | 3.00 | 0.00 | 3–3 | 2 |" in md
+    assert rp.rank_across_datasets([r for r in report.rows if r.dataset == "digits"]) == []
