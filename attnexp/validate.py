@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from attnexp.results import MAX, check_direction, task_of
 
 # A key whose name ends like this is a count or a size: it must be positive when set (null means
-# "derive it", e.g. head_dim). ``_ratio`` keys are positive floats.
+# "derive it", e.g. head_dim). ``_ratio`` keys are positive floats (mlp_ratio may be 0: no MLP).
 POSITIVE_SUFFIXES = (
     "size", "sizes", "dim", "width", "depth", "heads", "samples", "classes", "pairs", "queries",
     "len", "stride",
@@ -38,7 +38,7 @@ def validate(cfg: DictConfig) -> None:
         name = key.rsplit(".", 1)[-1]
         if name.endswith(POSITIVE_SUFFIXES):
             _check_positive(key, value)
-        elif name.endswith("ratio"):
+        elif name.endswith("ratio") and not (name == "mlp_ratio" and value == 0):  # 0: no MLP
             _check_positive(key, value, integer=False)
         if name in ODD_KEYS:
             for k in value if isinstance(value, (list, tuple)) else [value]:
