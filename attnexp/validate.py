@@ -57,6 +57,7 @@ def validate(cfg: DictConfig) -> None:
     _check_compile(cfg)
     _check_shape(cfg)
     _check_objective(cfg)  # after the shape: the task depends on it
+    _check_stop_at(cfg)
     _check_model(cfg)
     _check_data(cfg)
 
@@ -132,6 +133,33 @@ def _check_objective(cfg: DictConfig) -> None:
             f"objective_mode={mode} optimises {objective} the wrong way: it is "
             f"{'higher' if direction == MAX else 'lower'}-is-better; set objective_mode={direction}"
         )
+
+
+def _check_stop_at(cfg: DictConfig) -> None:
+    """``callbacks.stop_at`` watches a validation metric of the task, the right way round: a typo
+    would fail only after the first epoch, and a wrong mode would stop at once or never."""
+    stop = (cfg.get("callbacks") or {}).get("stop_at")
+    if stop is None:
+        return
+    task = task_of(cfg)
+    monitor = str(stop.get("monitor"))
+    direction = task.direction_of(monitor)
+    if direction is None or not monitor.startswith("val/"):
+        allowed = ", ".join(k for k in task.keys() if k.startswith("val/"))
+        raise ValueError(
+            f"callbacks.stop_at.monitor must be a validation metric the {task.name} task logs "
+            f"({allowed}), got {monitor!r}"
+        )
+    mode = check_direction("callbacks.stop_at.mode", stop.get("mode", MAX))
+    if mode != direction:
+        raise ValueError(
+            f"callbacks.stop_at.mode={mode} watches {monitor} the wrong way: it is "
+            f"{'higher' if direction == MAX else 'lower'}-is-better; "
+            f"set callbacks.stop_at.mode={direction}"
+        )
+    threshold = stop.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"callbacks.stop_at.threshold must be a number, got {threshold!r}")
 
 
 def _check_model(cfg: DictConfig) -> None:
