@@ -1,14 +1,18 @@
-"""Run measurements (training throughput and peak memory), the loss guard and the progress bar."""
+"""Run measurements (training throughput and peak memory), the loss guard, the stop at a
+threshold and the progress bar."""
 
 from __future__ import annotations
 
+import logging
 import resource
 import sys
 import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
+
+log = logging.getLogger(__name__)
 
 
 class RunStats(L.Callback):
@@ -77,6 +81,30 @@ class FiniteLoss(L.Callback):
                 f"{last}. Try a lower optim.optimizer.lr or gradient clipping "
                 "(trainer.gradient_clip_val)"
             )
+
+
+class StopAtThreshold(EarlyStopping):
+    """End training after the first validation where ``monitor`` passes ``threshold``: strictly
+    above it with ``mode="max"``, below with ``"min"`` (Zoology stops a run once its validation
+    accuracy is above 0.99: ``early_stopping_threshold`` in its train.py).
+
+    Lightning's EarlyStopping with its stopping threshold alone: no patience, and a non-finite
+    metric is left to ``FiniteLoss``. ``callbacks.stop_at`` in the config; attnexp.validate checks
+    that ``monitor`` is a validation metric the task logs and ``mode`` its direction.
+    """
+
+    def __init__(self, monitor: str, threshold: float, mode: str = "max") -> None:
+        super().__init__(
+            monitor=monitor,
+            mode=mode,
+            stopping_threshold=threshold,
+            patience=sys.maxsize,
+            check_finite=False,
+        )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.stopping_reason_message and trainer.is_global_zero:
+            log.info("epoch %d: %s", self.stopped_epoch, self.stopping_reason_message)
 
 
 class MetricsProgressBar(RichProgressBar):

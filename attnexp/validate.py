@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from attnexp.results import MAX, check_direction, task_of
 
 # A key whose name ends like this is a count or a size: it must be positive when set (null means
-# "derive it", e.g. head_dim). ``_ratio`` keys are positive floats.
+# "derive it", e.g. head_dim). ``_ratio`` keys are positive floats (mlp_ratio may be 0: no MLP).
 POSITIVE_SUFFIXES = (
     "size", "sizes", "dim", "width", "depth", "heads", "samples", "classes", "pairs", "queries",
     "len", "stride",
@@ -39,7 +39,7 @@ def validate(cfg: DictConfig) -> None:
         name = key.rsplit(".", 1)[-1]
         if name.endswith(POSITIVE_SUFFIXES):
             _check_positive(key, value)
-        elif name.endswith("ratio"):
+        elif name.endswith("ratio") and not (name == "mlp_ratio" and value == 0):  # 0: no MLP
             _check_positive(key, value, integer=False)
         if name in ODD_KEYS:
             for k in value if isinstance(value, (list, tuple)) else [value]:
@@ -58,6 +58,7 @@ def validate(cfg: DictConfig) -> None:
     _check_compile(cfg)
     _check_shape(cfg)
     _check_objective(cfg)  # after the shape: the task depends on it
+    _check_stop_at(cfg)
     _check_model(cfg)
     _check_data(cfg)
 
@@ -133,6 +134,33 @@ def _check_objective(cfg: DictConfig) -> None:
             f"objective_mode={mode} optimises {objective} the wrong way: it is "
             f"{'higher' if direction == MAX else 'lower'}-is-better; set objective_mode={direction}"
         )
+
+
+def _check_stop_at(cfg: DictConfig) -> None:
+    """``callbacks.stop_at`` watches a validation metric of the task, the right way round: a typo
+    would fail only after the first epoch, and a wrong mode would stop at once or never."""
+    stop = (cfg.get("callbacks") or {}).get("stop_at")
+    if stop is None:
+        return
+    task = task_of(cfg)
+    monitor = str(stop.get("monitor"))
+    direction = task.direction_of(monitor)
+    if direction is None or not monitor.startswith("val/"):
+        allowed = ", ".join(k for k in task.keys() if k.startswith("val/"))
+        raise ValueError(
+            f"callbacks.stop_at.monitor must be a validation metric the {task.name} task logs "
+            f"({allowed}), got {monitor!r}"
+        )
+    mode = check_direction("callbacks.stop_at.mode", stop.get("mode", MAX))
+    if mode != direction:
+        raise ValueError(
+            f"callbacks.stop_at.mode={mode} watches {monitor} the wrong way: it is "
+            f"{'higher' if direction == MAX else 'lower'}-is-better; "
+            f"set callbacks.stop_at.mode={direction}"
+        )
+    threshold = stop.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"callbacks.stop_at.threshold must be a number, got {threshold!r}")
 
 
 def _check_model(cfg: DictConfig) -> None:

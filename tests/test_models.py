@@ -148,3 +148,29 @@ def test_a_classifiers_parameters_keep_their_names_so_old_checkpoints_load(build
     """The language-model mode added no parameter, buffer or name to a classifier."""
     model = build(functools.partial(Mixer), SEQUENCE, dim=16, depth=1)
     assert list(dict.fromkeys(k.rpartition(".")[0] or k for k in model.state_dict())) == names
+
+
+def test_mlp_ratio_zero_makes_attention_only_blocks():
+    """Zoology's MQAR models: no channel MLP, each block is x + attention(norm(x))."""
+    model = transformer(Mixer, TOKENS, mlp_ratio=0).eval()
+    assert not [k for k in model.state_dict() if ".mlp." in k or ".norm2." in k]
+    block = model.blocks[0]
+    x = torch.randn(5, 9, 16)
+    torch.testing.assert_close(block(x), x + block.slot(block.norm1(x)))
+    with_mlp = transformer(Mixer, TOKENS, mlp_ratio=2.0)
+    mlp_params = 3 * (16 * 32 + 32 + 32 * 16 + 16 + 2 * 16)  # two linears and a norm per block
+    assert sum(p.numel() for p in with_mlp.parameters()) - sum(
+        p.numel() for p in model.parameters()
+    ) == mlp_params
+
+
+def test_no_mlp_and_no_attention_leaves_blocks_that_change_nothing():
+    model = transformer(Identity, TOKENS, mlp_ratio=0)
+    x = torch.randn(5, 9, 16)
+    torch.testing.assert_close(model.blocks(x), x)
+
+
+@pytest.mark.parametrize("ratio", [-1.0, 0.01])  # 0.01 x dim 16 would round down to no MLP
+def test_a_negative_or_vanishing_mlp_ratio_is_refused(ratio):
+    with pytest.raises(ValueError, match="mlp_ratio must be 0 \\(no MLP\\)"):
+        transformer(Mixer, TOKENS, mlp_ratio=ratio)

@@ -41,6 +41,8 @@ EXPECTED_JOBS = {
     "muse_kernels": 5 * 2 * 3,
     "shakespeare_char": 1,
     "shakespeare_char_cpu": 1,
+    "zoology_mqar": 7 * 4 * 4 * 4,
+    "zoology_mqar_small": 7 * 2 * 2 * 4,
 }
 
 

@@ -4,6 +4,8 @@ or a causal language model when ``shape.is_lm``.
 Placement by kind:
 - MIXER and GATE fill the token-mixing slot of every block: ``x = x + slot(norm(x))``.
 - IDENTITY leaves MLP-only blocks (the no-attention baseline).
+- ``mlp_ratio=0`` drops the MLP (channel mixing) from every block, as Zoology's MQAR models
+  (``state_mixer: Identity``); the blocks are then the attention alone.
 - POOL replaces the mean readout with attention pooling; the blocks stay MLP-only, so the pooling
   is the model's only attention (one variable changes per ablation cell).
 
@@ -42,26 +44,41 @@ class Mlp(nn.Sequential):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: optional token-mixing slot, then MLP."""
+    """Pre-norm residual block: optional token-mixing slot, then MLP (none if ``mlp_hidden=0``)."""
 
     def __init__(self, dim: int, mlp_hidden: int, dropout: float, slot: AttentionSlot | None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim) if slot is not None else None
         self.slot = slot
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_hidden, dropout)
+        self.norm2 = nn.LayerNorm(dim) if mlp_hidden else None
+        self.mlp = Mlp(dim, mlp_hidden, dropout) if mlp_hidden else None
         self.drop = nn.Dropout(dropout)
 
     def residual_projections(self) -> list[nn.Linear]:
         """The layers whose outputs are added to the stream: the MLP's last and the slot's
         ``proj`` (the output projection of mha, muse and linear)."""
         proj = getattr(self.slot.module, "proj", None) if self.slot is not None else None
-        return [self.mlp[-1], *([proj] if isinstance(proj, nn.Linear) else [])]
+        layers = [self.mlp[-1]] if self.mlp is not None else []
+        return [*layers, *([proj] if isinstance(proj, nn.Linear) else [])]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.slot is not None:
             x = x + self.drop(self.slot(self.norm1(x)))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        if self.mlp is not None:
+            x = x + self.drop(self.mlp(self.norm2(x)))
+        return x
+
+
+def mlp_hidden(dim: int, mlp_ratio: float) -> int:
+    """The MLP's hidden width; 0 (no MLP) only when asked for with ``mlp_ratio=0``, never by
+    rounding a small ratio down."""
+    hidden = int(dim * mlp_ratio)
+    if mlp_ratio < 0 or (mlp_ratio > 0 and hidden == 0):
+        raise ValueError(
+            f"backbone.mlp_ratio must be 0 (no MLP) or give an MLP of width >= 1 at "
+            f"dim={dim}, got {mlp_ratio}"
+        )
+    return hidden
 
 
 POSITIONS = ("learned", "none")  # none: the attention brings its own (e.g. rotary)
@@ -99,7 +116,7 @@ class Transformer(Backbone):
         if positions == "learned":
             self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
             nn.init.trunc_normal_(self.pos, std=0.02)
-        hidden = int(dim * mlp_ratio)
+        hidden = mlp_hidden(dim, mlp_ratio)
         self.blocks = nn.Sequential(
             *(
                 Block(dim, hidden, dropout, block_slot(attention, dim, tokens, causal=shape.is_lm))
