@@ -75,6 +75,11 @@ def config_value(run_dir: str | Path, key: str, option: str = "--by") -> Any:
     if not path.is_file():
         raise ReportError(f"{option} {key}: {path} does not exist (a run without its saved config)")
     cfg = _load(path.resolve(), path.stat().st_mtime_ns)
+    raw = _unresolved(cfg, key)
+    if isinstance(raw, str) and "${hydra:" in raw:
+        # Only the run's own Hydra knew it; a Hydra running now (a sweep's summary) would answer
+        # with its own runtime instead.
+        return raw
     try:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
     except Exception:  # an interpolation only a running Hydra resolves: keep its text
