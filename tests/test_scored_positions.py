@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._dynamo
 
 from attnexp.data.shape import IGNORE_INDEX
-from attnexp.lm import LanguageModel, TokenMetrics, lm_loss
+from attnexp.lm import LanguageModel, TokenMetrics, lm_loss, scored_logits
 from attnexp.models import build_model
 from tests.conftest import BACKBONES
 from tests.test_lm_models import L, V, lm_config
@@ -99,3 +100,18 @@ def test_forward_is_the_readout_of_the_features(backbone):
     h = model.features(x)
     assert h.shape == (3, L, model.readout.head.in_features)
     torch.testing.assert_close(model(x), model.readout(h))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_compile_covers_features_and_the_scored_step_matches_eager(backbone):
+    """``compile=true`` compiles ``features`` as one graph (the steps call it, not ``forward``);
+    the scored rows, whose number varies per batch, are picked outside the graph."""
+    module, (x, y) = module_and_batch(backbone, "sparse")
+    expected = lm_loss(module(x), y)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    module.model.compile(fullgraph=True, backend="eager")
+    loss = lm_loss(*scored_logits(module.model, x, y))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module.model(x), module.model.readout(module.model.features(x)))
