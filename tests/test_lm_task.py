@@ -34,15 +34,19 @@ V = 7  # vocabulary of the stand-in data
 
 
 class Bigram(nn.Module):
-    """Logits of the next token from the current one only: causal by construction."""
+    """Logits of the next token from the current one only: causal by construction. A backbone's
+    interface: ``features`` and the head ``readout``."""
 
     def __init__(self, vocab: int = V) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, 16)
-        self.head = nn.Linear(16, vocab)
+        self.readout = nn.Linear(16, vocab)
+
+    def features(self, x):
+        return self.embed(x)
 
     def forward(self, x):
-        return self.head(self.embed(x))
+        return self.readout(self.features(x))
 
 
 def cyclic_batches(n: int, batch: int = 4, length: int = 8, pad_last: int = 0):

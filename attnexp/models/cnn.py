@@ -134,9 +134,10 @@ class CNN(Backbone):
         if init == "gpt":  # the convs keep PyTorch's init: no residual projection is a Linear
             init_gpt(self, (), depth)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)``."""
+    def features(self, x: Tensor) -> Tensor:
+        """The last block's output, tokens-last ``(B, *grid, dim)``; ``forward`` reads out
+        classes ``(B, num_classes)`` from them or, as a language model, logits ``(B, T, vocab)``."""
         if self.shape.is_lm:
             check_context(x, self.shape)
         x = self.stem(channels_first(self.embed(x)))
-        return self.readout(channels_last(self.blocks(x)))
+        return channels_last(self.blocks(x))

@@ -112,6 +112,22 @@ class Backbone(nn.Module):
         super().__init__()
         self.shape = shape
 
+    readout: nn.Module  # features -> logits: ``Readout`` (pooled classes) or ``LMHead``
+
+    def features(self, x: Tensor) -> Tensor:
+        """Tokens-last hidden states ``(B, *grid, dim)`` before the readout."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.features(x))
+
+    def compile(self, *args, **kwargs) -> None:
+        """In place, as ``nn.Module.compile`` (parameter names stay the plain model's), and
+        ``features`` too: a language model's training step calls ``features`` and then the head
+        on the scored positions only, outside the graph (their number varies per batch)."""
+        super().compile(*args, **kwargs)
+        self.features = torch.compile(self.features, *args, **kwargs)
+
     def slots(self) -> Iterator[tuple[str, AttentionSlot]]:
         for name, m in self.named_modules():
             if isinstance(m, AttentionSlot):

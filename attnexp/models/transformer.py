@@ -134,9 +134,10 @@ class Transformer(Backbone):
             residual = [layer for block in self.blocks for layer in block.residual_projections()]
             init_gpt(self, residual, depth)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Classes ``(B, num_classes)``; as a language model, logits ``(B, T, vocab)`` for ``T <=``
-        the context length (a prompt may be shorter)."""
+    def features(self, x: Tensor) -> Tensor:
+        """The normed last hidden states ``(B, *tokens, dim)``; ``forward`` reads out classes
+        ``(B, num_classes)`` from them or, as a language model, logits ``(B, T, vocab)`` for ``T
+        <=`` the context length (a prompt may be shorter)."""
         if self.shape.is_lm:
             check_context(x, self.shape)
         x = self.embed(x)
@@ -144,4 +145,4 @@ class Transformer(Backbone):
             x = x + self.pos[:, : x.shape[1]]
         if self.shape.is_lm:
             x = self.drop(x)
-        return self.readout(self.norm(self.blocks(x)))
+        return self.norm(self.blocks(x))
