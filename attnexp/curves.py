@@ -71,8 +71,8 @@ def read_log(path: Path, key: str) -> dict[str, dict[float, float]]:
     ``UnreadableLog`` when the file cannot be read or parsed, or has neither x column."""
     try:
         with open(path, newline="") as f:
-            lines = list(csv.DictReader(f))
-            header = lines and list(lines[0])
+            reader = csv.DictReader(f)
+            lines, header = list(reader), reader.fieldnames
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UnreadableLog(f"{type(e).__name__}: {e}") from e
     if not header:
