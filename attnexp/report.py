@@ -123,6 +123,7 @@ class Row:
     labels: dict[str, Any] = field(default_factory=dict)
     samples: dict[str, list[tuple[Any, float]]] = field(default_factory=dict)  # (seed, value)s
     versus: Versus | None = None  # set by compare_to_baseline
+    run_dirs: list[Path] = field(default_factory=list)  # the completed runs' dirs
 
     @property
     def variant(self) -> str:
@@ -145,6 +146,7 @@ class Report:
     running: list[RunRecord]
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # sentences under the table's legend
+    curves: Any = None  # attnexp.curves.Curves, set by build_report
 
 
 def reported_key(metric: Metric) -> str:
@@ -220,6 +222,7 @@ def summarize(runs: Iterable[RunRecord]) -> list[Row]:
                     key: [(r.seed, r.value(key)) for r in done]
                     for key in map(reported_key, task.test_metrics)
                 },
+                run_dirs=[r.path for r in done],
             )
         )
     return sorted(rows, key=_sort_key)
@@ -530,6 +533,10 @@ def to_markdown(report: Report, out_dir: Path) -> str:
     pngs = [p for p in report.files if p.suffix == ".png"]
     if pngs:
         parts += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    if report.curves is not None:
+        from attnexp.curves import to_markdown as curves_markdown
+
+        parts += curves_markdown(report.curves, lambda p: _rel(p, out_dir))
     parts += ["", f"## Failures ({len(report.failures)})", ""]
     if report.failures:
         parts.append(
@@ -770,6 +777,7 @@ def build_report(
     (``attnexp.best_over``); with ``baseline`` (``"attention=none"``), compare every row with it
     (``compare_to_baseline``)."""
     from attnexp.best_over import best_over_note, check_keys, summarize_by
+    from attnexp.curves import learning_curves
     from attnexp.zoology_figure import plot_width_figure
 
     if not dirs:
@@ -790,6 +798,8 @@ def build_report(
         compare_to_baseline(report.rows, baseline)
     out.mkdir(parents=True, exist_ok=True)
     report.files = plot_all(report.rows, out) + plot_width_figure(report.rows, out)
+    report.curves = learning_curves(report.rows, out)
+    report.files += report.curves.files
     atomic_write_text(out / CSV_FILE, to_csv(report.rows))
     atomic_write_text(out / MD_FILE, to_markdown(report, out))
     report.files += [out / MD_FILE, out / CSV_FILE]
