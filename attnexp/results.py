@@ -74,7 +74,7 @@ class Cost:
 COSTS = (
     Cost("params", "params", "trainable parameters", ",.0f", plot=True),
     Cost("attention_flops", "attn FLOPs/sample",
-         "analytic forward FLOPs of all attention slots for one sample", "si"),
+         "analytic forward FLOPs of all attention slots for one sample", "si", plot=True),
     Cost("throughput", "train samples/s", "training samples per second", ",.1f", plot=True),
     Cost("peak_memory_mb", "peak mem (MB)", "peak process (CPU) or CUDA memory", ",.1f"),
     Cost("wall_time_s", "wall time (s)", "wall-clock time of the whole run", ",.1f"),
