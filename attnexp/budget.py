@@ -152,3 +152,15 @@ def matched_record(cfg: DictConfig) -> dict[str, Any] | None:
     """``cfg.matched`` as plain JSON for ``results.json`` (None when the run was not matched)."""
     matched = cfg.get("matched")
     return None if matched is None else OmegaConf.to_container(matched)
+
+
+def budget_flag(records: list[dict[str, Any]]) -> str | None:
+    """The report's ``budget`` cell for a row's matched runs: ``outside`` when any run's width
+    missed the band, else the largest deviation from the reference (``±1.2%``); None unmatched."""
+    if not records:
+        return None
+    matched = [Matched(**r) for r in records]
+    if not all(m.within_band for m in matched):
+        return "outside"
+    worst = max((m.deviation for m in matched), key=abs)
+    return f"{worst:+.1%}"

@@ -283,6 +283,7 @@ class RunRecord:
     task: Task
     metrics: dict[str, float]  # the numeric entries of "metrics"
     costs: dict[str, float]  # every cost field; NaN where the run has none
+    matched: dict[str, Any] | None = None  # the width match=params|flops chose (attnexp.budget)
 
     def value(self, key: str) -> float:
         """A metric (``test/acc``) or cost (``params``); NaN where the run has none."""
@@ -331,6 +332,7 @@ def parse_record(run_dir: Path, data: Any) -> RunRecord:
         task=task,
         metrics=metrics,
         costs={k: _number(data.get(k), math.nan) for k in COST_NAMES},
+        matched=data.get("matched") if isinstance(data.get("matched"), dict) else None,
     )
 
 

@@ -116,3 +116,15 @@ def test_a_matched_run_records_its_width_and_a_rerun_skips_it(tmp_path, data_dir
     written = (tmp_path / "results.json").stat().st_mtime_ns
     train_main.__wrapped__(compose_cfg(overrides, tmp_path))
     assert (tmp_path / "results.json").stat().st_mtime_ns == written
+
+
+def test_the_report_flags_a_row_with_a_run_outside_the_band():
+    from attnexp.budget import budget_flag
+
+    def record(count, within):
+        return {"by": "params", "reference": "mha", "reference_dim": 64, "reference_count": 1000,
+                "dim": 80, "count": count, "within_band": within}  # fmt: skip
+
+    assert budget_flag([]) is None
+    assert budget_flag([record(990, True), record(1030, True)]) == "+3.0%"
+    assert budget_flag([record(990, True), record(800, False)]) == "outside"
