@@ -116,6 +116,10 @@ def load_run_config(run_dir: Path) -> DictConfig:
     runtime = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime
     fill_runtime_choices(cfg, runtime.choices)
     cfg.paths.output_dir = str(run_dir)
+    # Hydra saved the config before the run matched its width: match it again (deterministic).
+    from attnexp.budget import apply_budget
+
+    apply_budget(cfg)
     return cfg
 
 

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from attnexp.budget import apply_budget, matched_record
 from attnexp.callbacks import FiniteLoss, MetricsProgressBar, RunStats
 from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.classifier import Classifier
@@ -129,7 +130,9 @@ def train(
     """
     start = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
+    apply_budget(cfg)  # before the hash is taken; a no-op when the command line did it
     results = new_results(cfg, overrides, run_dir)
+    results["matched"] = matched_record(cfg)
     record(run_dir, results)
     try:
         if not validated:

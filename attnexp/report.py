@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from attnexp import stats
+from attnexp.budget import budget_flag
 from attnexp.plotting import new_figure, safe_filename, save_figure
 from attnexp.results import (
     COMPLETED,
@@ -124,6 +125,7 @@ class Row:
     samples: dict[str, list[tuple[Any, float]]] = field(default_factory=dict)  # (seed, value)s
     versus: Versus | None = None  # set by compare_to_baseline
     run_dirs: list[Path] = field(default_factory=list)  # the completed runs' dirs
+    budget: str | None = None  # match=params|flops: the runs' widest deviation (attnexp.budget)
 
     @property
     def variant(self) -> str:
@@ -218,6 +220,7 @@ def summarize(runs: Iterable[RunRecord]) -> list[Row]:
                 n_failed=sum(r.status == FAILED for r in members),
                 stats={key: Stat.of(values[key]) for key in map(reported_key, task.test_metrics)},
                 costs={c.name: _mean(values[c.name]) for c in COSTS},
+                budget=budget_flag([r.matched for r in done if r.matched]),
                 samples={
                     key: [(r.seed, r.value(key)) for r in done]
                     for key in map(reported_key, task.test_metrics)
@@ -441,6 +444,8 @@ def _display_columns(rows: Sequence[Row]) -> list[Column]:
             ("verdict", lambda r: r.versus.verdict if r.versus else MISSING),
         ]
     columns += [(c.header, lambda r, c=c: _cost(r.costs[c.name], c)) for c in COSTS]
+    if any(r.budget for r in rows):
+        columns += [("budget", lambda r: r.budget or MISSING)]
     return columns + [("seeds", lambda r: str(r.n_seeds)), ("failed", lambda r: str(r.n_failed))]
 
 

@@ -74,7 +74,7 @@ class Cost:
 COSTS = (
     Cost("params", "params", "trainable parameters", ",.0f", plot=True),
     Cost("attention_flops", "attn FLOPs/sample",
-         "analytic forward FLOPs of all attention slots for one sample", "si"),
+         "analytic forward FLOPs of all attention slots for one sample", "si", plot=True),
     Cost("throughput", "train samples/s", "training samples per second", ",.1f", plot=True),
     Cost("peak_memory_mb", "peak mem (MB)", "peak process (CPU) or CUDA memory", ",.1f"),
     Cost("wall_time_s", "wall time (s)", "wall-clock time of the whole run", ",.1f"),
@@ -283,6 +283,7 @@ class RunRecord:
     task: Task
     metrics: dict[str, float]  # the numeric entries of "metrics"
     costs: dict[str, float]  # every cost field; NaN where the run has none
+    matched: dict[str, Any] | None = None  # the width match=params|flops chose (attnexp.budget)
 
     def value(self, key: str) -> float:
         """A metric (``test/acc``) or cost (``params``); NaN where the run has none."""
@@ -331,6 +332,7 @@ def parse_record(run_dir: Path, data: Any) -> RunRecord:
         task=task,
         metrics=metrics,
         costs={k: _number(data.get(k), math.nan) for k in COST_NAMES},
+        matched=data.get("matched") if isinstance(data.get("matched"), dict) else None,
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from attnexp.budget import apply_budget
 from attnexp.config import find_run_dir, load_run_config
 from attnexp.results import COMPLETED, RESULTS_FILE, RUNNING, read_results
 
@@ -236,6 +237,7 @@ def plan_start(cfg: DictConfig, overrides: list[str]) -> Start:
         OmegaConf.resolve(cfg)
         return Start(cfg, overrides, ckpt, previous_result(cfg))
     OmegaConf.resolve(cfg)
+    apply_budget(cfg)  # the matched width is part of the config the hash is taken of
     done = previous_result(cfg)
     if done is not None:
         return Start(cfg, overrides, done=done)

@@ -153,7 +153,7 @@ def test_pngs_are_valid(sweep, tmp_path):
     out = tmp_path / "report"
     report = rp.build_report([sweep], out)
     pngs = sorted(p.name for p in report.files if p.suffix == ".png")
-    assert pngs == ["primary_mnist1d.png", "primary_vs_params.png", "primary_vs_throughput.png"]
+    assert pngs == ["primary_mnist1d.png", "primary_vs_attention_flops.png", "primary_vs_params.png", "primary_vs_throughput.png"]
     for name in pngs:
         data = (out / name).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC)
