@@ -17,7 +17,6 @@ its learning rates. Here that is two report options, both naming dotted keys of 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from attnexp.report import IDENTITY, ReportError, Row, _sort_key, summarize
+from attnexp.report import BEST_SUFFIX, IDENTITY, ReportError, Row, _mean, _sort_key, summarize
 from attnexp.results import COMPLETED, FAILED, MAX, RunRecord
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"  # where Hydra saves a run's config, in its run dir
@@ -34,7 +33,7 @@ _ABSENT = object()
 
 def best_column(key: str) -> str:
     """The column naming the value a ``best_over`` selection kept."""
-    return f"{key} (best)"
+    return f"{key}{BEST_SUFFIX}"
 
 
 def best_over_note(key: str) -> str:
@@ -104,11 +103,6 @@ def value_order(value: Any) -> tuple:
     """A sort key for config values: numbers in numeric order before anything else in text order."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return (0, value, "") if number else (1, 0, str(value))
-
-
-def _mean(xs: list[float]) -> float:
-    xs = [x for x in xs if not math.isnan(x)]
-    return statistics.fmean(xs) if xs else math.nan
 
 
 def select_best(cell: Sequence[RunRecord], key: str) -> tuple[Any, list[RunRecord]]:

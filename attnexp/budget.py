@@ -108,7 +108,7 @@ def measure(cfg: DictConfig, by: str, dim: int, attention: DictConfig) -> int | 
         return None
     if by == FLOPS:
         return int(model.attention_flops())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return model.trainable_params()
 
 
 def closest_width(

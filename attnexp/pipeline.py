@@ -154,7 +154,7 @@ def train(
         callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
         callbacks += [stats, EpochSeed(cfg.seed), FiniteLoss(), ConfigStamp(cfg)]
         trainer = build_trainer(cfg, callbacks, loggers)
-        results["params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        results["params"] = model.trainable_params()
         results["attention_flops"] = model.attention_flops()
         for logger in loggers:
             logger.log_hyperparams(as_plain(cfg))

@@ -270,13 +270,9 @@ def compare_to_baseline(rows: Sequence[Row], baseline: str) -> None:
     def is_baseline(r: Row) -> bool:
         return all((getattr(r, k) or "") == v for k, v in selector.items())
 
-    from attnexp.best_over import best_column
-
-    kept = best_column("")  # the suffix of the column naming the value a --best-over kept
     tables: dict[tuple, list[Row]] = {}
-    for r in rows:  # rows split by --by values (not the value a --best-over kept) are own tables
-        split = tuple((k, str(v)) for k, v in sorted(r.labels.items()) if not k.endswith(kept))
-        tables.setdefault((r.dataset, r.backbone, split), []).append(r)
+    for r in rows:  # rows split by --by values are tables of their own
+        tables.setdefault((r.dataset, r.backbone, split_labels(r)), []).append(r)
     pending: list[tuple[Row, Row, stats.Comparison]] = []
     for (dataset, backbone, _), members in tables.items():
         found = [r for r in members if is_baseline(r)]
@@ -312,6 +308,15 @@ class RankRow:
     ranks: stats.RankSummary
 
 
+BEST_SUFFIX = " (best)"  # ends the column naming the value a --best-over kept (attnexp.best_over)
+
+
+def split_labels(row: Row) -> tuple[tuple[str, str], ...]:
+    """The ``--by`` values that split ``row`` from its variant's other rows (not the value a
+    ``--best-over`` kept, which differs within a comparison by design)."""
+    return tuple((k, str(v)) for k, v in sorted(row.labels.items()) if not k.endswith(BEST_SUFFIX))
+
+
 def rank_across_datasets(rows: Sequence[Row]) -> list[RankRow]:
     """Per backbone, each variant's rank by the primary test metric (1 = best, in its declared
     direction) in each dataset, summarised over datasets; empty below two datasets."""
@@ -324,13 +329,20 @@ def rank_across_datasets(rows: Sequence[Row]) -> list[RankRow]:
         for dataset in sorted({r.dataset for r in done if r.backbone == backbone}):
             here = [r for r in done if (r.dataset, r.backbone) == (dataset, backbone)]
             key, metric = here[0].primary
-            tables.append(({r.variant: r.stat(key).mean for r in here}, metric.direction))
+            # A variant split by --by values is ranked once per split, not overwritten.
+            means = {_ranked_name(r): r.stat(key).mean for r in here}
+            tables.append((means, metric.direction))
         summary = stats.mean_ranks(tables)
         out += [
             RankRow(backbone, v, summary[v])
             for v in sorted(summary, key=lambda v: (summary[v].mean, v))
         ]
     return out
+
+
+def _ranked_name(row: Row) -> str:
+    split = split_labels(row)
+    return row.variant + (f" ({', '.join(f'{k}={v}' for k, v in split)})" if split else "")
 
 
 # --------------------------------------------------------------------------- formatting

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from attnexp.best_over import value_order
 from attnexp.plotting import new_figure, save_figure
-from attnexp.report import ReportError, Row, _colors, _legend_beside, metric_label, reported_key
+from attnexp.report import (
+    ReportError,
+    Row,
+    _colors,
+    _legend_beside,
+    _scale,
+    metric_label,
+    reported_key,
+)
 from attnexp.results import Metric
 
 WIDTH_KEY = "backbone.dim"  # the x axis
@@ -52,7 +60,7 @@ def plot_width_figure(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             pts = sorted(((_number(r.labels[WIDTH_KEY], r), r) for r in here if line(r) == name),
                          key=lambda p: p[0])  # fmt: skip
             metric = figure_metric(pts[0][1])
-            scale = 100.0 if metric.percent else 1.0
+            scale = _scale(metric)
             stats = [r.stat(reported_key(metric)) for _, r in pts]
             ax.errorbar([w for w, _ in pts], [scale * s.mean for s in stats],
                         yerr=[0.0 if math.isnan(s.std) else scale * s.std for s in stats],

@@ -22,7 +22,7 @@ from attnexp.config import CONFIG_DIR
 
 GROUP = "attention"
 
-AttentionFactory = Callable[..., AttentionModule]
+AttentionFactory = Callable[..., AttentionModule]  # a Hydra partial: called with dim=, grid_ndim=, causal=
 
 
 def available(search_path: Sequence[str | Path] = ()) -> list[str]:

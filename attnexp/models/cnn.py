@@ -15,9 +15,9 @@ built ``causal=True``, and a per-position head predicts the next token. POOL is 
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from attnexp.attention.base import channels_first, channels_last
+from attnexp.attention.causal import causal_conv1d
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
@@ -39,7 +39,7 @@ class CausalConv1d(nn.Conv1d):
     """A 1-D conv whose output at position t sees inputs at t - k + 1 .. t: zeros on the left."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, (self.kernel_size[0] - 1, 0)))
+        return causal_conv1d(x, self.weight, self.bias, self.groups)
 
 
 class PositionNorm(nn.LayerNorm):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from attnexp.attention.base import AttentionModule, Kind, channels_first, channels_last
+from attnexp.attention.variants import AttentionFactory
 from attnexp.data.shape import DataShape
 
-AttentionFactory = Callable[..., AttentionModule]  # a Hydra partial: called with dim=..., grid_ndim=...
 POSITIONWISE = (Kind.MIXER, Kind.GATE)  # the kinds that sit in a block and keep every position
 
 
@@ -132,6 +132,10 @@ class Backbone(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, AttentionSlot):
                 yield name, m
+
+    def trainable_params(self) -> int:
+        """Trainable parameters, as results.json records them (and ``match=params`` compares)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def attention_flops(self) -> int:
         """Analytic FLOPs of all attention slots for one sample."""
