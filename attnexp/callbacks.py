@@ -3,7 +3,6 @@ threshold and the progress bar."""
 
 from __future__ import annotations
 
-import logging
 import resource
 import sys
 import time
@@ -11,8 +10,6 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
-
-log = logging.getLogger(__name__)
 
 
 class RunStats(L.Callback):
@@ -100,11 +97,8 @@ class StopAtThreshold(EarlyStopping):
             stopping_threshold=threshold,
             patience=sys.maxsize,
             check_finite=False,
+            verbose=True,  # Lightning logs the reason once, when it stops
         )
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.stopping_reason_message and trainer.is_global_zero:
-            log.info("epoch %d: %s", self.stopped_epoch, self.stopping_reason_message)
 
 
 class MetricsProgressBar(RichProgressBar):

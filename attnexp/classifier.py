@@ -63,10 +63,7 @@ class Classifier(TrainingModule):
         values = {**self.val_metrics.compute(), "val/loss": self.val_loss.compute()}
         self.val_metrics.reset()
         self.val_loss.reset()
-        # torchmetrics already reduced these over all ranks; sync_dist only averages equal values
-        # (and tells Lightning so, instead of warning).
-        for name, value in values.items():  # the progress bar shows the metric a run is judged by
-            self.log(name, value, sync_dist=True, prog_bar=name == VAL_METRIC)
+        self.log_stage(values, VAL_METRIC)
         if not self.trainer.sanity_checking:  # the sanity check's untrained score is no "best"
             self.val_acc_best.update(values[VAL_METRIC])
             self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)

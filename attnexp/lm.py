@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric, MinMetric
 
 from attnexp.data.shape import IGNORE_INDEX
+from attnexp.losses import next_token_loss
 from attnexp.module import TrainingModule
 
 VAL_METRIC = "val/loss"  # its best is val/loss_best; the progress bar shows it
@@ -59,13 +60,6 @@ class TokenMetrics(Metric):
         }
 
 
-def lm_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy over the scored positions of ``(B, L, V)`` (or ``(N, V)``) logits."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=IGNORE_INDEX
-    )
-
-
 def scored_logits(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Logits ``(N, V)`` and labels ``(N,)`` of the ``N`` scored positions of a batch: the head
     (``model.readout``) reads only the hidden states ``model.features(x)`` that carry a label.
@@ -88,7 +82,7 @@ class LanguageModel(TrainingModule):
         self.scored_tokens: dict[str, int] = {}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = lm_loss(*scored_logits(self.model, *batch))
+        loss = next_token_loss(*scored_logits(self.model, *batch))
         self.log_train_loss(loss)
         return loss
 
@@ -113,9 +107,7 @@ class LanguageModel(TrainingModule):
         metric.reset()
         self.scored_tokens[stage] = int(computed.pop("tokens"))
         values = {f"{stage}/{name}": value for name, value in computed.items()}
-        # torchmetrics already reduced these over all ranks; sync_dist only averages equal values.
-        for name, value in values.items():
-            self.log(name, value, sync_dist=True, prog_bar=name == VAL_METRIC)
+        self.log_stage(values, VAL_METRIC)
         return values
 
 

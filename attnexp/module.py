@@ -45,6 +45,13 @@ class TrainingModule(L.LightningModule):
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._loss_count += 1
 
+    def log_stage(self, values: dict[str, Tensor], prog_bar_key: str) -> None:
+        """Log a stage's computed metrics; the progress bar shows ``prog_bar_key``, the metric a
+        run is judged by. torchmetrics already reduced them over all ranks: ``sync_dist`` only
+        averages equal values (and tells Lightning so, instead of warning)."""
+        for name, value in values.items():
+            self.log(name, value, sync_dist=True, prog_bar=name == prog_bar_key)
+
     def on_train_epoch_end(self) -> None:
         if self._loss_count:
             # The mean over all ranks' batches under data-parallel training.

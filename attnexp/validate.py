@@ -129,10 +129,15 @@ def _check_objective(cfg: DictConfig) -> None:
             f"objective must be a metric the {task.name} task logs ({', '.join(task.keys())}), "
             f"got {objective!r}{hint}"
         )
-    if direction != mode:
+    _check_mode("objective_mode", mode, "optimises", objective, direction)
+
+
+def _check_mode(key: str, mode: str, verb: str, metric: str, direction: str) -> None:
+    """Refuse a ``mode`` against the declared ``direction`` of ``metric``, naming ``key``."""
+    if mode != direction:
         raise ValueError(
-            f"objective_mode={mode} optimises {objective} the wrong way: it is "
-            f"{'higher' if direction == MAX else 'lower'}-is-better; set objective_mode={direction}"
+            f"{key}={mode} {verb} {metric} the wrong way: it is "
+            f"{'higher' if direction == MAX else 'lower'}-is-better; set {key}={direction}"
         )
 
 
@@ -152,12 +157,7 @@ def _check_stop_at(cfg: DictConfig) -> None:
             f"({allowed}), got {monitor!r}"
         )
     mode = check_direction("callbacks.stop_at.mode", stop.get("mode", MAX))
-    if mode != direction:
-        raise ValueError(
-            f"callbacks.stop_at.mode={mode} watches {monitor} the wrong way: it is "
-            f"{'higher' if direction == MAX else 'lower'}-is-better; "
-            f"set callbacks.stop_at.mode={direction}"
-        )
+    _check_mode("callbacks.stop_at.mode", mode, "watches", monitor, direction)
     threshold = stop.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise ValueError(f"callbacks.stop_at.threshold must be a number, got {threshold!r}")

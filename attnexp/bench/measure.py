@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from attnexp.data.shape import CLASSIFICATION, IGNORE_INDEX, LM
+from attnexp.data.shape import CLASSIFICATION, LM
+from attnexp.losses import next_token_loss
 
 
 def synchronize(device: torch.device) -> None:
@@ -80,12 +81,6 @@ def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
         level += event.self_cpu_memory_usage
         peak = max(peak, level)
     return peak
-
-
-def next_token_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """A language model's loss as a hand-written loop computes it (``attnexp.lm.lm_loss``, which
-    lives beside Lightning): mean cross-entropy over the scored positions of ``(B, L, V)``."""
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
 
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

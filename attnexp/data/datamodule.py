@@ -112,11 +112,12 @@ class ArrayDataModule(L.LightningDataModule):
         super().__init__()
         # A dataset yaml may lift its source's main arguments to its top level (``dataset.seq_len``
         # read as ``source.seq_len: ${dataset.seq_len}``); anything else there is a mistake.
-        unknown = sorted(set(source_args) - set(getattr(source, "keywords", {})))
+        allowed = sorted(getattr(source, "keywords", {}))
+        unknown = sorted(set(source_args) - set(allowed))
         if unknown:
             raise ValueError(
                 f"dataset.{unknown[0]} is neither an argument of the data module nor one of "
-                f"dataset.source's ({', '.join(sorted(getattr(source, 'keywords', {})))})"
+                f"dataset.source's ({', '.join(allowed)})"
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")

@@ -111,6 +111,8 @@ def load_text(
     sha256: str | None = None,
 ) -> TextSplits:
     """The encoded splits of the text at ``path`` (``dataset.path``), from the cache when there."""
+    if vocab not in KINDS:  # refused before any work (a download, hashing the file)
+        raise ValueError(f"dataset.source.vocab must be one of {', '.join(KINDS)}, got {vocab!r}")
     path = Path(path)
     if not path.is_file():
         if not (download and url):
@@ -121,8 +123,6 @@ def load_text(
             )
         fetch(url, path, sha256)
     digest = sha256_of(path)
-    if vocab not in KINDS:  # refused before any work
-        raise ValueError(f"dataset.source.vocab must be one of {', '.join(KINDS)}, got {vocab!r}")
     key = json.dumps([CACHE_FORMAT, digest, vocab, train_fraction, val_fraction])
     cache = Path(data_dir) / f"text-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     if not (cache / "vocab.json").is_file():
