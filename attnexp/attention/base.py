@@ -99,6 +99,11 @@ class AttentionModule(nn.Module):
             or grid_ndim not in GRID_NDIMS
         ):
             raise ValueError(f"grid_ndim must be 1 (sequences) or 2 (images), got {grid_ndim!r}")
+        if causal and grid_ndim != 1:
+            raise ValueError(
+                f"causal=True needs a sequence (grid_ndim=1): causality orders positions in time; "
+                f"got grid_ndim={grid_ndim}"
+            )
         self.dim = dim
         self.grid_ndim = grid_ndim
         self.causal = causal

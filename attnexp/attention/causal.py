@@ -1,22 +1,12 @@
-"""What the causal forms of the variants share: the 1-D-only rule, running statistics over the
-prefix ``<= t`` and a left-padded convolution, so no future position reaches position t."""
+"""What the causal forms of the variants share: running statistics over the prefix ``<= t`` and a
+left-padded convolution, so no future position reaches position t. (The 1-D-only rule is the
+contract's: ``AttentionModule`` refuses ``causal=True`` on an image.)"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
-
-from attnexp.attention.base import AttentionModule
-
-
-def check_causal_grid(module: AttentionModule) -> None:
-    """Refuse ``causal=True`` on an image: causality orders positions in time, a sequence's."""
-    if module.causal and module.grid_ndim != 1:
-        raise ValueError(
-            f"causal=True needs a sequence (grid_ndim=1): causality orders positions in time; "
-            f"got grid_ndim={module.grid_ndim}"
-        )
 
 
 def running_mean(x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from attnexp.attention.base import (
     grid_conv,
     make_divisible,
 )
-from attnexp.attention.causal import causal_conv1d, check_causal_grid, running_max, running_mean
+from attnexp.attention.causal import causal_conv1d, running_max, running_mean
 
 
 class CBAM(AttentionModule):
@@ -51,7 +51,6 @@ class CBAM(AttentionModule):
         kernel_size: int = 7,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
-        check_causal_grid(self)
         check_ratio("rd_ratio", rd_ratio)
         check_positive("kernel_size", kernel_size)
         if kernel_size % 2 == 0:

@@ -539,7 +539,7 @@ class AttentionCore(nn.Module):
     grid with ``N = prod(grid)`` positions returns ``(out (B, h, N, d), weights (B, h, N, M) or
     None)``: qk convolution -> rope -> key/value selection -> mask -> ``attend``. ``grid_ndim``
     (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` lets query i see keys at positions <= i
-    under every knob (module docstring); the mixer refuses it on images (``check_causal_grid``).
+    under every knob (module docstring); the module contract refuses it on images (``AttentionModule``).
     """
 
     def __init__(

@@ -32,7 +32,6 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
-from attnexp.attention.causal import check_causal_grid
 
 
 def feature_map(x: Tensor) -> Tensor:
@@ -57,7 +56,6 @@ class LinearAttention(AttentionModule):
         chunk_size: int = 64,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
-        check_causal_grid(self)
         check_positive("num_heads", num_heads)
         check_positive("chunk_size", chunk_size)
         if dim % num_heads:

@@ -19,7 +19,6 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
-from attnexp.attention.causal import check_causal_grid
 from attnexp.attention.design import AttentionCore, AttentionDesign
 
 
@@ -78,7 +77,6 @@ class MultiHeadAttention(AttentionModule):
         **design: Any,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
-        check_causal_grid(self)
         self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
         check_probability("attn_drop", attn_drop)
         check_probability("proj_drop", proj_drop)

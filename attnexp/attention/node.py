@@ -39,7 +39,6 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
-from attnexp.attention.causal import check_causal_grid
 
 
 class NodeAttention(AttentionModule):
@@ -48,7 +47,9 @@ class NodeAttention(AttentionModule):
     attention map with one head, zero above the diagonal)."""
 
     kind = Kind.MIXER
-    weight_kinds = {"node": WeightKind.POSITION_WEIGHTS}  # one "head"
+    # One "head" of weights over positions; a causal module overrides it per instance (__init__):
+    # each position pools its own prefix, an (N x N) attention map.
+    weight_kinds = {"node": WeightKind.POSITION_WEIGHTS}
 
     def __init__(
         self,
@@ -59,7 +60,6 @@ class NodeAttention(AttentionModule):
         value_proj: bool = False,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
-        check_causal_grid(self)
         if causal:  # one set of pooling weights per position: a query x key map
             self.weight_kinds = {"node": WeightKind.ATTENTION_MAP}
         check_positive("reduction", reduction)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from attnexp.attention.base import AttentionModule, Kind
-from attnexp.attention.causal import check_causal_grid
 
 
 class Identity(AttentionModule):
@@ -14,10 +13,6 @@ class Identity(AttentionModule):
 
     kind = Kind.IDENTITY
     weight_kinds = {}
-
-    def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
-        super().__init__(dim, grid_ndim, causal)
-        check_causal_grid(self)
 
     def forward(self, x: Tensor, return_weights: bool = False):
         self.check_input(x)

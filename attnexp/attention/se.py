@@ -11,7 +11,7 @@ from attnexp.attention.base import (
     check_ratio,
     make_divisible,
 )
-from attnexp.attention.causal import check_causal_grid, running_mean
+from attnexp.attention.causal import running_mean
 
 
 class SqueezeExcite(AttentionModule):
@@ -32,7 +32,6 @@ class SqueezeExcite(AttentionModule):
         self, dim: int, grid_ndim: int = 1, causal: bool = False, rd_ratio: float = 1 / 16
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
-        check_causal_grid(self)
         check_ratio("rd_ratio", rd_ratio)
         self.rd_dim = make_divisible(rd_ratio * dim)
         self.fc1 = nn.Linear(dim, self.rd_dim)
