@@ -471,3 +471,18 @@ def test_ranking_across_datasets(tmp_path):
     assert "## Ranking across datasets" in md
     assert "| cnn | none | 3.00 | 0.00 | 3–3 | 2 |" in md
     assert rp.rank_across_datasets([r for r in report.rows if r.dataset == "digits"]) == []
+
+
+def test_ranking_keeps_rows_split_by_config_values_apart(tmp_path):
+    # With --by, one variant has a row per value: each is ranked, none overwrites another.
+    import dataclasses
+
+    for dataset in ("mnist1d", "digits"):
+        for attention, acc in {"se": 0.9, "mha": 0.8}.items():
+            write_results(tmp_path / f"{dataset}{attention}", _results("mha", "cnn", 0, metrics={
+                "test/acc": acc, "test/f1": acc}, choices={"attention": attention, "backbone": "cnn",
+                "dataset": dataset, "seed": 0}))  # fmt: skip
+    rows = rp.build_report([tmp_path]).rows
+    split = [dataclasses.replace(r, labels={"backbone.dim": dim}) for r in rows for dim in (64, 128)]
+    names = {rr.variant for rr in rp.rank_across_datasets(split)}
+    assert names == {f"{v} (backbone.dim={d})" for v in ("se", "mha") for d in (64, 128)}
