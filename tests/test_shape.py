@@ -54,6 +54,16 @@ BAD = {
         {**SEQUENCE, "vocab_size": 25},
         "dataset.shape.vocab_size must be null for sequence inputs, which use in_channels",
     ),
+    "padding of a sequence": (
+        {**SEQUENCE, "pad_index": 0}, "dataset.shape.pad_index marks padding tokens: it needs"
+    ),
+    "negative padding id": (
+        {**TOKENS, "pad_index": -1}, "dataset.shape.pad_index must be an integer >= 0, got -1"
+    ),
+    "padding id outside the vocabulary": (
+        {**TOKENS, "vocab_size": 25, "pad_index": 25},
+        "dataset.shape.pad_index must be a token id below vocab_size=25, got 25",
+    ),
 }  # fmt: skip
 
 

@@ -27,6 +27,9 @@ class DataShape:
     ``grid``: the positions of one sample. ``task``: ``classification`` (one label ``0 ..
     num_classes-1`` per sample) or ``lm`` (a label per position, the next token, or
     ``IGNORE_INDEX`` where not scored; tokens on a 1-D grid, ``num_classes == vocab_size``).
+    ``pad_index``: for tokens of variable length, the id that fills a sample's positions past its
+    end (``None``: every position is real). A model reads the padding mask ``x != pad_index``
+    (``(B, *grid)``, True at real positions) and leaves padded positions out of everything.
 
     >>> DataShape("sequence", [40], num_classes=10, in_channels=1).sample_shape
     (40, 1)
@@ -38,6 +41,7 @@ class DataShape:
     in_channels: int | None = None
     vocab_size: int | None = None
     task: str = CLASSIFICATION
+    pad_index: int | None = None
 
     def __post_init__(self) -> None:
         if self.input_type not in INPUT_TYPES:
@@ -69,6 +73,19 @@ class DataShape:
                 f"{KEY}.num_classes must equal vocab_size for task=lm (the model predicts a "
                 f"token), got num_classes={self.num_classes}, vocab_size={self.vocab_size}"
             )
+
+        if self.pad_index is not None:
+            if not self.is_tokens:
+                raise ValueError(
+                    f"{KEY}.pad_index marks padding tokens: it needs input_type tokens, got "
+                    f"{self.input_type} (set pad_index: null)"
+                )
+            _require_int("pad_index", self.pad_index, minimum=0)
+            if self.pad_index >= self.vocab_size:
+                raise ValueError(
+                    f"{KEY}.pad_index must be a token id below vocab_size={self.vocab_size}, "
+                    f"got {self.pad_index}"
+                )
 
     @property
     def is_lm(self) -> bool:
