@@ -8,8 +8,9 @@ its learning rates. Here that is two report options, both naming dotted keys of 
 - ``by``: rows also differ by these config values (``backbone.dim``, ``dataset.seq_len``), shown
   as columns. A cell is a row: dataset, backbone, attention, experiment and the ``by`` values.
 - ``best_over``: within each cell, only the runs of the value of this key (``optim.optimizer.lr``)
-  whose completed runs have the best mean *validation* objective (the task's declared objective,
-  ``val/acc_best`` or ``val/loss_best``, in its direction) make the row; their test metrics are
+  whose completed runs have the best mean *validation* objective (the objective each run's record
+  declares, in its direction: the config's ``objective``, by default the task's own, ``val/acc_best``
+  or ``val/loss_best``) make the row; their test metrics are
   reported and the value is named in the column ``<key> (best)``. The cell's failed runs, whatever
   their value, still count in its ``failed`` column. Ties go to the smallest value.
 """
@@ -40,8 +41,8 @@ def best_over_note(key: str) -> str:
     """The report's sentence on what a ``best_over`` row holds."""
     return (
         f"Each row keeps only the runs of the `{key}` value whose completed runs have the best "
-        f"mean validation objective (the task's own: val/acc_best max, val/loss_best min), named in "
-        f"the column `{best_column(key)}`; the metrics are those runs' test metrics."
+        f"mean validation objective (each run's own: by default val/acc_best max for classification, "
+        f"val/loss_best min for language models), named in the column `{best_column(key)}`; the metrics are those runs' test metrics."
     )
 
 

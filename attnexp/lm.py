@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import Metric, MinMetric
+from torchmetrics import MaxMetric, Metric, MinMetric
 
 from attnexp.data.shape import IGNORE_INDEX
 from attnexp.losses import next_token_loss
@@ -71,14 +71,16 @@ def scored_logits(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tenso
 class LanguageModel(TrainingModule):
     """Next-token prediction at every scored position of ``model`` (a backbone: ``features`` and
     ``readout``, with ``model(x) == model.readout(model.features(x))``); logs ``train/loss``, per stage ``loss``, ``bpc``,
-    ``ppl``, ``acc``, and ``val/loss_best``. ``scored_tokens[stage]`` holds the number of tokens
+    ``ppl``, ``acc``, ``val/loss_best`` and ``val/acc_best`` (Zoology picks by accuracy). ``scored_tokens[stage]`` holds the number of tokens
     the last validation or test scored (for the held-out loss over both splits)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # TrainingModule's arguments
         super().__init__(*args, **kwargs)
         self.token_metrics = nn.ModuleDict({"val": TokenMetrics(), "test": TokenMetrics()})
         self.val_loss_best = MinMetric()
-        self.val_loss_best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
+        self.val_acc_best = MaxMetric()
+        for best in (self.val_loss_best, self.val_acc_best):
+            best.persistent(True)  # in checkpoints: a resumed run keeps its best so far
         self.scored_tokens: dict[str, int] = {}
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -96,7 +98,9 @@ class LanguageModel(TrainingModule):
         values = self._log_stage("val")
         if not self.trainer.sanity_checking:  # the sanity check's untrained score is no "best"
             self.val_loss_best.update(values[VAL_METRIC])
+            self.val_acc_best.update(values["val/acc"])
             self.log("val/loss_best", self.val_loss_best.compute(), sync_dist=True)
+            self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_stage("test")

@@ -30,7 +30,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,7 +114,7 @@ class Task:
 
     name: str
     metrics: tuple[Metric, ...]
-    objective: str | None = None  # the key a sweep optimises by default (its direction declared)
+    objective: str | None = None  # the key a run optimises (a declared key: its direction known)
 
     def keys(self) -> tuple[str, ...]:
         """Every metric key a run of this task logs."""
@@ -183,6 +183,7 @@ def language_modelling() -> Task:
             Metric("acc", MAX, "next-token acc", percent=True),
             Metric("loss_epoch", MIN, "epoch mean loss", stages=("train",)),
             Metric("loss_best", MIN, "best loss", stages=("val",)),
+            Metric("acc_best", MAX, "best next-token acc", percent=True, stages=("val",)),
             Metric("loss", MIN, "held-out loss (val + test)", stages=("heldout",)),
         ),
         objective="val/loss_best",
@@ -197,13 +198,23 @@ def default_objective(shape_task: str) -> tuple[str, str]:
 
 
 def task_of(cfg: Any) -> Task:
-    """The task a run of ``cfg`` trains, by ``dataset.shape.task`` (``attnexp.data.shape``).
-    Reads the config unchecked (a refused run's record names its task too)."""
+    """The task a run of ``cfg`` trains, by ``dataset.shape.task`` (``attnexp.data.shape``), with
+    the run's own ``objective`` when it is one of the task's keys (Zoology's runs optimise
+    ``val/acc_best``, not the LM default ``val/loss_best``), so a record says what its run was picked
+    by. Reads the config unchecked (a refused run's record names its task too)."""
     shape = cfg.dataset.get("shape") or {}
     if shape.get("task") == LM:
-        return language_modelling()
-    num_classes = shape.get("num_classes")
-    return classification(num_classes if isinstance(num_classes, int) else None)
+        task = language_modelling()
+    else:
+        num_classes = shape.get("num_classes")
+        task = classification(num_classes if isinstance(num_classes, int) else None)
+    try:
+        objective = cfg.get("objective")
+    except Exception:  # an interpolation that does not resolve: validate names it
+        return task
+    if isinstance(objective, str) and task.direction_of(objective) is not None:
+        task = replace(task, objective=objective)
+    return task
 
 
 def recorded_task(results: Mapping[str, Any]) -> Task:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -13,7 +14,13 @@ from omegaconf import OmegaConf
 from attnexp import report as rp
 from attnexp.best_over import best_column, config_value, summarize_by
 from attnexp.report import ReportError, build_report
-from attnexp.results import classification, language_modelling, load_record, write_results
+from attnexp.results import (
+    classification,
+    language_modelling,
+    load_record,
+    read_results,
+    write_results,
+)
 from attnexp.sweep import SweepSummary
 from attnexp.zoology_figure import FIGURE_FILE
 
@@ -71,6 +78,20 @@ def test_a_min_objective_picks_the_lowest_validation_loss(tmp_path):
     (row,) = rows_of(tmp_path, best_over=LR)
     assert row.labels == {LR_COL: 1e-3}
     assert row.stat("test/loss").mean == 0.9
+
+
+def test_a_run_is_picked_by_its_own_recorded_objective(tmp_path):
+    # Language models whose config optimises val/acc_best (Zoology's runs): the lr with the best
+    # validation accuracy wins, though another has the lower validation loss.
+    task = replace(language_modelling(), objective="val/acc_best")
+    for i, (lr, loss, acc, test) in enumerate([(1e-3, 0.1, 0.90, 0.91), (1e-2, 0.3, 0.99, 0.98)]):
+        run = make_run(tmp_path, f"{i}", lr=lr, val=loss, test=test, lm=True)
+        record = read_results(run)
+        record["task"] = task.to_json()
+        record["metrics"]["val/acc_best"] = acc
+        write_results(run, record)
+    (row,) = rows_of(tmp_path, best_over=LR)
+    assert row.labels == {LR_COL: 1e-2}
 
 
 def test_over_seeds_the_best_mean_validation_wins_and_all_its_seeds_are_reported(tmp_path):

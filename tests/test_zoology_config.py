@@ -11,6 +11,8 @@ import pytest
 
 from attnexp.models import build_model
 from attnexp.models.transformer import Transformer
+from attnexp.results import task_of
+from attnexp.validate import validate
 from tests.conftest import compose_cfg
 
 MIXERS = ["mha", "linear", "muse", "none", "window", "kv_stride", "cosine"]
@@ -53,6 +55,13 @@ def test_the_study_trains_as_zoology_figure_2():  # needs conf/dataset/zoology_m
     assert cfg.dataset.num_train == 100_000 and cfg.dataset.num_test == 3_000
     assert cfg.dataset.vocab_size == cfg.dataset.shape.vocab_size == 8192
     assert not [k for k in build_model(cfg).state_dict() if ".mlp." in k]
+    # Picked by accuracy, as Zoology reports: the tested checkpoint, the objective, the record.
+    assert (cfg.objective, cfg.objective_mode) == ("val/acc_best", "max")
+    assert (cfg.callbacks.model_checkpoint.monitor, cfg.callbacks.model_checkpoint.mode) == (
+        "val/acc", "max"
+    )
+    assert task_of(cfg).objective == "val/acc_best"
+    validate(cfg)
 
 
 @pytest.mark.parametrize("length", sorted(LENGTHS))
