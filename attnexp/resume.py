@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 UNHASHED_KEYS = (
     "paths", "logger", "callbacks", "choices", "run_name", "hydra", "force", "figures", "resume",
     "ckpt_path", "objective", "objective_mode", "report_by", "report_best_over",
+    "report_baseline",
 )  # fmt: skip
 # Keys that may change between a checkpoint and the run continuing from it: where and how long
 # to train, not what is trained.

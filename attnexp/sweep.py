@@ -8,7 +8,8 @@ them all from scratch.
 - ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in ``conf/hydra/default.yaml``): at the
   end of a multirun, reads every job's ``results.json``, prints what completed and what failed,
   writes the comparison report into the sweep dir (rows split by the config keys ``report_by``,
-  each the best over ``report_best_over``: ``attnexp.best_over``), logs the table to W&B when
+  each the best over ``report_best_over``: ``attnexp.best_over``; each compared with the row
+  ``report_baseline`` selects, e.g. ``attention=none``), logs the table to W&B when
   the sweep used it, and exits non-zero when any job failed.
 
 Jobs never raise into Hydra in a multirun (``attnexp.cli`` records the failure instead): Hydra's
@@ -160,6 +161,7 @@ class SweepSummary(Callback):
                 [sweep_dir],
                 by=_as_list(config.get("report_by")),
                 best_over=config.get("report_best_over"),
+                baseline=config.get("report_baseline"),
             )
         except ReportError as e:  # e.g. every job died before writing results.json
             log.warning("no comparison report: %s", e)

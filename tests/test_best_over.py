@@ -201,3 +201,18 @@ def test_a_sweep_reports_by_its_experiments_report_keys(tmp_path):
     assert [(t[DIM], t[LR_COL], t["test_acc_mean"]) for t in table] == [
         ("64", "0.01", "0.95"), ("128", "0.001", "0.7")
     ]  # fmt: skip
+
+
+def test_a_sweep_compares_with_its_experiments_report_baseline(tmp_path):
+    for i, (attention, seed, test) in enumerate([
+        ("none", 0, 0.50), ("none", 1, 0.52), ("mha", 0, 0.90), ("mha", 1, 0.91),
+    ]):  # fmt: skip
+        make_run(tmp_path, f"{i}", attention=attention, seed=seed, val=test, test=test)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "logger": {},
+                               "report_baseline": "attention=none"})  # fmt: skip
+    SweepSummary().on_multirun_end(config)
+    with open(tmp_path / rp.CSV_FILE) as f:
+        table = {t["attention"]: t for t in csv.DictReader(f)}
+    assert table["none"]["verdict"] == rp.BASELINE
+    assert table["mha"]["baseline"] == "none"
+    assert float(table["mha"]["delta"]) == pytest.approx(0.395)
