@@ -1,11 +1,11 @@
 """Zoology's figure 2: accuracy against model width, one panel per sequence length, one line per
 variant (Arora et al., 2023). Drawn from the report's rows when they are split by both
 ``backbone.dim`` and ``dataset.seq_len`` (``attnexp-compare --by backbone.dim --by dataset.seq_len``,
-or an experiment's ``report_by``), usually with ``--best-over optim.optimizer.lr``."""
+or an experiment's ``report_by``), usually with ``--best-over optim.optimizer.lr``. Error bars: the
+95% interval of the mean over seeds, as the report's other plots (none below two seeds)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from attnexp.report import (
     ReportError,
     Row,
     _colors,
+    _half_width,
     _legend_beside,
     _scale,
     metric_label,
@@ -63,7 +64,7 @@ def plot_width_figure(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             scale = _scale(metric)
             stats = [r.stat(reported_key(metric)) for _, r in pts]
             ax.errorbar([w for w, _ in pts], [scale * s.mean for s in stats],
-                        yerr=[0.0 if math.isnan(s.std) else scale * s.std for s in stats],
+                        yerr=[scale * _half_width(s) for s in stats],
                         marker="o", capsize=3, color=colors[pts[0][1].variant], label=name)  # fmt: skip
         widths = sorted({_number(r.labels[WIDTH_KEY], r) for r in here})
         ax.set_xscale("log", base=2)
