@@ -367,3 +367,14 @@ def test_mnist_downloads_the_missing_gzipped_files_checked_by_md5(tmp_path, serv
     assert np.array_equal(
         load_idx(str(tmp_path / "data" / "mnist"))[2], load_idx(str(tmp_path / "src"))[2]
     )
+
+
+def test_an_archive_without_the_expected_folder_is_named(tmp_path, server):
+    base, files, _ = server
+    files["c.tar.gz"] = other = tar_gz({"something-else/readme.txt": b"hello"})
+    with pytest.raises(ValueError, match=r"dataset\.path=\S+cifar10: the archive from \S+c\.tar\.gz did not unpack to cifar-10-batches-bin/"):  # fmt: skip
+        validate(
+            compose_cfg(
+                download_overrides(tmp_path, f"{base}/c.tar.gz", hashlib.md5(other).hexdigest())
+            )
+        )

@@ -108,8 +108,10 @@ def load_cifar(
         _fetch_archive(url, md5, root)
     if (root / binary.folder).is_dir():
         read, layout = _read_cifar_binary, binary
-    else:
+    elif (root / python.folder).is_dir():
         read, layout = _read_cifar_python, python
+    else:  # only after a download
+        raise ValueError(f"{KEY}={root}: the archive from {url} did not unpack to {binary.folder}/")
     coarse = label == "coarse"
     train = [read(_member(root, layout, f), layout, coarse) for f in layout.train]
     x_test, y_test = read(_member(root, layout, layout.test), layout, coarse)
