@@ -161,6 +161,7 @@ def test_cifar10_trains_a_step_on_uint8_pixels_scaled_per_batch(tmp_path, backbo
     assert batch.dtype == torch.float32 and labels.dtype == torch.long
     assert 0.0 <= batch.min() and batch.max() <= 1.0
     assert torch.equal(model_inputs(x[:2]), x[:2].float() / 255)
+    assert torch.equal(data.example_batch(2), data.load()["test"][0][:2].float() / 255)
     results = train(cfg)
     assert results["status"] == "completed" and np.isfinite(results["metrics"]["train/loss"])
 

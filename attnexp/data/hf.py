@@ -109,7 +109,10 @@ def load_hf_image(
             out[f"y_{split}"] = as_labels(labels, f"dataset.name={name}'s {label_column!r}")
         return out
 
-    arrays = cached_arrays(data_dir, "hf_image", key, decode)
+    if None in key["fingerprints"]:  # nothing names this data's version: decode it afresh
+        arrays = decode()
+    else:
+        arrays = cached_arrays(data_dir, "hf_image", key, decode)
     return arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
 
 
