@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch alone from the CPU index, then everything else (torch's own needs too) from PyPI,
 	# with torch pinned so nothing swaps it for another build.
 	$(PY) -m pip install -q --no-deps "torch==$(TORCH_VERSION)" $(TORCH_INDEX)
-	$(PY) -m pip install -q -e ".[dev,sweep]" "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[dev,sweep,hf]" "torch==$(TORCH_VERSION)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -32,8 +34,18 @@ def _is_lm(dataset: str) -> bool:
     return node.get("shape", {}).get("task") == "lm" or any(map(_is_lm, parents))
 
 
+def _reads_files(dataset: str) -> bool:
+    """Whether a dataset yaml reads its data from ``dataset.path`` or ``dataset.name`` (files or a
+    Hugging Face dataset the tests must write first) rather than generating it."""
+    node = OmegaConf.load(CONFIG_DIR / "dataset" / f"{dataset}.yaml")
+    parents = [d for d in node.get("defaults", []) if d != "_self_"]
+    return bool({"path", "name"} & set(node.keys())) or any(map(_reads_files, parents))
+
+
 ALL_DATASETS = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
-DATASETS = [d for d in ALL_DATASETS if not _is_lm(d)]  # classification: the grid's datasets
+FILE_DATASETS = [d for d in ALL_DATASETS if _reads_files(d)]
+# Classification generated offline, no file needed: the grid's datasets.
+DATASETS = [d for d in ALL_DATASETS if not _is_lm(d) and not _reads_files(d)]
 LM_DATASETS = [d for d in ALL_DATASETS if _is_lm(d)]
 
 # Small enough for a 2-core CI machine; num_samples keeps every class present.
@@ -125,3 +137,52 @@ def toy_root(tmp_path_factory) -> Path:
 def data_dir(tmp_path_factory) -> Path:
     """One cache of generated datasets for the whole session."""
     return tmp_path_factory.mktemp("data")
+
+
+# A loopback HTTP server for download tests (tests/test_download.py, tests/test_image_data.py):
+# nothing real is downloaded.
+SERVE_AT_MOST_S = 60  # the server stops itself even if a test hangs
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """A proxy set in the environment must not intercept the loopback server."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+
+@pytest.fixture
+def server(no_proxy):
+    """``(base url, files, requests)``: serves ``files[name]`` bytes; counts requests per name."""
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            name = self.path.lstrip("/")
+            requests.append(name)
+            if name not in files:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(files[name])))
+            self.end_headers()
+            self.wfile.write(files[name])
+
+        def log_message(self, *args):  # keep the test output clean
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    watchdog = threading.Timer(SERVE_AT_MOST_S, httpd.shutdown)
+    watchdog.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", files, requests
+    finally:
+        watchdog.cancel()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)

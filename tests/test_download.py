@@ -1,13 +1,11 @@
 """A missing corpus is downloaded once, verified, and renamed into place; a corrupted download is
 refused and leaves nothing; no network fails before training naming dataset.path. The files are
-served from a loopback HTTP server started here: nothing real is downloaded."""
+served from a loopback HTTP server (conftest.py's ``server``): nothing real is downloaded."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,51 +16,6 @@ from tests.conftest import compose_cfg
 GOOD = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
 SHA256 = hashlib.sha256(GOOD).hexdigest()
 VOCAB_SIZE = len(set(GOOD.decode()[: int(len(GOOD) * 0.9)]))
-SERVE_AT_MOST_S = 60  # the server stops itself even if a test hangs
-
-
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch):
-    """A proxy set in the environment must not intercept the loopback server."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
-@pytest.fixture
-def server():
-    """``(base url, files, requests)``: serves ``files[name]`` bytes; counts requests per name."""
-    files: dict[str, bytes] = {}
-    requests: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's name)
-            name = self.path.lstrip("/")
-            requests.append(name)
-            if name not in files:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(files[name])))
-            self.end_headers()
-            self.wfile.write(files[name])
-
-        def log_message(self, *args):  # keep the test output clean
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    watchdog = threading.Timer(SERVE_AT_MOST_S, httpd.shutdown)
-    watchdog.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", files, requests
-    finally:
-        watchdog.cancel()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
 
 
 def closed_port() -> int:

@@ -122,6 +122,7 @@ def plain_round(cfg: DictConfig) -> dict:
     """The plain loop on what ``cfg`` trains: same model (same seed), training data, batch
     size, optimizer (and its weight-decay groups), per-step schedule and gradient clipping, as
     many timed samples as the framework's fit."""
+    from attnexp.data.datamodule import model_inputs
     from attnexp.models import build_model
     from attnexp.pipeline import build_data  # a LightningDataModule: this section runs train.py
 
@@ -135,7 +136,8 @@ def plain_round(cfg: DictConfig) -> dict:
     else:
         x, y = train
         n_train = len(y)
-        batches = shuffled_batches(x.to(device), y.to(device), batch, cfg.seed)
+        stored = shuffled_batches(x.to(device), y.to(device), batch, cfg.seed)
+        batches = ((model_inputs(x), y) for x, y in stored)  # as the data module converts them
     make_optimizer = instantiate(cfg.optim.optimizer)
     decay_matrices_only = cfg.optim.get("decay_matrices_only", False)
     scheduler = None

@@ -1,6 +1,8 @@
 """In-memory data: whole splits held as tensors, batches are index slices.
 
 Every dataset here fits in memory, so per-sample ``__getitem__`` + collate would only add overhead.
+Images read from files (attnexp/data/images.py) stay uint8 in memory, a quarter of float32, and
+become floats one batch at a time on the model's device (``model_inputs``, the one place).
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from torch import Tensor
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.splits import Splits, carve_validation
 from attnexp.seeding import derive_seed
+
+
+def model_inputs(x: Tensor) -> Tensor:
+    """What a model reads from a stored batch: uint8 pixels as float32 in [0, 1]; anything else
+    (float features, token ids) as stored. The one place stored inputs are converted."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255.0)
+    return x
 
 
 class EpochOrder:
@@ -163,9 +173,14 @@ class ArrayDataModule(L.LightningDataModule):
     def test_dataloader(self) -> SliceLoader:
         return self._loader("test")
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Every batch Lightning hands the model, on its device: stored inputs converted."""
+        x, y = batch
+        return model_inputs(x), y
+
     def example_batch(self, n: int) -> Tensor:
-        """The first ``n`` test inputs (figures, sampling prompts)."""
-        return self.load()["test"][0][:n]
+        """The first ``n`` test inputs (figures, sampling prompts), as a model reads them."""
+        return model_inputs(self.load()["test"][0][:n])
 
     def _loader(self, split: str, shuffle: bool = False, pad: bool = False) -> SliceLoader:
         """Under data-parallel training each rank gets its share of ``split``. Evaluation splits
@@ -178,7 +193,11 @@ class ArrayDataModule(L.LightningDataModule):
         return SliceLoader(x, y, self.batch_size, order)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-        dtype = torch.long if self.shape.is_tokens else torch.float32
+        """Token ids as int64; uint8 pixels kept as stored (see ``model_inputs``); else float32."""
+        if self.shape.is_tokens:
+            dtype = torch.long
+        else:
+            dtype = torch.uint8 if x.dtype == np.uint8 else torch.float32
         return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
 
     def _check(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
