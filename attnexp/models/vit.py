@@ -68,13 +68,16 @@ class ViT(Backbone):
         check_image_classifier(shape, "vit")
         check_init(init)
         if readout not in READOUTS:
-            raise ValueError(f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+            raise ValueError(
+                f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}"
+            )
         if readout == "cls" and kind_of(attention) is Kind.POOL:
             raise ValueError(
                 "backbone.readout=cls reads the class token, and a POOL attention replaces the "
                 "readout with pooling: use backbone.readout=mean with it"
             )
-        self.embed = InputEmbedding(shape, dim, patch_size)  # refuses a patch not dividing the image
+        # Refuses a patch size that does not divide the image, naming backbone.patch_size.
+        self.embed = InputEmbedding(shape, dim, patch_size)
         self.patch_grid = self.embed.grid
         self.cls = None
         tokens: tuple[int, ...] = self.patch_grid
