@@ -178,7 +178,12 @@ class ArrayDataModule(L.LightningDataModule):
         return SliceLoader(x, y, self.batch_size, order)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
-        dtype = torch.long if self.shape.is_tokens else torch.float32
+        """Token ids as int64; uint8 pixels stay uint8 (a quarter of float32's memory on the
+        device; the training module's ``augment`` makes them floats per batch); others float32."""
+        if self.shape.is_tokens:
+            dtype = torch.long
+        else:
+            dtype = torch.uint8 if x.dtype == np.uint8 else torch.float32
         return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
 
     def _check(self, x: np.ndarray, y: np.ndarray, split: str) -> None:

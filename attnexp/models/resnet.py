@@ -94,7 +94,8 @@ class ShortcutA(nn.Module):
         self.extra, self.stride = out_dim - in_dim, stride
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        x = x[:, :, :: self.stride, :: self.stride]
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
 
