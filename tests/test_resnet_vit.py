@@ -17,6 +17,7 @@ from attnexp.models.common import kind_of
 from attnexp.models.resnet import ResNet, ShortcutA
 from attnexp.models.transformer import Block
 from attnexp.models.vit import ViT
+from attnexp.optim import step_decay
 from attnexp.validate import validate
 from tests.conftest import IMAGE_BACKBONES, compose_cfg
 
@@ -272,3 +273,41 @@ IMAGE_8 = DataShape("image", [8, 8], num_classes=10, in_channels=3)
 
 def test_every_attention_variant_is_a_yaml():
     assert YAMLS == available()
+
+
+# --- the CIFAR recipe ------------------------------------------------------------------------
+
+
+def test_step_decay_divides_the_rate_by_ten_at_half_and_three_quarters():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = step_decay(optimizer, total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == rates[49] == pytest.approx(0.1)
+    assert rates[50] == rates[74] == pytest.approx(0.01)
+    assert rates[75] == rates[99] == pytest.approx(0.001)
+    for bad in ([0.75, 0.5], [0.5, 1.0], [0.0]):
+        with pytest.raises(ValueError, match="optim.scheduler.milestones must be increasing"):
+            step_decay(optimizer, 100, milestones=bad)
+    with pytest.raises(ValueError, match="optim.scheduler.gamma must be in"):
+        step_decay(optimizer, 100, gamma=0.0)
+
+
+def test_cifar10_experiments_are_the_papers_recipe(data_dir):
+    """Composes once conf/dataset/cifar10.yaml exists (the CIFAR data loaders' part)."""
+    cfg = compose_cfg(["experiment=cifar10_resnet20", f"paths.data_dir={data_dir}"])
+    assert (cfg.choices.backbone, cfg.backbone.depth, cfg.backbone.dim) == ("resnet", 20, 16)
+    assert (cfg.optim.optimizer.lr, cfg.optim.optimizer.momentum) == (0.1, 0.9)
+    assert not cfg.optim.optimizer.nesterov and cfg.optim.optimizer.weight_decay == 1e-4
+    assert list(cfg.optim.scheduler.milestones) == [0.5, 0.75]
+    assert (cfg.dataset.batch_size, cfg.trainer.max_epochs, cfg.trainer.accelerator) == (
+        128,
+        182,
+        "gpu",
+    )
+    assert (cfg.augment.crop_padding, cfg.augment.flip) == (4, True)
+    assert build_model(cfg).trainable_params() == resnet_params(20)
