@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from attnexp.attention import Kind, attention_config, available, factory
+from attnexp.bench.augment import CIFAR as CIFAR_BENCH
+from attnexp.bench.augment import bare_loop, bench_pipeline, per_image
+from attnexp.bench.tables import section_report
 from attnexp.classifier import Classifier
 from attnexp.config import CONFIG_DIR
 from attnexp.data.augment import BatchAugment, CropFlip
@@ -311,3 +314,27 @@ def test_cifar10_experiments_are_the_papers_recipe(data_dir):
     )
     assert (cfg.augment.crop_padding, cfg.augment.flip) == (4, True)
     assert build_model(cfg).trainable_params() == resnet_params(20)
+
+
+def test_the_benchmarks_bare_loops_do_the_augmentations_work():
+    """Each image of the bare and per-image loops is one of the crops/flips ``augment`` draws."""
+    x = uint8_images(n=4, size=32)
+    mean, std = torch.tensor(CIFAR_BENCH.mean), torch.tensor(CIFAR_BENCH.std)
+    idx = torch.tensor([3, 1, 2, 0])
+    candidates = {
+        (t, left, f): CIFAR_BENCH.normalize(
+            CIFAR_BENCH.crop_flip(
+                x[idx], CropFlip(torch.full((4,), t), torch.full((4,), left), torch.full((4,), f))
+            )
+        )
+        for t in range(9)
+        for left in range(9)
+        for f in (False, True)
+    }
+    torch.manual_seed(0)
+    for loop in (bare_loop, per_image):
+        out = loop(x, idx, mean, std)
+        for b in range(4):
+            assert any(torch.allclose(out[b], c[b]) for c in candidates.values())
+    report = section_report("pipeline", bench_pipeline(torch.device("cpu"), 8, 64, 0, 1))
+    assert all(row in report for row in ("index", "bare", "augment", "per-image", "resnet20"))
