@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from attnexp.data.augment import BatchAugment
 from attnexp.module import TrainingModule
 from attnexp.results import TOP_K
 
@@ -38,8 +39,9 @@ class Classifier(TrainingModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         decay_matrices_only: bool = False,
+        augment: BatchAugment | None = None,
     ) -> None:
-        super().__init__(model, optimizer, scheduler, decay_matrices_only)
+        super().__init__(model, optimizer, scheduler, decay_matrices_only, augment)
         metrics = classification_metrics(num_classes)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")

@@ -10,13 +10,16 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from attnexp.data.augment import BatchAugment, model_inputs
 from attnexp.optim import param_groups
 
 
 class TrainingModule(L.LightningModule):
     """Receives the built network and partials of optimizer (``params`` missing) and scheduler
     (``optimizer`` and ``total_steps`` missing; stepped every optimizer step).
-    ``decay_matrices_only``: weight decay on >= 2-D parameters only (``attnexp.optim.param_groups``)."""
+    ``decay_matrices_only``: weight decay on >= 2-D parameters only (``attnexp.optim.param_groups``).
+    ``augment``: the batch transform of the inputs on the device (``attnexp.data.augment``), random
+    in training only; None: batches reach the model as the data module gives them."""
 
     def __init__(
         self,
@@ -24,9 +27,11 @@ class TrainingModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         decay_matrices_only: bool = False,
+        augment: BatchAugment | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.augment = augment
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.decay_matrices_only = decay_matrices_only
@@ -35,6 +40,19 @@ class TrainingModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment (training) or only normalise (evaluation) the inputs where they now are: on
+        the device, in whole batches; without an augment, stored uint8 pixels become [0, 1]
+        floats (``model_inputs``) and other inputs pass as they are."""
+        x, *rest = batch
+        if self.augment is None:
+            return (model_inputs(x), *rest)
+        return (self.augment(x, train=self.trainer.training), *rest)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Inputs as evaluation feeds them to the model (e.g. the figures' test samples)."""
+        return model_inputs(x) if self.augment is None else self.augment(x, train=False)
 
     def log_train_loss(self, loss: Tensor) -> None:
         """``train/loss`` every ``log_every_n_steps`` and the epoch mean ``train/loss_epoch``."""

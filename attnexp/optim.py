@@ -4,7 +4,7 @@ the scheduler convention."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import nn
 from torch.optim import Optimizer
@@ -66,5 +66,32 @@ def warmup_cosine(
             return (step + 1) / ramp
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def step_decay(
+    optimizer: Optimizer,
+    total_steps: int,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+) -> LambdaLR:
+    """The learning rate times ``gamma`` at each milestone, a fraction of ``total_steps`` (He et
+    al. 2016 on CIFAR: divided by 10 at 32k and 48k of 64k iterations, i.e. 0.5 and 0.75).
+    Fractions, not step counts, so the schedule follows ``trainer.max_epochs`` and the batch size."""
+    fractions = list(milestones)
+    if any(
+        isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 < m < 1 for m in fractions
+    ) or fractions != sorted(set(fractions)):
+        raise ValueError(
+            f"optim.scheduler.milestones must be increasing fractions of training in (0, 1), "
+            f"got {milestones!r}"
+        )
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise ValueError(f"optim.scheduler.gamma must be in (0, 1], got {gamma!r}")
+    boundaries = [round(m * total_steps) for m in fractions]
+
+    def factor(step: int) -> float:
+        return gamma ** sum(step >= b for b in boundaries)
 
     return LambdaLR(optimizer, factor)

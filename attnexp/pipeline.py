@@ -23,6 +23,7 @@ from attnexp.callbacks import FiniteLoss, MetricsProgressBar, RunStats
 from attnexp.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.classifier import Classifier
 from attnexp.config import as_plain
+from attnexp.data.augment import BatchAugment
 from attnexp.data.datamodule import ArrayDataModule
 from attnexp.generate import record_samples
 from attnexp.lm import LanguageModel, heldout_loss
@@ -58,7 +59,15 @@ def build_module(cfg: DictConfig, model: Backbone) -> Classifier | LanguageModel
     }
     if model.shape.is_lm:
         return LanguageModel(model, **optim)
-    return Classifier(model, num_classes=model.shape.num_classes, **optim)
+    return Classifier(model, num_classes=model.shape.num_classes, augment=build_augment(cfg), **optim)
+
+
+def build_augment(cfg: DictConfig) -> BatchAugment:
+    """The run's batch transform (``augment=...``); without the group (the default, so older
+    configs and their hashes are unchanged) ``BatchAugment()``: a float batch passes untouched,
+    a uint8 one becomes [0, 1] floats, as ``augment=none`` does."""
+    node = cfg.get("augment")
+    return instantiate(node) if node is not None else BatchAugment()
 
 
 def instantiate_each(group: DictConfig | None, key: str) -> list[Any]:
@@ -180,7 +189,8 @@ def train(
         # Looking inside: what the attention does on a few test samples; figures also go to W&B.
         if trainer.is_global_zero:
             n = cfg.get("figures", 4)
-            figures = save_model_figures(model, datamodule.example_batch(n), run_dir / "figures", n)
+            examples = module.prepare(datamodule.example_batch(n))
+            figures = save_model_figures(model, examples, run_dir / "figures", n)
             publish_to_wandb(loggers, results, figures)
             # What a text model writes: samples.txt and a W&B table (MQAR's ids spell nothing).
             vocab = getattr(datamodule, "vocab", None)

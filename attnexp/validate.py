@@ -60,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
     _check_objective(cfg)  # after the shape: the task depends on it
     _check_stop_at(cfg)
     _check_model(cfg)
+    _check_augment(cfg)
     _check_data(cfg)
 
 
@@ -190,6 +191,21 @@ def _unknown_key(cfg: DictConfig, cause: BaseException) -> str | None:
                 "which sets each backbone's own keys)"
             )
     return None
+
+
+def _check_augment(cfg: DictConfig) -> None:
+    """``augment`` crops, flips and normalises images of a classifier: refused elsewhere."""
+    node = cfg.get("augment")
+    if node is None:
+        return
+    from hydra.utils import instantiate
+
+    try:
+        augment = instantiate(node)
+        shape = instantiate(cfg.dataset.shape)
+    except InstantiationException as e:
+        raise ValueError(str(e.__cause__ or e)) from e
+    augment.check(shape)
 
 
 def _check_data(cfg: DictConfig) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from attnexp.config import CONFIG_DIR
-from tests.conftest import ALL_DATASETS, ATTENTIONS, BACKBONES
+from tests.conftest import ALL_BACKBONES, ALL_DATASETS, ATTENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -77,7 +77,7 @@ def section(text: str, heading: str) -> str:
 
 @pytest.mark.parametrize(
     "heading, names",
-    [("Attention variants", ATTENTIONS), ("Backbones", BACKBONES), ("Datasets", ALL_DATASETS)],
+    [("Attention variants", ATTENTIONS), ("Backbones", ALL_BACKBONES), ("Datasets", ALL_DATASETS)],
 )
 def test_readme_tables_list_every_option(heading, names):
     table = section(README.read_text(), heading)

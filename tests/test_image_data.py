@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from attnexp.data.datamodule import model_inputs
+from attnexp.data.augment import model_inputs
 from attnexp.data.images import IDX_IMAGES, load_cifar, load_idx, load_image_folder, load_npz
-from attnexp.pipeline import build_data, train
+from attnexp.models import build_model
+from attnexp.pipeline import build_data, build_module, train
 from attnexp.results import read_results
 from attnexp.validate import validate
 from tests.conftest import compose_cfg
@@ -157,7 +158,8 @@ def test_cifar10_trains_a_step_on_uint8_pixels_scaled_per_batch(tmp_path, backbo
     data = build_data(cfg)
     x, y = data.load()["train"]
     assert x.dtype == torch.uint8 and x.shape[1:] == (32, 32, 3)  # a quarter of float32
-    batch, labels = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    module = build_module(cfg, build_model(cfg))
+    batch, labels = module.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
     assert batch.dtype == torch.float32 and labels.dtype == torch.long
     assert 0.0 <= batch.min() and batch.max() <= 1.0
     assert torch.equal(model_inputs(x[:2]), x[:2].float() / 255)

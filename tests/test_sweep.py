@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Jobs each named study runs (its hydra.sweeper.params multiplied out); a new experiment is added
 # here on purpose. mqar_recall sweeps nothing itself (the attention list is given on the command line).
 EXPECTED_JOBS = {
+    "cifar10_ablation": 5 * 3,
+    "cifar10_resnet20": 1,
     "ablation_digits": 6 * 2 * 3,
     "ablation_mnist1d": 6 * 2 * 3,
     "design_space": 5 * 3 * 3,

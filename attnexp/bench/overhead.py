@@ -122,7 +122,7 @@ def plain_round(cfg: DictConfig) -> dict:
     """The plain loop on what ``cfg`` trains: same model (same seed), training data, batch
     size, optimizer (and its weight-decay groups), per-step schedule and gradient clipping, as
     many timed samples as the framework's fit."""
-    from attnexp.data.datamodule import model_inputs
+    from attnexp.data.augment import model_inputs
     from attnexp.models import build_model
     from attnexp.pipeline import build_data  # a LightningDataModule: this section runs train.py
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from attnexp.attention import AttentionModule, Kind, available, create
 from attnexp.attention.variants import searchpath_override, variant_kind
 from attnexp.bench import ablation
+from attnexp.bench.augment import bench_pipeline
 from attnexp.bench.measure import median_times, peak_memory_bytes, training_step
 from attnexp.bench.model_step import (
     CAUSAL_BASELINE,
@@ -377,7 +378,9 @@ def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict
     )
 
 
-SECTIONS = ("scaling", "overhead", "lm_overhead", "causal", "mfu", "ablation_timing")
+SECTIONS = (
+    "scaling", "overhead", "lm_overhead", "causal", "mfu", "ablation_timing", "pipeline",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     section.add_argument(
         "--mfu", action="store_true", help="only model FLOP utilisation (the figure on CUDA only)"
+    )
+    section.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="only the image input pipeline: on-device augmentation in images/s against bare "
+        "tensor loops and the ResNet-20 step (CIFAR-shaped uint8 batches)",
     )
     section.add_argument(
         "--ablation-timing",
@@ -502,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                 settings.mfu = smoke_settings().mfu
                 progress(f"--mfu on {device}: tiny size {settings.mfu}, FLOP/s only")
             result = run_mfu(settings, device, args.peak_tflops * 1e12)
+        elif chosen == "pipeline":
+            result = bench_pipeline(device, warmup=settings.warmup, repeats=settings.repeats)
         else:
             result = ablation.time_ablation(
                 ablation.ablation_command(n_jobs=args.n_jobs, overrides=args.override),

@@ -137,6 +137,22 @@ def section_report(name: str, result: dict) -> str:
         if r["note"]:
             lines.append(r["note"])
         return "\n\n".join(lines)
+    if name == "pipeline":
+        r = result
+        return "\n\n".join(
+            [
+                f"## Image input pipeline ({r['device']}, batch {r['batch']}, "
+                f"{r['threads']} threads; CIFAR-shaped uint8 on the device)",
+                table(
+                    ["row", "ms/batch", "images/s", "x bare loop"],
+                    [[x["row"], x["ms"], x["images_per_s"], x["vs_bare"]] for x in r["rows"]],
+                ),
+                f"augment / bare loop throughput: {r['augment_vs_bare']:.2f} (target >= 0.9: "
+                f"{'met' if r['met_bare'] else 'NOT met'}); augment time / ResNet-20 step: "
+                f"{r['augment_share_of_step']:.3f} (not the bottleneck: "
+                f"{'met' if r['met_not_bottleneck'] else 'NOT met'})",
+            ]
+        )
     if name == "ablation_timing":
         r = result
         return (
@@ -147,7 +163,7 @@ def section_report(name: str, result: dict) -> str:
         )
     raise ValueError(
         f"unknown section {name!r}; one of scaling, overhead, lm_overhead, causal, mfu, "
-        "ablation_timing"
+        "ablation_timing, pipeline"
     )
 
 

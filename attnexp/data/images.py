@@ -1,7 +1,7 @@
 """Image datasets from their standard files, read without running code from them.
 
 Every reader returns ``(x_train, y_train, x_test, y_test)``: ``x`` uint8 ``(N, H, W, C)`` (kept
-uint8 in memory; ``attnexp.data.datamodule.model_inputs`` scales a batch to [0, 1]), ``y`` int64.
+uint8 in memory; ``attnexp.data.augment.model_inputs`` scales a batch to [0, 1]), ``y`` int64.
 
 - CIFAR-10/100, binary version: records of label byte(s) + 3072 pixel bytes (1024 R, 1024 G,
   1024 B, each 32x32 row-major); the python version through ``SafeUnpickler``, which admits

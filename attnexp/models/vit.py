@@ -1,0 +1,113 @@
+"""A Vision Transformer (Dosovitskiy et al., 2021) for small images, the attention under test in
+every block.
+
+Patch embedding (a conv with stride = ``patch_size``), learned positions, ``depth`` pre-norm
+blocks (``transformer.Block``: the slot, then the MLP), a final LayerNorm, then a readout:
+- ``mean``: the mean over the patch tokens (as "Better plain ViT baselines", Beyer et al. 2022).
+  The tokens keep their 2-D grid, so 2-D attention (cbam's k x k spatial gate, muse's convs, 2-D
+  windows) sees the image's layout. POOL replaces this mean with attention pooling.
+- ``cls``: a learned class token in front of the patches, read out alone (the original ViT). The
+  class token has no place on a 2-D grid, so the blocks see a sequence of ``1 + H W / p^2``
+  tokens (grid_ndim 1); refused with POOL (which pools instead of reading the class token).
+
+Images only, classification only: the transformer backbone covers sequences, tokens and language
+models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from attnexp.attention.base import Kind
+from attnexp.data.shape import DataShape
+from attnexp.models.common import (
+    AttentionFactory,
+    Backbone,
+    InputEmbedding,
+    Readout,
+    block_slot,
+    check_init,
+    init_gpt,
+    kind_of,
+    readout_slot,
+)
+from attnexp.models.resnet import check_image_classifier, refuse_mask
+from attnexp.models.transformer import Block, mlp_hidden
+
+READOUTS = ("mean", "cls")
+
+
+class ClassTokenReadout(nn.Module):
+    """Tokens-last ``(B, 1 + N, dim)`` -> logits from the class token (position 0) alone."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x[:, 0])
+
+
+class ViT(Backbone):
+    def __init__(
+        self,
+        attention: AttentionFactory,
+        shape: DataShape,
+        dim: int = 128,
+        depth: int = 6,
+        patch_size: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+        readout: str = "mean",
+        init: str = "default",
+    ) -> None:
+        super().__init__(shape)
+        check_image_classifier(shape, "vit")
+        check_init(init)
+        if readout not in READOUTS:
+            raise ValueError(
+                f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}"
+            )
+        if readout == "cls" and kind_of(attention) is Kind.POOL:
+            raise ValueError(
+                "backbone.readout=cls reads the class token, and a POOL attention replaces the "
+                "readout with pooling: use backbone.readout=mean with it"
+            )
+        # Refuses a patch size that does not divide the image, naming backbone.patch_size.
+        self.embed = InputEmbedding(shape, dim, patch_size)
+        self.patch_grid = self.embed.grid
+        self.cls = None
+        tokens: tuple[int, ...] = self.patch_grid
+        if readout == "cls":
+            self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+            tokens = (1 + math.prod(self.patch_grid),)
+        self.tokens = tokens
+        self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        hidden = mlp_hidden(dim, mlp_ratio)
+        self.blocks = nn.Sequential(
+            *(Block(dim, hidden, dropout, block_slot(attention, dim, tokens)) for _ in range(depth))
+        )
+        self.norm = nn.LayerNorm(dim)
+        if readout == "cls":
+            self.readout = ClassTokenReadout(dim, shape.num_classes)
+        else:
+            self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
+        if init == "gpt":
+            residual = [layer for block in self.blocks for layer in block.residual_projections()]
+            init_gpt(self, residual, depth)
+
+    def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The normed last hidden states: ``(B, H/p, W/p, dim)``, or with the class token first
+        ``(B, 1 + H W / p^2, dim)``, from images ``(B, H, W, C)``."""
+        refuse_mask(mask, "vit")
+        x = self.embed(x)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(len(x), -1, -1), x.flatten(1, -2)], dim=1)
+        return self.norm(self.blocks(x + self.pos))
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.readout(self.features(x, mask))
