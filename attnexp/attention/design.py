@@ -54,7 +54,7 @@ if j's position <= i, on top of every other rule, so the output at i depends on 
     normalize   the allowed set A_i shrinks to keys <= i: ``sigmoid``'s n_i counts them, ``max``
                 takes min/max over them; masked keys get exactly zero weight.
 
-Padding (``AttentionCore.forward(..., mask=...)``, ``(B, N)`` bool, True at real positions): a
+Padding (``AttentionCore.forward(..., padding=...)``, ``(B, N)`` bool, True at real positions): a
 padded position is never a key (``attend``'s ``key_padding``, taken after key selection: the kept
 keys keep their own mask entries; a ``valid`` qk conv's key is real only if its whole window is),
 and the qk convolutions read zeros there, as at their own border. So appending padding leaves the
@@ -560,9 +560,9 @@ def attend(
 class AttentionCore(nn.Module):
     """The attention step of a mixer, configured by an ``AttentionDesign``.
 
-    ``forward(q, k, v, grid, need_weights=False, mask=None)`` with ``q, k, v`` of shape ``(B, h,
-    N, d)`` on a grid with ``N = prod(grid)`` positions and a padding ``mask`` ``(B, N)`` (True =
-    real) returns ``(out (B, h, N, d), weights (B, h, N, M) or None)``: qk convolution -> rope ->
+    ``forward(q, k, v, grid, need_weights=False, padding=None)`` with ``q, k, v`` of shape ``(B,
+    h, N, d)`` on a grid with ``N = prod(grid)`` positions and a padding mask ``padding`` ``(B,
+    N)`` (True = real) returns ``(out (B, h, N, d), weights (B, h, N, M) or None)``: qk convolution -> rope ->
     key/value selection -> mask -> ``attend``. ``grid_ndim``
     (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` lets query i see keys at positions <= i
     under every knob (module docstring); the module contract refuses it on images (``AttentionModule``).
@@ -626,12 +626,12 @@ class AttentionCore(nn.Module):
         v: Tensor,
         grid: tuple[int, ...],
         need_weights: bool = False,
-        mask: Tensor | None = None,
+        padding: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         design = self.design
         first_key = 0  # the position of key 0 (a valid conv's keys start at its first centre)
-        key_padding = mask
-        heads_mask = None if mask is None else mask[:, None]  # (B, 1, N) against (B, h, N, d)
+        key_padding = padding
+        heads_mask = None if padding is None else padding[:, None]  # (B, 1, N) vs (B, h, N, d)
         # The convolutions read zeros at padding, as at their own border.
         if self.q_conv is not None:
             q, _ = self.q_conv(zero_padding(q, heads_mask), grid)
@@ -640,8 +640,8 @@ class AttentionCore(nn.Module):
             if design.qk_conv_padding == "valid":
                 v = crop_valid(v, grid, design.qk_conv)
                 first_key = design.qk_conv // 2
-                if mask is not None:
-                    key_padding = valid_key_padding(mask, grid, design.qk_conv)
+                if padding is not None:
+                    key_padding = valid_key_padding(padding, grid, design.qk_conv)
         if design.rope:
             positions = torch.arange(q.shape[-2], device=q.device)
             q, k = rotary(q, positions), rotary(k, positions[first_key:][: k.shape[-2]])
@@ -657,18 +657,18 @@ class AttentionCore(nn.Module):
         k, v = take_positions(k, index), take_positions(v, index)
         if key_padding is not None and index is not None:  # the kept keys' own entries
             key_padding = take_positions(key_padding[:, None, :, None], index)[:, 0, :, 0]
-        allowed = attention_mask(grid, design.window, design.global_tokens, q.device)
-        is_causal = self.causal and allowed is None and index is None
+        mask = attention_mask(grid, design.window, design.global_tokens, q.device)
+        is_causal = self.causal and mask is None and index is None
         if self.causal and not is_causal:
-            past = causal_mask(q.shape[-2], index, q.device)
-            allowed = past if allowed is None else allowed & past
+            allowed = causal_mask(q.shape[-2], index, q.device)
+            mask = allowed if mask is None else mask & allowed
         return attend(
             q,
             k,
             v,
             scorer=self.scorer,
             normalize=design.normalize,
-            mask=allowed,
+            mask=mask,
             is_causal=is_causal,
             dropout_p=self.dropout,
             training=self.training,
