@@ -12,7 +12,18 @@ sequences, k x k on images); it refuses an input of any other grid rank.
 inputs at positions <= t only, on a 1-D grid. A module that cannot be causal refuses
 ``causal=True`` at construction with a ValueError naming ``causal``.
 
-``forward(x, return_weights=False)`` returns the output; with ``return_weights=True`` it returns
+``mask`` (optional): a padding mask ``(B, *grid)`` bool, True at real positions, for a batch of
+variable-length samples (``x`` is filled with anything finite past each sample's end). Every
+module leaves padded positions out: they get zero attention weight as keys, are left out of means
+and maxima, and convolutions see zeros there, so the output at real positions (and a pooled
+output) does not depend on what or how much padding follows. Outputs AT padded positions are
+finite but otherwise unspecified; a sample with no real position gives finite output too.
+``check_input(x, mask)`` refuses a mask of the wrong shape or dtype. Invariance holds for padding
+appended along any grid axis except where a knob depends on the raster order or the grid size by
+nature: ``kv_stride`` on an image (appended columns move the kept positions),
+``kv_select=random`` (the drawn subset depends on N).
+
+``forward(x, mask=None, return_weights=False)`` returns the output; with ``return_weights=True`` it returns
 ``(output, weights)`` where ``weights`` is a dict of named tensors for visualisation. Weights are an
 explicit opt-in because producing them forces the slow explicit path. Each module declares the
 ``WeightKind`` of every name it returns (``weight_kinds``); figures are chosen by kind.
@@ -116,9 +127,9 @@ class AttentionModule(nn.Module):
                 f"grid_ndim={self.grid_ndim}; build it with grid_ndim=len(grid)"
             )
 
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor, mask: Tensor | None = None) -> None:
         """Refuse an input that is not ``(B, *grid, C)`` with ``len(grid) == grid_ndim`` and
-        ``C == dim``."""
+        ``C == dim``, and a ``mask`` that is not ``(B, *grid)`` bool (``check_mask``)."""
         if x.dim() < 3:
             raise ValueError(f"expected input of shape (B, *grid, C), got {tuple(x.shape)}")
         self.check_grid(tuple(x.shape[1:-1]))
@@ -126,13 +137,17 @@ class AttentionModule(nn.Module):
             raise ValueError(
                 f"input has {x.shape[-1]} channels but the module was built with dim={self.dim}"
             )
+        if mask is not None:
+            check_mask(mask, x.shape[:-1])
 
     def num_positions(self, grid: tuple[int, ...]) -> int:
         """``prod(grid)``, after checking the grid's rank (for ``flops``)."""
         self.check_grid(grid)
         return math.prod(grid)
 
-    def forward(self, x: Tensor, return_weights: bool = False):  # pragma: no cover - abstract
+    def forward(
+        self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False
+    ):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def flops(self, grid: tuple[int, ...]) -> int:
@@ -153,6 +168,17 @@ def check_positive(name: str, value: int) -> None:
     """Refuse a size that is not a positive integer, naming the key."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_mask(mask: Tensor, shape: Sequence[int]) -> None:
+    """Refuse a padding mask that is not a bool tensor of ``shape`` (``(B, *grid)`` of the input
+    it goes with), naming what was expected."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(shape):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(
+            f"mask must be a bool tensor of shape (B, *grid) = {tuple(shape)}, True at real "
+            f"positions, got {got}"
+        )
 
 
 def check_probability(name: str, value: float) -> None:

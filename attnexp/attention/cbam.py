@@ -19,6 +19,13 @@ from attnexp.attention.base import (
     make_divisible,
 )
 from attnexp.attention.causal import causal_conv1d, running_max, running_mean
+from attnexp.attention.masking import (
+    MaskedBatchNorm,
+    flat_mask,
+    masked_amax,
+    masked_mean,
+    zero_padding,
+)
 
 
 class CBAM(AttentionModule):
@@ -37,6 +44,9 @@ class CBAM(AttentionModule):
 
     ``weights`` (with ``return_weights=True``): ``{"channel": (B, C), "spatial": (B, *grid)}``;
     causal: ``channel`` is the gate of the last position, which has seen the whole sequence.
+
+    A padding mask leaves padded positions out of the channel statistics (and the spatial norm's
+    batch statistics in training); the spatial conv reads zeros there, as at its border.
     """
 
     kind = Kind.GATE
@@ -68,23 +78,26 @@ class CBAM(AttentionModule):
         if causal:
             self.spatial_bias = nn.Parameter(torch.zeros(1))
         else:
-            self.spatial_norm = nn.BatchNorm1d(1)  # one channel: the same for 1-D and 2-D maps
+            # One channel: the same for 1-D and 2-D maps; batch statistics over real positions.
+            self.spatial_norm = MaskedBatchNorm(1)
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        self.check_input(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        self.check_input(x, mask)
         if self.causal:  # (B, L, C): one channel gate per position, from its prefix
-            channel = (self.mlp(running_mean(x)) + self.mlp(running_max(x))).sigmoid()
+            channel = (self.mlp(running_mean(x, mask)) + self.mlp(running_max(x, mask))).sigmoid()
             x = x * channel
         else:
-            tokens = x.flatten(1, -2)
-            channel = (self.mlp(tokens.mean(dim=1)) + self.mlp(tokens.amax(dim=1))).sigmoid()
+            tokens, padding = x.flatten(1, -2), flat_mask(mask)
+            channel = self.mlp(masked_mean(tokens, padding)) + self.mlp(masked_amax(tokens, padding))
+            channel = channel.sigmoid()
             x = x * channel.view(x.shape[0], *([1] * (x.dim() - 2)), self.dim)
-        pooled = channels_first(torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=-1))
+        pooled = torch.stack([x.mean(dim=-1), x.amax(dim=-1)], dim=-1)
+        pooled = channels_first(zero_padding(pooled, mask))  # the conv reads zeros at padding
         if self.causal:
             logits = causal_conv1d(pooled, self.spatial_weight, self.spatial_bias)  # (B, 1, L)
         else:
             logits = grid_conv(pooled, self.spatial_weight)  # (B, 1, *grid)
-            logits = self.spatial_norm(logits.flatten(2)).view_as(logits)
+            logits = self.spatial_norm(logits.flatten(2), flat_mask(mask)).view_as(logits)
         spatial = logits.squeeze(1).sigmoid()
         y = x * spatial.unsqueeze(-1)
         if not return_weights:

@@ -54,6 +54,14 @@ if j's position <= i, on top of every other rule, so the output at i depends on 
     normalize   the allowed set A_i shrinks to keys <= i: ``sigmoid``'s n_i counts them, ``max``
                 takes min/max over them; masked keys get exactly zero weight.
 
+Padding (``AttentionCore.forward(..., padding=...)``, ``(B, N)`` bool, True at real positions): a
+padded position is never a key (``attend``'s ``key_padding``, taken after key selection: the kept
+keys keep their own mask entries; a ``valid`` qk conv's key is real only if its whole window is),
+and the qk convolutions read zeros there, as at their own border. So appending padding leaves the
+real positions' outputs unchanged under every knob on a sequence; not by nature: ``kv_stride`` on
+an image when columns are appended (the raster positions it keeps move) and ``kv_select=random``
+(the subset drawn depends on N).
+
 Fast path: ``dot`` + ``softmax`` (with or without a mask) runs through
 ``scaled_dot_product_attention`` with a boolean ``attn_mask`` of the same meaning (causal with no
 other mask: ``is_causal=True``, no mask tensor); everything else, and any call that asks for the
@@ -75,6 +83,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from attnexp.attention.causal import causal_conv1d
+from attnexp.attention.masking import nonempty, zero_padding
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 NORMALIZATIONS = ("softmax", "sigmoid", "max")
@@ -487,6 +496,14 @@ def crop_valid(x: Tensor, grid: tuple[int, ...], kernel_size: int) -> Tensor:
     return spatial[index].flatten(2, -2)
 
 
+def valid_key_padding(mask: Tensor, grid: tuple[int, ...], kernel_size: int) -> Tensor:
+    """``(B, N)`` padding mask -> ``(B, M)`` over the centres of a ``valid`` convolution: True
+    where the whole window is real, which are exactly the keys the unpadded grid has."""
+    padded = (~mask).to(torch.float32).reshape(mask.shape[0], 1, *grid)
+    pool = F.max_pool1d if len(grid) == 1 else F.max_pool2d
+    return pool(padded, kernel_size, stride=1).flatten(1) == 0
+
+
 # --------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------
@@ -504,17 +521,25 @@ def attend(
     dropout_p: float = 0.0,
     training: bool = False,
     need_weights: bool = False,
+    key_padding: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
     ``scorer=None`` is the scaled dot product. ``mask``: bool broadcastable to ``(B, h, N, M)``,
     True = allowed. ``is_causal`` (instead of a ``mask``, keys = queries' positions): query i sees
-    keys <= i. Dropout acts on the weights only when ``training``. Dot + softmax without
-    ``need_weights`` runs the fused kernel; otherwise the explicit path returns the weights
-    ``(B, h, N, M)`` before dropout.
+    keys <= i. ``key_padding`` ``(B, M)`` bool, True = a real key: padded keys are folded into
+    ``mask`` here, before either path, so both honour it alike; a query left with no allowed key
+    (a fully padded sample) sees every key instead, finite rather than NaN. Dropout acts on the
+    weights only when ``training``. Dot + softmax without ``need_weights`` runs the fused kernel;
+    otherwise the explicit path returns the weights ``(B, h, N, M)`` before dropout.
     """
     if is_causal and mask is not None:
         raise ValueError("attend takes a mask or is_causal, not both; fold causality into the mask")
+    if key_padding is not None:
+        if is_causal:
+            mask, is_causal = causal_mask(q.shape[-2], device=q.device), False
+        keys = key_padding[:, None, None, :]
+        mask = nonempty(keys if mask is None else mask & keys)
     p = dropout_p if training else 0.0
     is_dot = scorer is None or scorer.kind == "dot"
     if is_dot and normalize == "softmax" and not need_weights:
@@ -535,9 +560,10 @@ def attend(
 class AttentionCore(nn.Module):
     """The attention step of a mixer, configured by an ``AttentionDesign``.
 
-    ``forward(q, k, v, grid, need_weights=False)`` with ``q, k, v`` of shape ``(B, h, N, d)`` on a
-    grid with ``N = prod(grid)`` positions returns ``(out (B, h, N, d), weights (B, h, N, M) or
-    None)``: qk convolution -> rope -> key/value selection -> mask -> ``attend``. ``grid_ndim``
+    ``forward(q, k, v, grid, need_weights=False, padding=None)`` with ``q, k, v`` of shape ``(B,
+    h, N, d)`` on a grid with ``N = prod(grid)`` positions and a padding mask ``padding`` ``(B,
+    N)`` (True = real) returns ``(out (B, h, N, d), weights (B, h, N, M) or None)``: qk convolution -> rope ->
+    key/value selection -> mask -> ``attend``. ``grid_ndim``
     (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` lets query i see keys at positions <= i
     under every knob (module docstring); the module contract refuses it on images (``AttentionModule``).
     """
@@ -594,17 +620,28 @@ class AttentionCore(nn.Module):
         return math.ceil(self.conv_key_count(grid) / self.design.kv_stride)
 
     def forward(
-        self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, ...], need_weights: bool = False
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        grid: tuple[int, ...],
+        need_weights: bool = False,
+        padding: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         design = self.design
         first_key = 0  # the position of key 0 (a valid conv's keys start at its first centre)
+        key_padding = padding
+        heads_mask = None if padding is None else padding[:, None]  # (B, 1, N) vs (B, h, N, d)
+        # The convolutions read zeros at padding, as at their own border.
         if self.q_conv is not None:
-            q, _ = self.q_conv(q, grid)
+            q, _ = self.q_conv(zero_padding(q, heads_mask), grid)
         if self.k_conv is not None:
-            k, _ = self.k_conv(k, grid)
+            k, _ = self.k_conv(zero_padding(k, heads_mask), grid)
             if design.qk_conv_padding == "valid":
                 v = crop_valid(v, grid, design.qk_conv)
                 first_key = design.qk_conv // 2
+                if padding is not None:
+                    key_padding = valid_key_padding(padding, grid, design.qk_conv)
         if design.rope:
             positions = torch.arange(q.shape[-2], device=q.device)
             q, k = rotary(q, positions), rotary(k, positions[first_key:][: k.shape[-2]])
@@ -618,6 +655,8 @@ class AttentionCore(nn.Module):
             device=k.device,
         )
         k, v = take_positions(k, index), take_positions(v, index)
+        if key_padding is not None and index is not None:  # the kept keys' own entries
+            key_padding = take_positions(key_padding[:, None, :, None], index)[:, 0, :, 0]
         mask = attention_mask(grid, design.window, design.global_tokens, q.device)
         is_causal = self.causal and mask is None and index is None
         if self.causal and not is_causal:
@@ -634,6 +673,7 @@ class AttentionCore(nn.Module):
             dropout_p=self.dropout,
             training=self.training,
             need_weights=need_weights,
+            key_padding=key_padding,
         )
 
     def flops(self, grid: tuple[int, ...]) -> int:

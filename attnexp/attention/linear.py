@@ -6,7 +6,8 @@ positive feature map ``phi(x) = elu(x) + 1``. Then, per head,
     out_i = phi(q_i)^T S / (phi(q_i)^T z + eps),   S = sum_j phi(k_j) v_j^T,   z = sum_j phi(k_j),
 
 so the (d x d) summary ``S`` is built once and every query reads it: O(N d^2) time and O(N d + d^2)
-memory instead of O(N^2). Non-causal: every position sees every other, on a sequence or a
+memory instead of O(N^2). A padding mask zeroes ``phi(k_j)`` at padded positions, so they add
+nothing to ``S`` and ``z`` (a fully padded sample reads ``0 / eps = 0``). Non-causal: every position sees every other, on a sequence or a
 flattened image. Weights are never needed by the output; with ``return_weights=True`` the implied
 (B, heads, N, N) matrix ``phi(q_i).phi(k_j) / (phi(q_i).z + eps)`` is built for visualisation only.
 
@@ -32,6 +33,7 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
+from attnexp.attention.masking import zero_padding
 
 
 def feature_map(x: Tensor) -> Tensor:
@@ -65,12 +67,14 @@ class LinearAttention(AttentionModule):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        self.check_input(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        self.check_input(x, mask)
         tokens, grid = flatten_grid(x)
         # (B, N, heads, d) each; einsum keeps the head axis where it is.
         q, k, v = self.qkv(tokens).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(2)
         q, k = feature_map(q), feature_map(k)
+        if mask is not None:  # phi(k) = 0 at padding: those keys add nothing to S, z or weights
+            k = zero_padding(k, mask.flatten(1)[..., None])
         if self.causal:
             out = causal_linear_attention(q, k, v, self.eps, self.chunk_size)
         else:

@@ -95,18 +95,20 @@ class MultiHeadAttention(AttentionModule):
         self.proj = nn.Linear(self.inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def attention_heads(self, x: Tensor, need_weights: bool):
+    def attention_heads(self, x: Tensor, mask: Tensor | None, need_weights: bool):
         """Returns ``(attention output before projection (B, N, D), values (B, N, D), weights,
-        grid)``; the values come back so ``muse`` can convolve the same value projection."""
-        self.check_input(x)
+        grid)``; the values come back so ``muse`` can convolve the same value projection.
+        ``mask`` ``(B, *grid)``: padded positions are no keys (``AttentionCore``)."""
+        self.check_input(x, mask)
         tokens, grid = flatten_grid(x)
         q, k, v = self.qkv(tokens).chunk(3, dim=-1)
         heads = (split_heads(t, self.num_heads) for t in (q, k, v))
-        out, weights = self.core(*heads, grid, need_weights)
+        padding = None if mask is None else mask.flatten(1)
+        out, weights = self.core(*heads, grid, need_weights, padding)
         return merge_heads(out), v, weights, grid
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        out, _, weights, grid = self.attention_heads(x, return_weights)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        out, _, weights, grid = self.attention_heads(x, mask, return_weights)
         y = unflatten_grid(self.proj_drop(self.proj(out)), grid)
         return (y, {"attn": weights}) if return_weights else y
 

@@ -40,6 +40,7 @@ from attnexp.attention.base import (
     unflatten_grid,
 )
 from attnexp.attention.causal import causal_conv1d
+from attnexp.attention.masking import zero_padding
 from attnexp.attention.mha import MultiHeadAttention
 
 
@@ -123,10 +124,13 @@ class MUSE(MultiHeadAttention):
         weight = torch.cat([self.proj.weight, *(w for w, _ in scaled)], dim=1)
         return weight, self.proj.bias + sum(b for _, b in scaled)
 
-    def branch_inputs(self, values: Tensor, grid: tuple[int, ...]) -> list[Tensor]:
+    def branch_inputs(
+        self, values: Tensor, grid: tuple[int, ...], mask: Tensor | None = None
+    ) -> list[Tensor]:
         """Each branch's depthwise output ``(B, N, D)`` (V itself for k = 1); causal: left
-        padding only, so position t mixes values t - k + 1 .. t."""
-        v = channels_first(unflatten_grid(values, grid))
+        padding only, so position t mixes values t - k + 1 .. t. The convs read zeros at the
+        padded positions of ``mask`` ``(B, *grid)``, as at their own border."""
+        v = channels_first(zero_padding(unflatten_grid(values, grid), mask))
         conv = causal_conv1d if self.causal else grid_conv
         return [
             channels_last(
@@ -137,11 +141,12 @@ class MUSE(MultiHeadAttention):
             for k in self.kernel_sizes
         ]
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        out, values, weights, grid = self.attention_heads(x, return_weights)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        out, values, weights, grid = self.attention_heads(x, mask, return_weights)
         weight, bias = self.fused_pointwise()
         # One matmul does the output projection, every pointwise conv and the mixing.
-        y = F.linear(torch.cat([out, *self.branch_inputs(values, grid)], dim=-1), weight, bias)
+        branches = self.branch_inputs(values, grid, mask)
+        y = F.linear(torch.cat([out, *branches], dim=-1), weight, bias)
         y = unflatten_grid(self.proj_drop(y), grid)
         if not return_weights:
             return y

@@ -19,7 +19,8 @@ Causal (``causal=True``, sequences only): position t pools only its prefix, with
 
     p^t_j = softmax_{j<=t}(s)_j,   c_t = W_v sum_{j<=t} p^t_j x_j,   y_t = x_t + T(c_t),
 
-so every position has its own context (T and W_v then cost O(N) each). The prefix sums are an
+so every position has its own context (T and W_v then cost O(N) each). Padding (a ``mask``):
+padded positions get zero weight, ``p = softmax`` over the real positions (of the prefix). The prefix sums are an
 inclusive scan over (running max m, sum exp(s_j - m) x_j, sum exp(s_j - m)) pairs, combined by
 rescaling to the larger max as online softmax does: every exponent is <= 0 (stable whatever the
 scores), no position combines anything after it (causal exactly, not up to rounding), and it takes
@@ -39,6 +40,7 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
+from attnexp.attention.masking import nonempty
 
 
 class NodeAttention(AttentionModule):
@@ -72,24 +74,30 @@ class NodeAttention(AttentionModule):
         nn.init.zeros_(self.transform[-1].weight)
         nn.init.zeros_(self.transform[-1].bias)
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        self.check_input(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        self.check_input(x, mask)
         if self.causal:
-            return self.causal_forward(x, return_weights)
+            return self.causal_forward(x, mask, return_weights)
         tokens, grid = flatten_grid(x)
-        weights = self.score(tokens).squeeze(-1).softmax(dim=-1)  # (B, N)
+        scores = self.score(tokens).squeeze(-1)  # (B, N)
+        if mask is not None:  # padded positions get zero weight
+            scores = scores.masked_fill(~nonempty(mask.flatten(1)), float("-inf"))
+        weights = scores.softmax(dim=-1)
         context = self.value(torch.einsum("bn,bnc->bc", weights, tokens))
         y = unflatten_grid(tokens + self.transform(context).unsqueeze(1), grid)
         return (y, {"node": weights.unsqueeze(1)}) if return_weights else y
 
-    def causal_forward(self, x: Tensor, return_weights: bool):
+    def causal_forward(self, x: Tensor, mask: Tensor | None, return_weights: bool):
         scores = self.score(x).squeeze(-1)  # (B, N)
-        context = self.value(running_softmax_pool(scores, x))  # (B, N, C)
+        context = self.value(running_softmax_pool(scores, x, mask))  # (B, N, C)
         y = x + self.transform(context)
         if not return_weights:
             return y
-        future = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)
-        weights = scores.unsqueeze(1).masked_fill(future, float("-inf")).softmax(dim=-1)
+        hidden = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1)
+        if mask is not None:
+            hidden = hidden | ~mask[:, None, :]
+        weights = scores.unsqueeze(1).masked_fill(hidden, float("-inf")).softmax(dim=-1)
+        weights = weights.nan_to_num(0.0)  # a prefix of padding only: no weights
         return y, {"node": weights.unsqueeze(1)}
 
     def flops(self, grid: tuple[int, ...]) -> int:
@@ -110,9 +118,10 @@ def scan_offsets(n: int) -> list[int]:
     return [1 << i for i in range(max(n - 1, 0).bit_length())]
 
 
-def running_softmax_pool(scores: Tensor, x: Tensor) -> Tensor:
+def running_softmax_pool(scores: Tensor, x: Tensor, mask: Tensor | None = None) -> Tensor:
     """``sum_{j<=t} softmax_{j<=t}(scores)_j x_j`` for every t: ``scores`` ``(B, N)``, ``x``
-    ``(B, N, C)`` -> ``(B, N, C)``.
+    ``(B, N, C)`` -> ``(B, N, C)``; with a padding ``mask`` ``(B, N)`` over the real ``j <= t``
+    only (a prefix of padding only pools to 0).
 
     A Hillis-Steele inclusive scan: after the step with offset o, position t holds its window
     ``[t - 2o + 1, t]`` as its max m and ``sum exp(s - m) [x, 1]``, made from its own window and
@@ -120,6 +129,10 @@ def running_softmax_pool(scores: Tensor, x: Tensor) -> Tensor:
     """
     peak = scores.detach()  # only a stabiliser: the result does not depend on it
     mass = torch.exp(scores - peak).unsqueeze(-1)  # 1, but carries the scores' gradient
+    if mask is not None:  # padding has no mass, and a stabiliser below every real score
+        low = peak.masked_fill(~mask, float("inf")).amin(-1, keepdim=True)
+        peak = torch.where(mask, peak, torch.where(low.isfinite(), low, 0.0))
+        mass = mass * mask.unsqueeze(-1)
     sums = mass * torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)  # weighted x, the weights
     for offset in scan_offsets(scores.shape[1]):
         earlier, own = peak[:, :-offset], peak[:, offset:]
@@ -130,4 +143,4 @@ def running_softmax_pool(scores: Tensor, x: Tensor) -> Tensor:
         # Positions before the offset already hold their whole prefix.
         sums = torch.cat([sums[:, :offset], combined], dim=1)
         peak = torch.cat([peak[:, :offset], new_peak], dim=1)
-    return sums[..., :-1] / sums[..., -1:]
+    return sums[..., :-1] / sums[..., -1:].clamp(min=torch.finfo(sums.dtype).tiny)

@@ -14,8 +14,8 @@ class Identity(AttentionModule):
     kind = Kind.IDENTITY
     weight_kinds = {}
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        self.check_input(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        self.check_input(x, mask)
         return (x, {}) if return_weights else x
 
     def flops(self, grid: tuple[int, ...]) -> int:

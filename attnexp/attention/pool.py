@@ -14,13 +14,15 @@ from attnexp.attention.base import (
     flatten_grid,
 )
 from attnexp.attention.design import attend
+from attnexp.attention.masking import flat_mask, masked_mean
 from attnexp.attention.mha import merge_heads, resolve_head_dim, split_heads
 
 
 class AttentionPool(AttentionModule):
     """Learned queries attend over all positions: per head, ``softmax(q k^T / sqrt(d)) v`` with
     keys and values linear maps of x; the ``num_queries`` results are averaged and projected to
-    C. With ``residual`` the mean over positions is added. Returns ``(B, C)``.
+    C. With ``residual`` the mean over positions is added. Returns ``(B, C)``. A padding mask
+    gives padded positions zero weight and leaves them out of the mean.
 
     ``weights`` (with ``return_weights=True``): ``{"pool": (B, heads, N)}``, averaged over queries;
     each row sums to 1 over positions.
@@ -56,15 +58,17 @@ class AttentionPool(AttentionModule):
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        self.check_input(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        self.check_input(x, mask)
         tokens, _ = flatten_grid(x)
+        padding = flat_mask(mask)
         k, v = (split_heads(t, self.num_heads) for t in self.kv(tokens).chunk(2, dim=-1))
         q = split_heads(self.query.expand(x.shape[0], -1, -1), self.num_heads)
-        out, weights = attend(q, k, v, need_weights=return_weights)  # (B, h, Q, d)
+        # (B, h, Q, d); padded positions get zero weight
+        out, weights = attend(q, k, v, need_weights=return_weights, key_padding=padding)
         y = self.proj(merge_heads(out).mean(dim=1))
         if self.residual:
-            y = y + tokens.mean(dim=1)
+            y = y + masked_mean(tokens, padding)
         return (y, {"pool": weights.mean(dim=2)}) if return_weights else y
 
     def flops(self, grid: tuple[int, ...]) -> int:

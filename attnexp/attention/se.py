@@ -12,6 +12,7 @@ from attnexp.attention.base import (
     make_divisible,
 )
 from attnexp.attention.causal import running_mean
+from attnexp.attention.masking import flat_mask, masked_mean
 
 
 class SqueezeExcite(AttentionModule):
@@ -19,7 +20,8 @@ class SqueezeExcite(AttentionModule):
     ``make_divisible(rd_ratio * dim, 8)`` (a multiple of 8, never below 8).
 
     Causal (``causal=True``, sequences only): position t is gated by the MLP of the running mean
-    over positions ``<= t``, one gate vector per position.
+    over positions ``<= t``, one gate vector per position. A padding mask leaves padded positions
+    out of the mean.
 
     ``weights`` (with ``return_weights=True``): ``{"channel": (B, C)}``, the gate; causal: the gate
     of the last position, which has seen the whole sequence (equal to the non-causal gate).
@@ -37,13 +39,13 @@ class SqueezeExcite(AttentionModule):
         self.fc1 = nn.Linear(dim, self.rd_dim)
         self.fc2 = nn.Linear(self.rd_dim, dim)
 
-    def forward(self, x: Tensor, return_weights: bool = False):
-        self.check_input(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
+        self.check_input(x, mask)
         if self.causal:  # (B, L, C): one gate per position
-            gate = self.excite(running_mean(x))
+            gate = self.excite(running_mean(x, mask))
             y = x * gate
             return (y, {"channel": gate[:, -1]}) if return_weights else y
-        gate = self.excite(x.flatten(1, -2).mean(dim=1))
+        gate = self.excite(masked_mean(x.flatten(1, -2), flat_mask(mask)))
         y = x * gate.view(gate.shape[0], *([1] * (x.dim() - 2)), self.dim)
         return (y, {"channel": gate}) if return_weights else y
 

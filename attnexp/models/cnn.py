@@ -10,6 +10,11 @@ As a language model (``shape.is_lm``) it is a causal 1-D ResNet: each conv sees 
 and earlier positions (k - 1 zeros on the left), a LayerNorm over the channels at each position
 replaces BatchNorm (whose batch mean in training would carry later positions back), the slots are
 built ``causal=True``, and a per-position head predicts the next token. POOL is refused.
+
+Padding (a mask, ``Backbone.padding_mask``): every convolution reads zeros at padded positions,
+exactly what its own zero border gives, and BatchNorm's batch statistics are taken over real
+positions only (``MaskedBatchNorm``, the same parameters and state-dict keys as BatchNorm), so
+appended padding leaves the real positions unchanged in training as in eval.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from torch import Tensor, nn
 
 from attnexp.attention.base import channels_first, channels_last
 from attnexp.attention.causal import causal_conv1d
+from attnexp.attention.masking import MaskedBatchNorm
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
@@ -57,11 +63,23 @@ def conv_layer(dim: int, ndim: int, kernel_size: int, causal: bool) -> nn.Module
     return conv(dim, dim, kernel_size, padding=kernel_size // 2, bias=False)
 
 
-def norm_layer(dim: int, ndim: int, causal: bool) -> nn.Module:
-    """BatchNorm; ``causal``: a per-position norm, which mixes no positions or samples."""
-    if causal:
-        return PositionNorm(dim)
-    return (nn.BatchNorm1d if ndim == 1 else nn.BatchNorm2d)(dim)
+def norm_layer(dim: int, causal: bool) -> nn.Module:
+    """BatchNorm (over real positions); ``causal``: a per-position norm, which mixes no
+    positions or samples."""
+    return PositionNorm(dim) if causal else MaskedBatchNorm(dim)
+
+
+def masked_layers(layers: nn.Sequential, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``layers`` on channels-first ``x`` with a padding ``mask`` ``(B, *grid)``: zeros at padding
+    into every conv, the mask into every ``MaskedBatchNorm``."""
+    for layer in layers:
+        if isinstance(layer, MaskedBatchNorm):
+            x = layer(x, mask)
+            continue
+        if mask is not None and isinstance(layer, nn.modules.conv._ConvNd):
+            x = x.masked_fill(~mask.unsqueeze(1), 0)
+        x = layer(x)
+    return x
 
 
 class ResidualBlock(nn.Module):
@@ -78,18 +96,18 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             conv_layer(dim, ndim, kernel_size, causal),
-            norm_layer(dim, ndim, causal),
+            norm_layer(dim, causal),
             nn.ReLU(inplace=True),
             conv_layer(dim, ndim, kernel_size, causal),
-            norm_layer(dim, ndim, causal),
+            norm_layer(dim, causal),
         )
         self.slot = slot
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.body(x)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        out = masked_layers(self.body, x, mask)
         if self.slot is not None:
-            out = self.slot(out)
+            out = self.slot(out, mask)
         return self.act(x + out)
 
 
@@ -115,7 +133,7 @@ class CNN(Backbone):
         ndim = len(grid)
         self.stem = nn.Sequential(
             conv_layer(dim, ndim, kernel_size, causal),
-            norm_layer(dim, ndim, causal),
+            norm_layer(dim, causal),
             nn.ReLU(inplace=True),
         )
         self.blocks = nn.Sequential(
@@ -134,10 +152,14 @@ class CNN(Backbone):
         if init == "gpt":  # the convs keep PyTorch's init: no residual projection is a Linear
             init_gpt(self, (), depth)
 
-    def features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The last block's output, tokens-last ``(B, *grid, dim)``; ``forward`` reads out
-        classes ``(B, num_classes)`` from them or, as a language model, logits ``(B, T, vocab)``."""
+        classes ``(B, num_classes)`` from them or, as a language model, logits ``(B, T, vocab)``.
+        ``mask``: the padding mask (``Backbone.padding_mask``)."""
         if self.shape.is_lm:
             check_context(x, self.shape)
-        x = self.stem(channels_first(self.embed(x)))
-        return channels_last(self.blocks(x))
+        mask = self.padding_mask(x, mask)
+        x = masked_layers(self.stem, channels_first(self.embed(x)), mask)
+        for block in self.blocks:
+            x = block(x, mask)
+        return channels_last(x)

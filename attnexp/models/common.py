@@ -1,4 +1,10 @@
-"""What both backbones share: attention slots, the input embedding, the readout."""
+"""What both backbones share: attention slots, the input embedding, the readout, the padding mask.
+
+A batch of variable-length token sequences carries a padding mask ``(B, *grid)`` bool, True at
+real positions: ``Backbone.forward(x, mask)`` and ``features(x, mask)`` take one, or derive it as
+``x != shape.pad_index`` when the data has a pad id, so the training modules pass nothing. The
+mask reaches every slot and the readout; padded positions never change a real position's output.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,14 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention.base import AttentionModule, Kind, channels_first, channels_last
+from attnexp.attention.base import (
+    AttentionModule,
+    Kind,
+    channels_first,
+    channels_last,
+    check_mask,
+)
+from attnexp.attention.masking import flat_mask, masked_mean
 from attnexp.attention.variants import AttentionFactory
 from attnexp.data.shape import DataShape
 
@@ -77,6 +90,8 @@ class AttentionSlot(nn.Module):
 
     ``channels_first=True`` for convolutional backbones: the module is tokens-last, so the slot
     permutes around it. ``capture`` turns on ``return_weights`` (the slow path) for inspection only.
+    A padding ``mask`` ``(B, *grid)`` is passed on only when there is one, so a variant written
+    without the argument still works unmasked.
     """
 
     def __init__(self, module: AttentionModule, grid: Sequence[int], channels_first: bool = False):
@@ -87,15 +102,16 @@ class AttentionSlot(nn.Module):
         self.capture = False
         self.weights: dict[str, Tensor] | None = None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.channels_first:
             x = channels_last(x)
+        padding = {} if mask is None else {"mask": mask}
         if self.capture:
             if tuple(x.shape[1:-1]) != self.grid:
                 raise RuntimeError(f"slot built for grid {self.grid} saw {tuple(x.shape[1:-1])}")
-            y, self.weights = self.module(x, return_weights=True)
+            y, self.weights = self.module(x, return_weights=True, **padding)
         else:
-            y = self.module(x)
+            y = self.module(x, **padding)
         if self.channels_first and y.dim() == x.dim():  # pooling returns (B, C): nothing to undo
             y = channels_first(y)
         return y
@@ -112,14 +128,24 @@ class Backbone(nn.Module):
         super().__init__()
         self.shape = shape
 
-    readout: nn.Module  # features -> logits: ``Readout`` (pooled classes) or ``LMHead``
+    readout: nn.Module  # features, mask -> logits: ``Readout`` (pooled classes) or ``LMHead``
 
-    def features(self, x: Tensor) -> Tensor:
-        """Tokens-last hidden states ``(B, *grid, dim)`` before the readout."""
+    def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Tokens-last hidden states ``(B, *grid, dim)`` before the readout; ``mask``: the
+        padding mask (``padding_mask``)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.readout(self.features(x))
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        mask = self.padding_mask(x, mask)
+        return self.readout(self.features(x, mask), mask)
+
+    def padding_mask(self, x: Tensor, mask: Tensor | None) -> Tensor | None:
+        """``mask`` checked against ``x``'s ``(B, *grid)``, or, when none is given and the data
+        has a pad id (``shape.pad_index``), ``x != pad_index``; else ``None`` (all real)."""
+        if mask is None:
+            return None if self.shape.pad_index is None else x != self.shape.pad_index
+        check_mask(mask, x.shape[: x.dim() - (0 if self.shape.is_tokens else 1)])
+        return mask
 
     def compile(self, *args, **kwargs) -> None:
         """In place, as ``nn.Module.compile`` (parameter names stay the plain model's), and
@@ -192,15 +218,24 @@ class InputEmbedding(nn.Module):
 
 
 class Readout(nn.Module):
-    """Tokens-last features -> logits: mean over the grid, or an attention-pooling slot."""
+    """Tokens-last features -> logits: mean over the (real) positions of the grid, an
+    attention-pooling slot, or (``cls``) the first position, a prepended CLS token."""
 
-    def __init__(self, dim: int, num_classes: int, pool: AttentionSlot | None = None) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, pool: AttentionSlot | None = None, cls: bool = False
+    ) -> None:
         super().__init__()
         self.pool = pool
+        self.cls = cls
         self.head = nn.Linear(dim, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, *grid, dim)
-        pooled = self.pool(x) if self.pool is not None else x.flatten(1, -2).mean(1)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # x: (B, *grid, dim)
+        if self.cls:
+            pooled = x[:, 0]
+        elif self.pool is not None:
+            pooled = self.pool(x, mask)
+        else:
+            pooled = masked_mean(x.flatten(1, -2), flat_mask(mask))
         return self.head(pooled)
 
 
@@ -215,7 +250,8 @@ class LMHead(nn.Module):
         if tied is not None:
             self.head.weight = tied.weight
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Logits at every position; ``mask`` is unused (padded positions carry no label)."""
         return self.head(x)
 
 

@@ -9,6 +9,11 @@ Placement by kind:
 - POOL replaces the mean readout with attention pooling; the blocks stay MLP-only, so the pooling
   is the model's only attention (one variable changes per ablation cell).
 
+``readout``: ``mean`` (over the real positions) or ``cls``, a learned token prepended to the
+sequence (one more position, always real, with its own learned position) whose final state the
+head reads, as BERT and the LRA baselines do. ``cls`` needs a 1-D grid and a classifier, and has no
+place beside a POOL attention, which is the readout itself.
+
 As a language model (nanoGPT's layout): token embedding + learned positions (or none, for an
 attention with its own, e.g. rotary), blocks whose slots are built ``causal=True``, a final norm,
 and a per-position head (``tie_weights``: the embedding's matrix). POOL is refused.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attnexp.attention.base import Kind
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
@@ -32,6 +38,7 @@ from attnexp.models.common import (
     check_init,
     check_lm_keys,
     init_gpt,
+    kind_of,
     readout_slot,
 )
 
@@ -61,9 +68,9 @@ class Block(nn.Module):
         layers = [self.mlp[-1]] if self.mlp is not None else []
         return [*layers, *([proj] if isinstance(proj, nn.Linear) else [])]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if self.slot is not None:
-            x = x + self.drop(self.slot(self.norm1(x)))
+            x = x + self.drop(self.slot(self.norm1(x), mask))
         if self.mlp is not None:
             x = x + self.drop(self.mlp(self.norm2(x)))
         return x
@@ -82,6 +89,30 @@ def mlp_hidden(dim: int, mlp_ratio: float) -> int:
 
 
 POSITIONS = ("learned", "none")  # none: the attention brings its own (e.g. rotary)
+READOUTS = ("mean", "cls")  # cls: a prepended learned token's final state
+
+
+def check_readout(readout: str, attention: AttentionFactory, shape: DataShape) -> None:
+    """Refuse ``backbone.readout`` where it has no meaning, naming the key."""
+    if readout not in READOUTS:
+        raise ValueError(f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+    if readout != "cls":
+        return
+    if shape.is_lm:
+        raise ValueError(
+            "backbone.readout=cls reads one class from a prepended token, but task=lm predicts a "
+            "token at every position; use backbone.readout=mean"
+        )
+    if kind_of(attention) is Kind.POOL:
+        raise ValueError(
+            "backbone.readout=cls reads the CLS token, but a POOL attention is the readout "
+            "itself (attention pooling); use backbone.readout=mean with it"
+        )
+    if len(shape.grid) != 1:
+        raise ValueError(
+            f"backbone.readout=cls prepends a token to a sequence: it needs a 1-D grid, got "
+            f"dataset.shape.grid={list(shape.grid)}; use backbone.readout=mean"
+        )
 
 
 class Transformer(Backbone):
@@ -97,9 +128,11 @@ class Transformer(Backbone):
         positions: str = "learned",
         tie_weights: bool = False,
         init: str = "default",
+        readout: str = "mean",
     ) -> None:
         super().__init__(shape)
         check_init(init)
+        check_readout(readout, attention, shape)
         if positions not in POSITIONS:
             raise ValueError(
                 f"backbone.positions must be one of {', '.join(POSITIONS)}, got {positions!r}"
@@ -111,7 +144,13 @@ class Transformer(Backbone):
                 f"position), got {patch_size}"
             )
         self.embed = InputEmbedding(shape, dim, patch_size)
+        self.patch_size = patch_size
+        self.cls = None
         tokens = self.embed.grid
+        if readout == "cls":  # one more position, first
+            self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+            nn.init.trunc_normal_(self.cls, std=0.02)
+            tokens = (tokens[0] + 1,)
         self.pos = None
         if positions == "learned":
             self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
@@ -129,20 +168,34 @@ class Transformer(Backbone):
             tied = self.embed.embed if tie_weights else None
             self.readout = LMHead(dim, shape.vocab_size, tied)
         else:
-            self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
+            pool = readout_slot(attention, dim, tokens)
+            self.readout = Readout(dim, shape.num_classes, pool, cls=self.cls is not None)
         if init == "gpt":
             residual = [layer for block in self.blocks for layer in block.residual_projections()]
             init_gpt(self, residual, depth)
 
-    def features(self, x: Tensor) -> Tensor:
-        """The normed last hidden states ``(B, *tokens, dim)``; ``forward`` reads out classes
-        ``(B, num_classes)`` from them or, as a language model, logits ``(B, T, vocab)`` for ``T
-        <=`` the context length (a prompt may be shorter)."""
+    def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The normed last hidden states ``(B, *tokens, dim)`` (``readout=cls``: the CLS token's
+        first, ``(B, 1 + L, dim)``); ``forward`` reads out classes ``(B, num_classes)`` from them
+        or, as a language model, logits ``(B, T, vocab)`` for ``T <=`` the context length (a
+        prompt may be shorter). ``mask``: the padding mask (``Backbone.padding_mask``)."""
         if self.shape.is_lm:
             check_context(x, self.shape)
+        mask = self.padding_mask(x, mask)
+        if mask is not None and self.patch_size != 1 and not self.shape.is_tokens:
+            raise ValueError(
+                f"a padding mask needs backbone.patch_size=1 (one position per input position), "
+                f"got {self.patch_size}"
+            )
         x = self.embed(x)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+            if mask is not None:  # the CLS position is always real
+                mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         if self.pos is not None:
             x = x + self.pos[:, : x.shape[1]]
         if self.shape.is_lm:
             x = self.drop(x)
-        return self.norm(self.blocks(x))
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
