@@ -95,3 +95,25 @@ def step_decay(
         return gamma ** sum(step >= b for b in boundaries)
 
     return LambdaLR(optimizer, factor)
+
+
+def warmup_rsqrt(optimizer: Optimizer, total_steps: int, warmup_steps: int = 1000) -> LambdaLR:
+    """The Long Range Arena's schedule (``create_learning_rate_scheduler``, factors ``constant *
+    linear_warmup * rsqrt_decay``) normalised to its peak: at optimizer step ``s`` the base lr
+    times ``min(1, s / warmup_steps) * sqrt(warmup_steps / max(s, warmup_steps))``, so 0 at the
+    first step, the base lr at ``warmup_steps``, then decaying as ``1 / sqrt(s)``.
+
+    LRA multiplies its ``learning_rate`` by ``1 / sqrt(max(s, warmup_steps))`` (not normalised):
+    its base 0.05 with 1,000 warm-up steps peaks at 0.05 / sqrt(1000) = 1.58e-3, the lr to set here.
+    ``total_steps`` is unused (the decay does not depend on it): the scheduler convention.
+    """
+    del total_steps
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
+        raise ValueError(
+            f"optim.scheduler.warmup_steps must be a positive integer, got {warmup_steps!r}"
+        )
+
+    def factor(step: int) -> float:
+        return min(1.0, step / warmup_steps) * math.sqrt(warmup_steps / max(step, warmup_steps))
+
+    return LambdaLR(optimizer, factor)

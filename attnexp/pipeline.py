@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
@@ -114,13 +116,36 @@ def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> 
     if progress_bar and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks = [*callbacks, MetricsProgressBar()]  # train loss and val metric, no run id
     # Checkpoints are written atomically and loaded weights-only (attnexp.checkpoint).
-    return instantiate(
+    trainer = instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         **overrides,
     )
+    set_matmul_precision(isinstance(trainer.accelerator, CUDAAccelerator), str(trainer.precision))
+    return trainer
+
+
+FULL_PRECISION = ("32-true", "32", "64-true", "64")  # trainer.precision asking for fp32 (or fp64)
+
+
+def matmul_precision(on_gpu: bool, precision: str) -> str | None:
+    """The float32 matmul precision for a run: on a GPU TF32 (``high``: about 3x faster matmuls on
+    Ampere and later, float32's range with a 10-bit mantissa) unless ``trainer.precision`` asks
+    for full precision (``32-true``), then ``highest``; elsewhere None (left as it is)."""
+    if not on_gpu:
+        return None
+    return "highest" if precision in FULL_PRECISION else "high"
+
+
+def set_matmul_precision(on_gpu: bool, precision: str) -> None:
+    """Applied once the trainer knows its accelerator; also undoes a previous run's setting when
+    a sweep's runs share one process."""
+    value = matmul_precision(on_gpu, precision)
+    if value is not None:
+        torch.set_float32_matmul_precision(value)
+        log.info("float32 matmul precision: %s (trainer.precision=%s)", value, precision)
 
 
 def train(

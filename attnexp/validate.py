@@ -219,10 +219,11 @@ def _check_data(cfg: DictConfig) -> None:
 def _check_arrays(dataset: DictConfig) -> None:
     from hydra.utils import instantiate
 
-    from attnexp.data.splits import carve_validation  # the split the data module will make
+    from attnexp.data.splits import arrange_splits, check_trim_padding  # as the data module will
 
-    _, y_train, _, _ = instantiate(dataset.source)()
-    carve_validation(len(y_train), dataset.val_fraction, dataset.split_seed, dataset.batch_size)
+    check_trim_padding(dataset.get("trim_padding", False), instantiate(dataset.shape))
+    arrays = instantiate(dataset.source)()
+    arrange_splits(arrays, dataset.val_fraction, dataset.split_seed, dataset.batch_size)
 
 
 def _check_token_stream(dataset: DictConfig) -> None:

@@ -158,8 +158,8 @@ def test_cifar10_trains_a_step_on_uint8_pixels_scaled_per_batch(tmp_path, backbo
     data = build_data(cfg)
     x, y = data.load()["train"]
     assert x.dtype == torch.uint8 and x.shape[1:] == (32, 32, 3)  # a quarter of float32
-    module = build_module(cfg, build_model(cfg))
-    batch, labels = module.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)
+    stored, labels = next(iter(data.train_dataloader()))
+    batch = build_module(cfg, build_model(cfg)).prepare(stored)  # as the module feeds its model
     assert batch.dtype == torch.float32 and labels.dtype == torch.long
     assert 0.0 <= batch.min() and batch.max() <= 1.0
     assert torch.equal(model_inputs(x[:2]), x[:2].float() / 255)

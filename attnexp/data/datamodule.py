@@ -17,7 +17,7 @@ from torch import Tensor
 
 from attnexp.data.augment import model_inputs
 from attnexp.data.shape import IGNORE_INDEX, DataShape
-from attnexp.data.splits import Splits, carve_validation
+from attnexp.data.splits import SPLIT_NAMES, Splits, arrange_splits, check_trim_padding
 from attnexp.seeding import derive_seed
 
 
@@ -67,20 +67,33 @@ class EpochOrder:
 
 class SliceLoader:
     """Yields ``(x, y)`` batches of in-memory tensors in the order of ``sampler`` (an ``EpochOrder``;
-    Lightning finds it under the name ``sampler`` to call ``set_epoch``)."""
+    Lightning finds it under the name ``sampler`` to call ``set_epoch``).
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int, sampler: EpochOrder | None = None):
+    ``trim_pad_index``: token sequences padded at their end with this id are cut, batch by batch,
+    to the batch's longest real sample, so a batch of short sequences costs what they need and
+    not the padded maximum (None: every batch keeps the full width).
+    """
+
+    def __init__(
+        self, x: Tensor, y: Tensor, batch_size: int, sampler: EpochOrder | None = None,
+        trim_pad_index: int | None = None,
+    ) -> None:  # fmt: skip
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.sampler = sampler or EpochOrder(len(y), shuffle=False)
+        self.trim_pad_index = trim_pad_index
         self.batch_sampler = None  # DataLoader's interface, which Lightning inspects
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for x, y in self._batches():
+            yield (x if self.trim_pad_index is None else trim_padding(x, self.trim_pad_index)), y
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.sampler)
         if self.sampler.is_identity:  # contiguous slices are views: no copy
             for start in range(0, n, self.batch_size):
@@ -95,6 +108,14 @@ class SliceLoader:
             yield self.x[idx], self.y[idx]
 
 
+def trim_padding(x: Tensor, pad_index: int) -> Tensor:
+    """``x`` ``(B, L)`` cut to ``(B, W)``, ``W`` the end of its longest real sample (at least 1):
+    the columns dropped hold only ``pad_index``, so no sample loses a real token."""
+    real_columns = (x != pad_index).any(0)
+    width = int(real_columns.nonzero().max()) + 1 if bool(real_columns.any()) else 1
+    return x[:, :width]
+
+
 class ArrayDataModule(L.LightningDataModule):
     """Train/val/test tensors from a ``source`` callable, checked against the declared ``shape``.
 
@@ -107,9 +128,10 @@ class ArrayDataModule(L.LightningDataModule):
         source: Callable[[], Splits],
         shape: DataShape,
         batch_size: int = 128,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = 0.1,
         split_seed: int = 0,
         shuffle_seed: int = 0,
+        trim_padding: bool = False,
         **source_args: Any,
     ) -> None:
         super().__init__()
@@ -124,30 +146,30 @@ class ArrayDataModule(L.LightningDataModule):
             )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
+        if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+            raise ValueError(
+                f"dataset.val_fraction must be in (0, 1) (or null for a source with its own "
+                f"validation split), got {val_fraction}"
+            )
+        check_trim_padding(trim_padding, shape)
         self.source = source
         self.shape = shape
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.shuffle_seed = shuffle_seed
+        self.trim_padding = trim_padding
         self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Build (once) and return ``{"train", "val", "test"} -> (x, y)``."""
         if self.splits is None:
-            x_train, y_train, x_test, y_test = self.source()
-            self._check(x_train, y_train, "train")
-            self._check(x_test, y_test, "test")
-            val, train = carve_validation(
-                len(y_train), self.val_fraction, self.split_seed, self.batch_size
+            arrays = arrange_splits(
+                self.source(), self.val_fraction, self.split_seed, self.batch_size
             )
-            self.splits = {
-                "train": self._tensors(x_train[train], y_train[train]),
-                "val": self._tensors(x_train[val], y_train[val]),
-                "test": self._tensors(x_test, y_test),
-            }
+            for split in SPLIT_NAMES:
+                self._check(*arrays[split], split)
+            self.splits = {split: self._tensors(x, y) for split, (x, y) in arrays.items()}
         return self.splits
 
     def setup(self, stage: str | None = None) -> None:
@@ -178,7 +200,8 @@ class ArrayDataModule(L.LightningDataModule):
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         order = EpochOrder(len(y), shuffle, self.shuffle_seed, rank, world, pad)
-        return SliceLoader(x, y, self.batch_size, order)
+        trim = self.shape.pad_index if self.trim_padding else None
+        return SliceLoader(x, y, self.batch_size, order, trim)
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         """Token ids as int64; uint8 pixels stay uint8 (a quarter of float32's memory on the
@@ -214,3 +237,4 @@ class ArrayDataModule(L.LightningDataModule):
             raise ValueError(
                 f"{split} tokens fall outside dataset.shape.vocab_size={shape.vocab_size}"
             )
+
