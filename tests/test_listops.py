@@ -246,7 +246,7 @@ def test_listops_experiment_is_lras_base(tmp_path):
     assert cfg.optim.optimizer.lr == pytest.approx(0.05 / math.sqrt(1000), rel=1e-4)
     assert cfg.optim.optimizer.weight_decay == 0.1 and cfg.optim.scheduler.warmup_steps == 1000
     assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
-    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.backbone.readout == "cls"
     small = ["dataset.num_train=40", "dataset.num_val=8", "dataset.num_test=8",
              "dataset.min_length=20", "dataset.max_length=80", "dataset.max_depth=4",
              "dataset.batch_size=8", "trainer=cpu"]  # fmt: skip

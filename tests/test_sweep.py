@@ -37,6 +37,8 @@ EXPECTED_JOBS = {
     "ablation_mnist1d": 6 * 2 * 3,
     "design_space": 5 * 3 * 3,
     "design_space_mqar": 5 * 3 * 3,
+    "listops": 7 * 3,  # every variant but pool, which cannot read the CLS token
+    "listops_small": 8 * 3,
     "lm_ablation": 7 * 2 * 3,
     "mqar_length": 6 * 3 * 3,
     "mqar_recall": 1,
