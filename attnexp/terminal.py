@@ -62,6 +62,13 @@ def quiet_dependencies() -> None:
         category=UserWarning,
         module=r"lightning\.pytorch\.trainer\.call$",
     )
+    # The training module converts and augments batches on the device (``on_after_batch_transfer``);
+    # the data modules leave the hook alone, which is what Lightning's note says it will do.
+    warnings.filterwarnings(
+        "ignore",
+        message="You have overridden `on_after_batch_transfer` in `LightningModule`",
+        category=UserWarning,
+    )
     tip_logger = logging.getLogger(TIP_LOGGER)  # the very logger Lightning's tips go to
     if drop_advertising not in tip_logger.filters:
         tip_logger.addFilter(drop_advertising)
