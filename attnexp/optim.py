@@ -10,6 +10,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from attnexp.checks import check_positive
+
 
 def param_groups(params: Iterable[nn.Parameter], decay_matrices_only: bool) -> list[dict]:
     """Every trainable parameter in one group; or, as nanoGPT, weight decay on matrices
@@ -108,10 +110,7 @@ def warmup_rsqrt(optimizer: Optimizer, total_steps: int, warmup_steps: int = 100
     ``total_steps`` is unused (the decay does not depend on it): the scheduler convention.
     """
     del total_steps
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise ValueError(
-            f"optim.scheduler.warmup_steps must be a positive integer, got {warmup_steps!r}"
-        )
+    check_positive("optim.scheduler.warmup_steps", warmup_steps)
 
     def factor(step: int) -> float:
         return min(1.0, step / warmup_steps) * math.sqrt(warmup_steps / max(step, warmup_steps))

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from attnexp.checks import check_positive
+
 GRID_NDIMS = (1, 2)  # sequences (L,) and images (H, W)
 
 
@@ -164,12 +166,6 @@ class AttentionModule(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
 
 
-def check_positive(name: str, value: int) -> None:
-    """Refuse a size that is not a positive integer, naming the key."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def check_mask(mask: Tensor, shape: Sequence[int]) -> None:
     """Refuse a padding mask that is not a bool tensor of ``shape`` (``(B, *grid)`` of the input
     it goes with), naming what was expected."""
@@ -179,18 +175,6 @@ def check_mask(mask: Tensor, shape: Sequence[int]) -> None:
             f"mask must be a bool tensor of shape (B, *grid) = {tuple(shape)}, True at real "
             f"positions, got {got}"
         )
-
-
-def check_probability(name: str, value: float) -> None:
-    """Refuse a dropout rate outside [0, 1), naming the key."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
-
-
-def check_ratio(name: str, value: float) -> None:
-    """Refuse a width ratio outside (0, 1], naming the key."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"{name} must be a ratio in (0, 1], got {value!r}")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

@@ -13,8 +13,6 @@ from attnexp.attention.base import (
     Kind,
     WeightKind,
     channels_first,
-    check_positive,
-    check_ratio,
     grid_conv,
     make_divisible,
 )
@@ -26,6 +24,7 @@ from attnexp.attention.masking import (
     masked_mean,
     zero_padding,
 )
+from attnexp.checks import check_positive, check_ratio
 
 
 class CBAM(AttentionModule):

@@ -29,11 +29,11 @@ from attnexp.attention.base import (
     AttentionModule,
     Kind,
     WeightKind,
-    check_positive,
     flatten_grid,
     unflatten_grid,
 )
 from attnexp.attention.masking import zero_padding
+from attnexp.checks import check_positive
 
 
 def feature_map(x: Tensor) -> Tensor:

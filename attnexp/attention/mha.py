@@ -14,12 +14,11 @@ from attnexp.attention.base import (
     AttentionModule,
     Kind,
     WeightKind,
-    check_positive,
-    check_probability,
     flatten_grid,
     unflatten_grid,
 )
 from attnexp.attention.design import AttentionCore, AttentionDesign
+from attnexp.checks import check_positive, check_probability
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

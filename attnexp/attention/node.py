@@ -36,11 +36,11 @@ from attnexp.attention.base import (
     AttentionModule,
     Kind,
     WeightKind,
-    check_positive,
     flatten_grid,
     unflatten_grid,
 )
 from attnexp.attention.masking import nonempty
+from attnexp.checks import check_positive
 
 
 class NodeAttention(AttentionModule):

@@ -6,16 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention.base import (
-    AttentionModule,
-    Kind,
-    WeightKind,
-    check_positive,
-    flatten_grid,
-)
+from attnexp.attention.base import AttentionModule, Kind, WeightKind, flatten_grid
 from attnexp.attention.design import attend
 from attnexp.attention.masking import flat_mask, masked_mean
 from attnexp.attention.mha import merge_heads, resolve_head_dim, split_heads
+from attnexp.checks import check_positive
 
 
 class AttentionPool(AttentionModule):

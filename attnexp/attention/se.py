@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from attnexp.attention.base import (
-    AttentionModule,
-    Kind,
-    WeightKind,
-    check_ratio,
-    make_divisible,
-)
+from attnexp.attention.base import AttentionModule, Kind, WeightKind, make_divisible
 from attnexp.attention.causal import running_mean
 from attnexp.attention.masking import flat_mask, masked_mean
+from attnexp.checks import check_ratio
 
 
 class SqueezeExcite(AttentionModule):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from attnexp.checks import check_positive
 from attnexp.data.augment import model_inputs
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.splits import SPLIT_NAMES, Splits, arrange_splits, check_trim_padding
@@ -144,8 +145,7 @@ class ArrayDataModule(L.LightningDataModule):
                 f"dataset.{unknown[0]} is neither an argument of the data module nor one of "
                 f"dataset.source's ({', '.join(allowed)})"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"dataset.batch_size must be a positive integer, got {batch_size!r}")
+        check_positive("dataset.batch_size", batch_size)
         if val_fraction is not None and not 0.0 < val_fraction < 1.0:
             raise ValueError(
                 f"dataset.val_fraction must be in (0, 1) (or null for a source with its own "

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnexp.attention.base import check_positive
+from attnexp.checks import check_positive
 from attnexp.data.cache import cached_arrays
 from attnexp.data.splits import Splits
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from attnexp.checks import check_positive
 from attnexp.data.download import fetch, sha256_of
 from attnexp.data.vocab import KINDS, Vocabulary
 
@@ -60,8 +61,7 @@ def check_stream(
         ("dataset.batch_size", batch_size),
         ("dataset.steps_per_epoch", steps_per_epoch),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(key, value)
     if vocab_size != data_vocab_size:
         raise ValueError(
             f"dataset.shape.vocab_size={vocab_size}, but the data's vocabulary has "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnexp.checks import check_positive
 from attnexp.data.cache import cached_arrays
 from attnexp.data.shape import IGNORE_INDEX
 from attnexp.data.splits import Splits
@@ -126,8 +127,7 @@ def load_zoology_mqar(
     """Train and test sets from disjoint streams of ``seed``, cached in ``data_dir`` under every
     argument (Zoology's 100,000 / 3,000 by default)."""
     for key, value in (("num_train", num_train), ("num_test", num_test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"dataset.{key} must be a positive integer, got {value!r}")
+        check_positive(f"dataset.{key}", value)
     check_sizes(seq_len, num_kv_pairs, vocab_size)
     args = dict(seq_len=seq_len, num_kv_pairs=num_kv_pairs, vocab_size=vocab_size,
                 power_a=power_a, random_non_queries=random_non_queries)  # fmt: skip

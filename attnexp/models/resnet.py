@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnexp.attention.base import channels_first, channels_last, check_positive
+from attnexp.attention.base import channels_first, channels_last
+from attnexp.checks import check_positive
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,

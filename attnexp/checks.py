@@ -1,0 +1,22 @@
+"""Checks of config values shared by every part (attention, data, optimisation), each refusing a bad
+value with a ValueError that names the key; no torch, so ``validate`` can use them cheaply."""
+
+from __future__ import annotations
+
+
+def check_positive(name: str, value: int) -> None:
+    """Refuse a size that is not a positive integer, naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_probability(name: str, value: float) -> None:
+    """Refuse a dropout rate outside [0, 1), naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+
+
+def check_ratio(name: str, value: float) -> None:
+    """Refuse a width ratio outside (0, 1], naming the key."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a ratio in (0, 1], got {value!r}")
