@@ -92,4 +92,5 @@ def test_the_small_study_keeps_the_first_two_columns_on_a_cpu():
     assert params["zoology_len"] == "L64,L128" and params["backbone.dim"] == "64,128"
     assert params["zoology_mixer"] == sweep_params("zoology_mqar")["zoology_mixer"]
     cfg = compose_cfg(["experiment=zoology_mqar_small"])
-    assert cfg.trainer.accelerator == "cpu" and cfg.dataset.num_train == 10_000
+    assert cfg.trainer.accelerator == "cpu" and cfg.dataset.num_train == 100_000
+    assert (cfg.dataset.batch_size, cfg.trainer.max_epochs) == (64, 4)
