@@ -219,9 +219,20 @@ def _check_data(cfg: DictConfig) -> None:
 def _check_arrays(dataset: DictConfig) -> None:
     from hydra.utils import instantiate
 
-    from attnexp.data.splits import arrange_splits, check_trim_padding  # as the data module will
+    from attnexp.data.splits import (  # as the data module will
+        DEFAULT_LOADER,
+        DEFAULT_NUM_WORKERS,
+        arrange_splits,
+        check_loader,
+        check_trim_padding,
+    )
 
     check_trim_padding(dataset.get("trim_padding", False), instantiate(dataset.shape))
+    check_loader(
+        dataset.get("loader", DEFAULT_LOADER),
+        dataset.get("num_workers", DEFAULT_NUM_WORKERS),
+        dataset.get("pin_memory"),
+    )
     arrays = instantiate(dataset.source)()
     arrange_splits(arrays, dataset.val_fraction, dataset.split_seed, dataset.batch_size)
 

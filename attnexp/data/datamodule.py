@@ -1,12 +1,20 @@
-"""In-memory data: whole splits held as tensors, batches are index slices.
+"""Whole splits held as tensors; a batch is an index slice, never per-sample ``__getitem__``.
 
-Every dataset here fits in memory, so per-sample ``__getitem__`` + collate would only add overhead.
+Two ways to serve the batches (``dataset.loader``), both in the very order of ``EpochOrder``:
+
+- ``slices`` (default): the splits move to the model's device and ``SliceLoader`` cuts batches
+  there, so a batch is free. For sets that fit on the device.
+- ``workers``: the splits stay on the CPU (a source's memmapped arrays stay memmapped when stored
+  in the model's dtype) and ``DataLoader`` workers cut whole batches (``EpochBatches``) into pinned
+  memory, overlapping the copy with training. For sets that do not fit on the device.
+
 Images read from files (attnexp/data/images.py) stay uint8 in memory, a quarter of float32, and
 become floats one batch at a time on the model's device (``model_inputs``, the one place).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,11 +22,20 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from attnexp.checks import check_positive
 from attnexp.data.augment import model_inputs
 from attnexp.data.shape import IGNORE_INDEX, DataShape
-from attnexp.data.splits import SPLIT_NAMES, Splits, arrange_splits, check_trim_padding
+from attnexp.data.splits import (
+    DEFAULT_LOADER,
+    DEFAULT_NUM_WORKERS,
+    SPLIT_NAMES,
+    Splits,
+    arrange_splits,
+    check_loader,
+    check_trim_padding,
+)
 from attnexp.seeding import derive_seed
 
 
@@ -66,6 +83,53 @@ class EpochOrder:
         return len(range(self.rank, self.n, self.world_size))
 
 
+BatchIndex = slice | Tensor  # a contiguous slice (a view, no copy) or the indices of one batch
+
+
+class EpochBatches(DistributedSampler):
+    """The batches of ``order`` (an ``EpochOrder``) as ``BatchIndex``es of ``batch_size``: a
+    ``DataLoader`` sampler whose every item is a whole batch (``batch_size=None``), so a worker cuts
+    a batch at once. ``set_epoch`` is passed on to ``order``; index tensors are made on ``device``
+    (the data's: ``SliceLoader`` on a GPU gathers there).
+
+    A ``DistributedSampler`` because it is one (``order`` holds this rank's share): Lightning
+    leaves such a sampler in place, where it would wrap any other in its own under data-parallel
+    training and split the batches across ranks a second time.
+    """
+
+    def __init__(
+        self, order: EpochOrder, batch_size: int, device: torch.device | str = "cpu"
+    ) -> None:  # no super().__init__: it wants a dataset to count
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.order, self.batch_size, self.device = order, batch_size, device
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    def __iter__(self) -> Iterator[BatchIndex]:
+        n = len(self.order)
+        if self.order.is_identity:  # contiguous slices are views: no copy
+            for start in range(0, n, self.batch_size):
+                yield slice(start, start + self.batch_size)
+            return
+        order = self.order.indices().to(self.device)
+        for start in range(0, n, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def take_batch(
+    x: Tensor, y: Tensor, index: BatchIndex, trim_pad_index: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """The batch ``index`` of ``(x, y)``; with ``trim_pad_index`` its token sequences padded at
+    their end with this id are cut to the batch's longest real sample (``trim_padding``)."""
+    x, y = x[index], y[index]
+    return (x if trim_pad_index is None else trim_padding(x, trim_pad_index)), y
+
+
 class SliceLoader:
     """Yields ``(x, y)`` batches of in-memory tensors in the order of ``sampler`` (an ``EpochOrder``;
     Lightning finds it under the name ``sampler`` to call ``set_epoch``).
@@ -79,34 +143,53 @@ class SliceLoader:
         self, x: Tensor, y: Tensor, batch_size: int, sampler: EpochOrder | None = None,
         trim_pad_index: int | None = None,
     ) -> None:  # fmt: skip
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.x, self.y = x, y
-        self.batch_size = batch_size
         self.sampler = sampler or EpochOrder(len(y), shuffle=False)
+        self.batches = EpochBatches(self.sampler, batch_size, y.device)
+        self.batch_size = batch_size
         self.trim_pad_index = trim_pad_index
         self.batch_sampler = None  # DataLoader's interface, which Lightning inspects
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        return len(self.batches)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for x, y in self._batches():
-            yield (x if self.trim_pad_index is None else trim_padding(x, self.trim_pad_index)), y
+        for index in self.batches:
+            yield take_batch(self.x, self.y, index, self.trim_pad_index)
 
-    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.sampler)
-        if self.sampler.is_identity:  # contiguous slices are views: no copy
-            for start in range(0, n, self.batch_size):
-                yield (
-                    self.x[start : start + self.batch_size],
-                    self.y[start : start + self.batch_size],
-                )
-            return
-        order = self.sampler.indices().to(self.y.device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+
+class SplitBatches(Dataset):
+    """A split as a map-style dataset whose items are whole batches (``take_batch``): what
+    ``DataLoader`` workers read from the CPU arrays in ``dataset.loader=workers``."""
+
+    def __init__(self, x: Tensor, y: Tensor, trim_pad_index: int | None = None) -> None:
+        self.x, self.y, self.trim_pad_index = x, y, trim_pad_index
+
+    def __getitem__(self, index: BatchIndex) -> tuple[Tensor, Tensor]:
+        return take_batch(self.x, self.y, index, self.trim_pad_index)
+
+
+def worker_loader(
+    batches: SplitBatches, sampler: EpochBatches, num_workers: int, pin_memory: bool
+) -> DataLoader:
+    """A ``DataLoader`` serving ``sampler``'s batches of ``batches`` from ``num_workers`` workers
+    (0: in this process), kept alive across epochs, into pinned memory when ``pin_memory``."""
+    return DataLoader(
+        batches,
+        sampler=sampler,
+        batch_size=None,  # each item is already a batch
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def as_tensor(array: np.ndarray, dtype: torch.dtype) -> Tensor:
+    """``array`` as a ``dtype`` tensor sharing its memory when it has that dtype already (copied
+    only to convert). A read-only memmap is shared too: the splits are never written to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(array, dtype=dtype)
 
 
 def trim_padding(x: Tensor, pad_index: int) -> Tensor:
@@ -133,6 +216,9 @@ class ArrayDataModule(L.LightningDataModule):
         split_seed: int = 0,
         shuffle_seed: int = 0,
         trim_padding: bool = False,
+        loader: str = DEFAULT_LOADER,
+        num_workers: int = DEFAULT_NUM_WORKERS,
+        pin_memory: bool | None = None,
         **source_args: Any,
     ) -> None:
         super().__init__()
@@ -152,6 +238,7 @@ class ArrayDataModule(L.LightningDataModule):
                 f"validation split), got {val_fraction}"
             )
         check_trim_padding(trim_padding, shape)
+        check_loader(loader, num_workers, pin_memory)
         self.source = source
         self.shape = shape
         self.batch_size = batch_size
@@ -159,6 +246,9 @@ class ArrayDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.shuffle_seed = shuffle_seed
         self.trim_padding = trim_padding
+        self.loader = loader
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self.splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     def load(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -175,24 +265,27 @@ class ArrayDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         splits = self.load()
         # Keep the data where the model is (the GPU when training there): batches are then free.
-        if self.trainer is not None:
+        # Streamed through workers, it stays on the CPU.
+        if self.trainer is not None and self.loader == "slices":
             device = self.trainer.strategy.root_device
             self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
 
-    def train_dataloader(self) -> SliceLoader:
+    def train_dataloader(self) -> SliceLoader | DataLoader:
         return self._loader("train", shuffle=True, pad=True)
 
-    def val_dataloader(self) -> SliceLoader:
+    def val_dataloader(self) -> SliceLoader | DataLoader:
         return self._loader("val")
 
-    def test_dataloader(self) -> SliceLoader:
+    def test_dataloader(self) -> SliceLoader | DataLoader:
         return self._loader("test")
 
     def example_batch(self, n: int) -> Tensor:
         """The first ``n`` test inputs (figures, sampling prompts), as a model reads them."""
         return model_inputs(self.load()["test"][0][:n])
 
-    def _loader(self, split: str, shuffle: bool = False, pad: bool = False) -> SliceLoader:
+    def _loader(
+        self, split: str, shuffle: bool = False, pad: bool = False
+    ) -> SliceLoader | DataLoader:
         """Under data-parallel training each rank gets its share of ``split``. Evaluation splits
         are not padded (a sample counted twice would bias the synchronised metrics)."""
         x, y = self.load()[split]
@@ -201,16 +294,31 @@ class ArrayDataModule(L.LightningDataModule):
         )
         order = EpochOrder(len(y), shuffle, self.shuffle_seed, rank, world, pad)
         trim = self.shape.pad_index if self.trim_padding else None
-        return SliceLoader(x, y, self.batch_size, order, trim)
+        if self.loader == "slices":
+            return SliceLoader(x, y, self.batch_size, order, trim)
+        return worker_loader(
+            SplitBatches(x, y, trim),
+            EpochBatches(order, self.batch_size),
+            self.num_workers,
+            self._pins_memory(),
+        )
+
+    def _pins_memory(self) -> bool:
+        """``dataset.pin_memory``, or when null: whether the model trains on a CUDA device (pinned
+        pages speed up the copy there and are useless, with a warning, elsewhere)."""
+        if self.pin_memory is not None:
+            return self.pin_memory
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         """Token ids as int64; uint8 pixels stay uint8 (a quarter of float32's memory on the
-        device; the training module's ``augment`` makes them floats per batch); others float32."""
+        device; the training module's ``augment`` makes them floats per batch); others float32.
+        An array already of its dtype is shared, not copied: a memmap stays on disk."""
         if self.shape.is_tokens:
             dtype = torch.long
         else:
             dtype = torch.uint8 if x.dtype == np.uint8 else torch.float32
-        return torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=torch.long)
+        return as_tensor(x, dtype), as_tensor(y, torch.long)
 
     def _check(self, x: np.ndarray, y: np.ndarray, split: str) -> None:
         shape = self.shape

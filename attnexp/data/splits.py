@@ -86,3 +86,27 @@ def check_trim_padding(trim_padding: Any, shape: DataShape) -> None:
             "sample: it needs dataset.shape.pad_index set and a 1-D grid, got pad_index="
             f"{shape.pad_index}, grid={list(shape.grid)}"
         )
+
+
+LOADERS = ("slices", "workers")
+# The defaults of ``dataset.loader`` and ``dataset.num_workers`` (``pin_memory``: None, automatic).
+DEFAULT_LOADER, DEFAULT_NUM_WORKERS = "slices", 2
+
+
+def check_loader(loader: Any, num_workers: Any, pin_memory: Any) -> None:
+    """``dataset.loader`` and, for ``workers``, its ``num_workers`` and ``pin_memory``."""
+    if loader not in LOADERS:
+        raise ValueError(
+            f"dataset.loader must be one of {', '.join(LOADERS)} (slices: the splits on the model's "
+            f"device; workers: streamed from the CPU by DataLoader workers), got {loader!r}"
+        )
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(
+            f"dataset.num_workers must be an integer >= 0 (0: batches cut in the training "
+            f"process), got {num_workers!r}"
+        )
+    if pin_memory is not None and not isinstance(pin_memory, bool):
+        raise ValueError(
+            f"dataset.pin_memory must be true, false or null (null: pinned when training on a "
+            f"CUDA device), got {pin_memory!r}"
+        )
