@@ -38,6 +38,9 @@ UNHASHED_KEYS = (
     "ckpt_path", "objective", "objective_mode", "report_by", "report_best_over",
     "report_baseline",
 )  # fmt: skip
+# Keys of the dataset node that say how batches reach the model, not which: both loaders serve the
+# same batches in the same order (attnexp/data/datamodule.py).
+UNHASHED_DATASET_KEYS = ("loader", "num_workers", "pin_memory")
 # Keys that may change between a checkpoint and the run continuing from it: where and how long
 # to train, not what is trained.
 RESUMABLE_KEYS = (*UNHASHED_KEYS, "trainer")
@@ -60,7 +63,7 @@ def config_hash(cfg: DictConfig) -> str:
     """
     data = OmegaConf.to_container(cfg, resolve=True)
     paths = {f"${{paths.{k}}}": str(v) for k, v in (data.get("paths") or {}).items() if v}
-    data = {k: v for k, v in data.items() if k not in UNHASHED_KEYS}
+    data = _without(data, UNHASHED_KEYS)
     data = _replace_paths(data, sorted(paths.items(), key=lambda kv: -len(kv[1])))
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -81,8 +84,16 @@ def _replace_paths(data: Any, paths: list[tuple[str, str]]) -> Any:
 
 def computed_config(cfg: DictConfig) -> dict[str, Any]:
     """The part of ``cfg`` that decides what a checkpoint's weights are (not where or how long)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in data.items() if k not in RESUMABLE_KEYS}
+    return _without(OmegaConf.to_container(cfg, resolve=True), RESUMABLE_KEYS)
+
+
+def _without(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The resolved config ``data`` without the top-level ``keys`` and the dataset's loader keys."""
+    data = {k: v for k, v in data.items() if k not in keys}
+    if isinstance(data.get("dataset"), dict):
+        dataset = data["dataset"]
+        data["dataset"] = {k: v for k, v in dataset.items() if k not in UNHASHED_DATASET_KEYS}
+    return data
 
 
 def check_resumable(path: str | Path, cfg: DictConfig) -> int:

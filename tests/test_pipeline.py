@@ -92,6 +92,10 @@ def test_config_hash_ignores_where_a_run_is_recorded_but_not_what_it_computes(da
     assert config_hash(compose_cfg([*base, "logger=none", "paths.log_dir=/elsewhere"])) == h
     assert config_hash(compose_cfg(base, output_dir=Path("elsewhere"))) == h  # another run dir
     assert config_hash(compose_cfg([*base, "optim.optimizer.lr=0.1"])) != h
+    # How batches reach the model (the same batches either way) is not what it computes.
+    loader = ["dataset.loader=workers", "dataset.num_workers=0", "dataset.pin_memory=false"]
+    assert config_hash(compose_cfg([*base, *loader])) == h
+    assert config_hash(compose_cfg([*base, "dataset.batch_size=7"])) != h
 
 
 def run_cli(script: str, *args: str) -> subprocess.CompletedProcess:
