@@ -68,6 +68,10 @@ MASKS = {
         None,
     ),
     "stride-padding": (GRID_1D, None, padding(4)),  # 4 kept keys of 10 queries
+    # sample 1 all padding: its rows see every key instead (finite, as masking.nonempty says)
+    "all-padded-window": (
+        GRID_1D, KeyMask(grid=GRID_1D, window=1), torch.tensor([[True] * 10, [False] * 10])
+    ),
 }
 KEY_COUNTS = {"causal-stride": 4, "stride-padding": 4}
 
