@@ -16,6 +16,7 @@ from torch import nn
 
 from attnexp.attention import Kind, available, create
 from attnexp.attention.cbam import CBAM
+from attnexp.attention.design import NORMALIZATIONS, SCORES
 from attnexp.attention.mha import MultiHeadAttention
 from attnexp.attention.muse import MUSE
 from attnexp.attention.se import SqueezeExcite
@@ -30,7 +31,7 @@ from attnexp.bench.measure import (
     shuffled_batches,
 )
 from attnexp.bench.suite import main, mixers, numeric_check, randomise_constants
-from attnexp.bench.tables import evaluate_targets
+from attnexp.bench.tables import design_scaling_report, evaluate_targets, memory_exponent
 from tests.conftest import SUBPROCESS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,12 @@ def test_smoke_run_passes_and_covers_every_variant(smoke):
     assert scaled == {v for v in available() if create(v, 8).kind is Kind.MIXER}
     assert {"mha", "muse", "linear", "node"} <= scaled
     assert out.with_name("bench_scaling.png").stat().st_size > 0
+    design = results["design_scaling"]  # every score x normalisation of mha, at every length
+    assert {(r["variant"], r["n"]) for r in design} == {
+        (f"{s}+{n}", length) for s in SCORES for n in NORMALIZATIONS for length in (16, 64)
+    }
+    assert all(r["ms"] > 0 and r["peak_mb"] > 0 for r in design)
+    assert out.with_name("bench_design_scaling.png").stat().st_size > 0
     overhead = results["overhead"]
     (framework,), (plain,) = overhead["framework_samples_per_s"], overhead["plain_samples_per_s"]
     assert framework > 0 and plain > 0
@@ -524,3 +531,27 @@ def test_the_benchmark_builds_and_steps_a_model_without_importing_lightning():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "params True" in proc.stdout
     assert "lightning imported: False" in proc.stdout
+
+
+def test_memory_exponent_is_the_log_log_slope():
+    linear = [{"n": n, "peak_mb": 3.0 * n} for n in (1024, 4096, 16384)]
+    quadratic = [{"n": n, "peak_mb": 1e-6 * n * n} for n in (1024, 4096, 16384)]
+    assert memory_exponent(linear) == pytest.approx(1.0)
+    assert memory_exponent(quadratic) == pytest.approx(2.0)
+    assert memory_exponent(linear[:1]) is None
+
+
+def test_the_design_report_divides_by_dot_softmax_at_the_same_n():
+    def row(cell, n, ms, mb):
+        return {"variant": cell, "n": n, "batch": 1, "ms": ms, "peak_mb": mb}
+
+    curve = [
+        row("dot+softmax", 1024, 10.0, 1.0), row("dot+softmax", 4096, 40.0, 4.0),
+        row("l2+softmax", 1024, 12.0, 1.0), row("l2+softmax", 4096, 60.0, 4.0),
+        row("dot+max", 1024, 30.0, 2.0), row("dot+max", 4096, 90.0, 32.0),
+    ]  # fmt: skip
+    report = design_scaling_report(curve)
+    assert "| l2+softmax | 4096 | 60 | 4 | 1.5 | 1 |" in report
+    assert "| dot+max | 4096 | 90 | 32 | 2.25 | 8 |" in report
+    assert "| l2+softmax | 1 | met | 1.5 | NOT met | 4096 |" in report  # 1.5 > 1.3
+    assert "| dot+max | 2 | NOT met | 2.25 | – | 4096 |" in report  # quadratic; no time target

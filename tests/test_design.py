@@ -390,7 +390,8 @@ def test_valid_combinations_are_accepted():
     AttentionDesign(window=3, qk_conv=3)  # same padding keeps positions aligned
     AttentionDesign(window=0, global_tokens=4, score="l2", normalize="max")
     AttentionDesign(kv_stride=2, qk_conv=5, qk_conv_padding="valid", qk_conv_target="qk")
-    assert not AttentionDesign(score="cosine").fast_path
+    assert AttentionDesign(score="cosine").fast_path  # softmax scores take the fused kernel
+    assert not AttentionDesign(score="additive").fast_path
     assert not AttentionDesign(normalize="sigmoid").fast_path
 
 

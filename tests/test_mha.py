@@ -209,12 +209,15 @@ def test_qk_conv_kernel_has_the_grid_rank():
         ({}, True),
         ({"window": 1, "global_tokens": 1}, True),
         ({"kv_stride": 2}, True),
-        ({"score": "cosine"}, False),
+        ({"score": "cosine"}, True),
+        ({"score": "l2", "window": 1}, True),
+        ({"score": "pearson"}, True),
+        ({"score": "additive"}, False),
         ({"normalize": "sigmoid"}, False),
     ],
     ids=str,
 )
-def test_dot_softmax_runs_the_fused_kernel_with_or_without_a_mask(monkeypatch, knobs, fused):
+def test_softmax_scores_run_the_fused_kernel_with_or_without_a_mask(monkeypatch, knobs, fused):
     calls = []
     sdpa = F.scaled_dot_product_attention
 

@@ -62,14 +62,36 @@ real positions' outputs unchanged under every knob on a sequence; not by nature:
 an image when columns are appended (the raster positions it keeps move) and ``kv_select=random``
 (the subset drawn depends on N).
 
-Fast path: ``dot`` + ``softmax`` (with or without a mask) runs through
-``scaled_dot_product_attention`` with a boolean ``attn_mask`` of the same meaning (causal with no
-other mask: ``is_causal=True``, no mask tensor); everything else, and any call that asks for the
-weights, runs the explicit path, which computes the same numbers.
+Three paths compute the same numbers (``attend`` picks one at call time from the design and the
+inputs); the explicit one is the reference, and the others hold O(N) memory, never the N x M
+matrix:
+
+explicit   scores (B, h, N, M) -> ``normalize_scores`` -> weights @ v. Serves ``need_weights``.
+fused      every score but ``additive`` with ``softmax``: ``scaled_dot_product_attention`` on
+           transformed q and k (``Scorer.fused_inputs``), whose kernel never stores the matrix:
+    dot      q, k, scale 1/sqrt(d).
+    cosine   t_h * q/|q| and k/|k|, scale 1 (the per-head temperature folded into q).
+    pearson  the same on centred q and k.
+    l2       s_ij = -(|q_i|^2 - 2 q_i.k_j + |k_j|^2) / sqrt(d). A softmax over j is unchanged by a
+             term constant along the row, so drop |q_i|^2/sqrt(d):
+                 s'_ij = (2 q_i.k_j - |k_j|^2) / sqrt(d) = (2/sqrt(d)) * [q_i, 1] . [k_j, -|k_j|^2/2]
+             i.e. one extra feature (1 on q, -|k|^2/2 on k; v padded by a zero feature and cropped
+             after) and scale 2/sqrt(d). (The explicit path clamps |q - k|^2 at 0 against rounding;
+             that changes nothing beyond rounding.)
+           Masks go to the kernel as booleans: none, key padding ``(B, 1, 1, M)`` or plain causal
+           (``is_causal``) in one call; window, global tokens or causal over selected keys in
+           blocks of query rows, each with its rows of the mask only. Dropout: the kernel's
+           ``dropout_p``.
+chunked    ``sigmoid`` and ``max``, and the ``additive`` scorer: blocks of ``b`` query rows, each
+           computing its ``(B, h, b, M)`` scores (``(B, h, b, M, a)`` hidden for additive; ``b``
+           keeps that under ``BLOCK_ELEMENTS``), its mask rows, normalisation, dropout and
+           weights @ v. Every normalisation is row-wise, so blocks are exact. With several blocks
+           and gradients on, each block is checkpointed (recomputed in backward, with the same
+           dropout draws), so backward too holds one block at a time.
 
 Entry points: ``AttentionDesign`` (validated knobs), ``AttentionCore`` (the module a mixer calls with
 ``(B, heads, N, d)`` q, k, v and the grid), and the pieces it is made of: ``Scorer``,
-``normalize_scores``, ``attention_mask``, ``causal_mask``, ``kv_positions``, ``select_kv``,
+``normalize_scores``, ``KeyMask``, ``attention_mask``, ``causal_mask``, ``kv_positions``, ``select_kv``,
 ``GridDepthwiseConv``, ``rotary``, ``attend``.
 """
 
@@ -81,15 +103,20 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.masking import nonempty, zero_padding
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
+FUSED_SCORES = ("dot", "cosine", "l2", "pearson")  # with softmax: the fused kernel (``fast_path``)
 NORMALIZATIONS = ("softmax", "sigmoid", "max")
 KV_SELECTS = ("stride", "random")
 QK_CONV_TARGETS = ("k", "q", "qk")
 QK_CONV_PADDINGS = ("same", "valid")
+# Entries of one query block's scores, B * h * b * M (times the additive hidden width), on the
+# chunked and masked-fused paths: 2^22 float32 entries = 16 MiB a tensor.
+BLOCK_ELEMENTS = 2**22
 
 # Rough per-entry costs of the elementwise work, for analytic FLOP counts (one op = 1 FLOP).
 _NORMALIZE_FLOPS_PER_ENTRY = {"softmax": 4, "sigmoid": 4, "max": 4}  # e.g. sub, exp, sum, div
@@ -180,8 +207,9 @@ class AttentionDesign:
 
     @property
     def fast_path(self) -> bool:
-        """Whether attention can run through ``scaled_dot_product_attention``."""
-        return self.score == "dot" and self.normalize == "softmax"
+        """Whether attention runs through ``scaled_dot_product_attention`` (when the weights are
+        not asked for); otherwise it runs the chunked path. Both hold O(N) memory."""
+        return self.score in FUSED_SCORES and self.normalize == "softmax"
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +258,30 @@ class Scorer(nn.Module):
 
     def temperature(self) -> Tensor:
         return self.log_temperature.clamp(max=math.log(100.0)).exp()
+
+    @property
+    def width(self) -> int:
+        """Entries this scorer holds per query-key pair: the additive hidden width, else 1."""
+        return self.w_k.out_features if self.kind == "additive" else 1
+
+    def fused_inputs(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, float]:
+        """``(q', k', scale)`` with ``softmax(scale * q' k'^T)`` equal to ``softmax(self(q, k))``
+        row by row (derivations in the module docstring); not for ``additive``."""
+        d = self.head_dim
+        if self.kind == "dot":
+            return q, k, 1 / math.sqrt(d)
+        if self.kind in ("cosine", "pearson"):
+            if self.kind == "pearson":
+                q, k = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
+            return self.temperature() * _unit(q), _unit(k), 1.0
+        if self.kind == "l2":
+            ones = torch.ones_like(q[..., :1])
+            return (
+                torch.cat([q, ones], -1),
+                torch.cat([k, -0.5 * k.pow(2).sum(-1, keepdim=True)], -1),
+                2 / math.sqrt(d),
+            )
+        raise ValueError(f"score {self.kind} has no fused form; fused: {', '.join(FUSED_SCORES)}")
 
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
         if self.kind == "dot":
@@ -313,17 +365,29 @@ def grid_coordinates(grid: tuple[int, ...], device: torch.device | None = None) 
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(grid))
 
 
-def window_mask(grid: tuple[int, ...], window: int, device: torch.device | None = None) -> Tensor:
-    """``(N, N)`` bool: positions within Chebyshev distance ``window`` (``|i - j|`` in 1-D)."""
+def window_mask(
+    grid: tuple[int, ...],
+    window: int,
+    device: torch.device | None = None,
+    rows: slice = slice(None),
+) -> Tensor:
+    """``(N, N)`` bool: positions within Chebyshev distance ``window`` (``|i - j|`` in 1-D).
+    ``rows``: only those query rows (``(b, N)``), one axis at a time (no ``(b, N, ndim)``)."""
     coords = grid_coordinates(grid, device)
-    distance = (coords[:, None, :] - coords[None, :, :]).abs().amax(dim=-1)
-    return distance <= window
+    allowed = None
+    for axis in range(coords.shape[-1]):
+        near = (coords[rows, None, axis] - coords[None, :, axis]).abs() <= window
+        allowed = near if allowed is None else allowed & near
+    return allowed
 
 
-def global_mask(n: int, global_tokens: int, device: torch.device | None = None) -> Tensor:
-    """``(N, N)`` bool: row or column among the first ``global_tokens`` positions."""
+def global_mask(
+    n: int, global_tokens: int, device: torch.device | None = None, rows: slice = slice(None)
+) -> Tensor:
+    """``(N, N)`` bool: row or column among the first ``global_tokens`` positions (``rows``:
+    only those query rows)."""
     is_global = torch.arange(n, device=device) < global_tokens
-    return is_global[:, None] | is_global[None, :]
+    return is_global[rows, None] | is_global[None, :]
 
 
 def attention_mask(
@@ -333,22 +397,103 @@ def attention_mask(
     device: torch.device | None = None,
 ) -> Tensor | None:
     """The allowed set (window OR global) as ``(N, N)`` bool, or ``None`` when nothing is masked."""
-    if window is None:
-        return None
-    mask = window_mask(grid, window, device)
-    if global_tokens:
-        mask = mask | global_mask(mask.shape[0], global_tokens, device)
-    return mask
+    n = math.prod(grid)
+    return KeyMask(grid=grid, window=window, global_tokens=global_tokens).rows(0, n, n, device)
 
 
 def causal_mask(
-    n: int, key_positions: Tensor | None = None, device: torch.device | None = None
+    n: int,
+    key_positions: Tensor | None = None,
+    device: torch.device | None = None,
+    rows: slice = slice(None),
 ) -> Tensor:
     """Bool, True where key m's position is <= query i's: ``(N, M)``, or ``(B, 1, N, M)`` for
-    per-sample ``key_positions`` ``(B, M)``. ``key_positions=None``: keys are positions 0..N-1."""
+    per-sample ``key_positions`` ``(B, M)``. ``key_positions=None``: keys are positions 0..N-1.
+    ``rows``: only those query rows."""
     keys = torch.arange(n, device=device) if key_positions is None else key_positions
-    mask = keys.unsqueeze(-2) <= torch.arange(n, device=keys.device).unsqueeze(-1)
+    queries = torch.arange(n, device=keys.device)[rows]
+    mask = keys.unsqueeze(-2) <= queries.unsqueeze(-1)
     return mask.unsqueeze(1) if mask.dim() == 3 else mask
+
+
+class KeyMask:
+    """Which keys each query may see, as rules that build the boolean mask (True = allowed) for
+    any block of query rows, so no path but the explicit one holds all N x M of it.
+
+    ``grid``/``window``/``global_tokens``: the window OR global set (keys are the positions);
+    ``causal``: a key's position <= the query's, keys at ``key_positions`` (``(M,)`` or per
+    sample ``(B, M)``; ``None``: 0..M-1); ``key_padding``: ``(B, M)``, True = a real key;
+    ``dense``: any explicit mask broadcastable to ``(B, h, N, M)``. The rules are ANDed.
+    """
+
+    def __init__(
+        self,
+        *,
+        grid: tuple[int, ...] | None = None,
+        window: int | None = None,
+        global_tokens: int = 0,
+        causal: bool = False,
+        key_positions: Tensor | None = None,
+        key_padding: Tensor | None = None,
+        dense: Tensor | None = None,
+    ) -> None:
+        if window is not None and grid is None:
+            raise ValueError("a window mask needs the grid its positions lie on")
+        self.grid, self.window, self.global_tokens = grid, window, global_tokens
+        self.causal, self.key_positions = causal, key_positions
+        self.key_padding, self.dense = key_padding, dense
+
+    def with_key_padding(self, key_padding: Tensor) -> KeyMask:
+        """This mask AND ``key_padding`` (``(B, M)`` bool, True = a real key)."""
+        if key_padding.dtype != torch.bool or key_padding.dim() != 2:
+            raise ValueError(
+                "key_padding must be a (batch, keys) bool tensor, True at real keys; got "
+                f"{key_padding.dtype} of shape {tuple(key_padding.shape)}"
+            )
+        both = key_padding if self.key_padding is None else self.key_padding & key_padding
+        return KeyMask(grid=self.grid, window=self.window, global_tokens=self.global_tokens,
+                       causal=self.causal, key_positions=self.key_positions, key_padding=both,
+                       dense=self.dense)  # fmt: skip
+
+    @property
+    def plain_causal(self) -> bool:
+        """Causal over keys = positions and nothing else: the kernel's own ``is_causal``."""
+        rules = (self.window, self.key_positions, self.key_padding, self.dense)
+        return self.causal and all(rule is None for rule in rules)
+
+    @property
+    def same_for_every_row(self) -> bool:
+        """Whether the mask does not depend on the query (none, key padding, a ``(..., 1, M)``
+        dense mask): ``rows`` of any block is the whole of it, ``(B, 1, 1, M)`` at most."""
+        dense_rows = self.dense is not None and self.dense.dim() >= 2 and self.dense.shape[-2] > 1
+        return self.window is None and not self.causal and not dense_rows
+
+    def rows(
+        self, start: int, stop: int, n_keys: int, device: torch.device | None = None
+    ) -> Tensor | None:
+        """The mask of query rows ``start:stop`` over ``n_keys`` keys, broadcastable to
+        ``(B, h, stop - start, n_keys)``, or ``None`` when nothing is masked."""
+        rows, masks = slice(start, stop), []
+        if self.window is not None:
+            masks.append(window_mask(self.grid, self.window, device, rows))
+            if self.global_tokens:
+                n = math.prod(self.grid)
+                masks[-1] = masks[-1] | global_mask(n, self.global_tokens, device, rows)
+        if self.causal:  # keys 0..M-1 are the positions (N = M), or at key_positions
+            n = n_keys if self.key_positions is None else stop
+            masks.append(causal_mask(n, self.key_positions, device, rows))
+        if self.dense is not None:
+            dense_rows = self.dense.dim() >= 2 and self.dense.shape[-2] > 1
+            masks.append(self.dense[..., rows, :] if dense_rows else self.dense)
+        if self.key_padding is not None:
+            masks.append(self.key_padding[:, None, None, :])
+        if not masks:
+            return None
+        mask = masks[0]
+        for other in masks[1:]:
+            mask = mask & other
+        # Padding may leave a row no key: it sees every key instead (``masking.nonempty``).
+        return mask if self.key_padding is None else nonempty(mask)
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,6 +654,78 @@ def valid_key_padding(mask: Tensor, grid: tuple[int, ...], kernel_size: int) -> 
 # --------------------------------------------------------------------------------------------
 
 
+def block_rows(elements_per_row: int, block_elements: int) -> int:
+    """Query rows per block so one block holds at most ``block_elements`` entries (at least 1)."""
+    return max(1, block_elements // max(1, elements_per_row))
+
+
+def _scores(scorer: Scorer | None, q: Tensor, k: Tensor) -> Tensor:
+    """The explicit score matrix; ``scorer=None`` is the scaled dot product."""
+    if scorer is not None:
+        return scorer(q, k)
+    return (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+
+
+def _fused_softmax(
+    q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, allowed: KeyMask, p: float,
+    block_elements: int,
+) -> Tensor:  # fmt: skip
+    """Softmax attention through ``scaled_dot_product_attention`` on ``Scorer.fused_inputs``; a
+    row-dependent mask goes in blocks of query rows, each with its own rows of the mask."""
+    if scorer is None:
+        q, k, scale = q, k, 1 / math.sqrt(q.shape[-1])
+    else:
+        q, k, scale = scorer.fused_inputs(q, k)
+    width = v.shape[-1]
+    if k.shape[-1] > width:  # l2's extra feature: the kernel wants v as wide as q and k
+        v = F.pad(v, (0, k.shape[-1] - width))
+    n, m = q.shape[-2], k.shape[-2]
+    if allowed.plain_causal or allowed.same_for_every_row:
+        mask = None if allowed.plain_causal else allowed.rows(0, n, m, q.device)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=allowed.plain_causal, scale=scale
+        )
+        return out[..., :width]
+    b = block_rows(q.shape[0] * m, block_elements)  # the mask rows are (B, 1, b, M) at most
+    outs = [
+        F.scaled_dot_product_attention(
+            q[..., i : i + b, :], k, v, attn_mask=allowed.rows(i, min(i + b, n), m, q.device),
+            dropout_p=p, scale=scale,
+        )
+        for i in range(0, n, b)
+    ]  # fmt: skip
+    return torch.cat(outs, dim=-2)[..., :width]
+
+
+def _chunked(
+    q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, normalize: str, allowed: KeyMask,
+    p: float, block_elements: int,
+) -> Tensor:  # fmt: skip
+    """Attention over blocks of query rows, each computing only its rows of scores and weights;
+    with several blocks and gradients on, each block is recomputed in backward (checkpoint, which
+    replays the block's dropout draws) instead of keeping its weights."""
+    n, m = q.shape[-2], k.shape[-2]
+    width = scorer.width if scorer is not None else 1
+    b = block_rows(q.shape[0] * q.shape[1] * m * width, block_elements)
+
+    def block(q_rows: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
+        mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
+        weights = normalize_scores(_scores(scorer, q_rows, k), normalize, mask)
+        return F.dropout(weights, p) @ v
+
+    if n <= b:
+        return block(q, k, v, 0)
+    recompute = torch.is_grad_enabled()
+    outs = []
+    for i in range(0, n, b):
+        if recompute:  # the RNG state (5 KB a block on CPU) is kept only if dropout draws
+            outs.append(checkpoint(block, q[..., i : i + b, :], k, v, i, use_reentrant=False,
+                                   preserve_rng_state=p > 0))  # fmt: skip
+        else:
+            outs.append(block(q[..., i : i + b, :], k, v, i))
+    return torch.cat(outs, dim=-2)
+
+
 def attend(
     q: Tensor,
     k: Tensor,
@@ -516,45 +733,41 @@ def attend(
     *,
     scorer: Scorer | None = None,
     normalize: str = "softmax",
-    mask: Tensor | None = None,
+    mask: Tensor | KeyMask | None = None,
     is_causal: bool = False,
+    key_padding: Tensor | None = None,
     dropout_p: float = 0.0,
     training: bool = False,
     need_weights: bool = False,
-    key_padding: Tensor | None = None,
+    block_elements: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
     ``scorer=None`` is the scaled dot product. ``mask``: bool broadcastable to ``(B, h, N, M)``,
-    True = allowed. ``is_causal`` (instead of a ``mask``, keys = queries' positions): query i sees
-    keys <= i. ``key_padding`` ``(B, M)`` bool, True = a real key: padded keys are folded into
-    ``mask`` here, before either path, so both honour it alike; a query left with no allowed key
-    (a fully padded sample) sees every key instead, finite rather than NaN. Dropout acts on the
-    weights only when ``training``. Dot + softmax without ``need_weights`` runs the fused kernel;
-    otherwise the explicit path returns the weights ``(B, h, N, M)`` before dropout.
+    True = allowed, or a ``KeyMask`` (built per block of rows). ``is_causal`` (instead of a
+    ``mask``, keys = queries' positions): query i sees keys <= i. ``key_padding``: ``(B, M)``
+    bool, True = a real key, ANDed with the mask as ``(B, 1, 1, M)``; a query left with
+    no allowed key (a fully padded sample) sees every key instead, finite rather than NaN. Dropout acts on the weights
+    only when ``training``. ``need_weights`` runs the explicit path and returns the weights
+    ``(B, h, N, M)`` before dropout; otherwise the fused or chunked path (module docstring), whose
+    blocks hold at most ``block_elements`` score entries (``None``: ``BLOCK_ELEMENTS``).
     """
     if is_causal and mask is not None:
         raise ValueError("attend takes a mask or is_causal, not both; fold causality into the mask")
+    _check_choice("normalize", normalize, NORMALIZATIONS)
+    allowed = mask if isinstance(mask, KeyMask) else KeyMask(causal=is_causal, dense=mask)
     if key_padding is not None:
-        if is_causal:
-            mask, is_causal = causal_mask(q.shape[-2], device=q.device), False
-        keys = key_padding[:, None, None, :]
-        mask = nonempty(keys if mask is None else mask & keys)
+        allowed = allowed.with_key_padding(key_padding)
     p = dropout_p if training else 0.0
-    is_dot = scorer is None or scorer.kind == "dot"
-    if is_dot and normalize == "softmax" and not need_weights:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
-        )
-        return out, None
-    if is_causal:
-        mask = causal_mask(q.shape[-2], device=q.device)
-    scores = (
-        scorer(q, k) if scorer is not None else (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    )
-    weights = normalize_scores(scores, normalize, mask)
-    out = F.dropout(weights, p) @ v
-    return out, (weights if need_weights else None)
+    block_elements = BLOCK_ELEMENTS if block_elements is None else block_elements
+    if need_weights:
+        full = allowed.rows(0, q.shape[-2], k.shape[-2], q.device)
+        weights = normalize_scores(_scores(scorer, q, k), normalize, full)
+        return F.dropout(weights, p) @ v, weights
+    score = "dot" if scorer is None else scorer.kind
+    if normalize == "softmax" and score in FUSED_SCORES:
+        return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
+    return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements), None
 
 
 class AttentionCore(nn.Module):
@@ -657,19 +870,20 @@ class AttentionCore(nn.Module):
         k, v = take_positions(k, index), take_positions(v, index)
         if key_padding is not None and index is not None:  # the kept keys' own entries
             key_padding = take_positions(key_padding[:, None, :, None], index)[:, 0, :, 0]
-        mask = attention_mask(grid, design.window, design.global_tokens, q.device)
-        is_causal = self.causal and mask is None and index is None
-        if self.causal and not is_causal:
-            allowed = causal_mask(q.shape[-2], index, q.device)
-            mask = allowed if mask is None else mask & allowed
+        allowed = KeyMask(
+            grid=grid,
+            window=design.window,
+            global_tokens=design.global_tokens,
+            causal=self.causal,
+            key_positions=index if self.causal else None,
+        )
         return attend(
             q,
             k,
             v,
             scorer=self.scorer,
             normalize=design.normalize,
-            mask=mask,
-            is_causal=is_causal,
+            mask=allowed,
             dropout_p=self.dropout,
             training=self.training,
             need_weights=need_weights,

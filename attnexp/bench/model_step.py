@@ -10,7 +10,7 @@ MQAR generator, or of random token windows, at the sequence length asked for.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -122,8 +122,25 @@ def build_step(
 # --- scaling in sequence length --------------------------------------------------------------------
 
 
+DESIGN_BASELINE = "dot+softmax"  # the design-space scaling's ratios are to this cell
+DESIGN_MEMORY_EXPONENT = 1.2  # target: peak memory ~ N^p with p at most this (1 = linear)
+DESIGN_TIME_LIMIT = 1.3  # target: softmax cells within 1.3x of dot+softmax's step at N = 4096
+
+
+def design_cells(variant: str = "mha") -> dict[str, tuple[str, list[str]]]:
+    """Every score x normalisation of ``variant``'s design space, ``"score+normalize"`` ->
+    ``(variant, overrides)``, the ``DESIGN_BASELINE`` first."""
+    from attnexp.attention.design import NORMALIZATIONS, SCORES
+
+    return {
+        f"{score}+{norm}": (variant, [f"attention.score={score}", f"attention.normalize={norm}"])
+        for score in SCORES
+        for norm in NORMALIZATIONS
+    }
+
+
 def bench_mqar_scaling(
-    variants: Sequence[str],
+    variants: Sequence[str] | Mapping[str, tuple[str, Sequence[str]]],
     lengths: Sequence[int],
     *,
     batch: int,
@@ -135,14 +152,18 @@ def bench_mqar_scaling(
     overrides: Sequence[str] = (),
 ) -> list[dict]:
     """Time and peak memory of one training step of each variant at each length (``overrides``
-    go to each config), the variants timed interleaved at each length. Once a variant's step takes longer than ``budget_s`` its
-    longer lengths are skipped (a row with ``ms`` None and the reason)."""
+    go to each config), the variants timed interleaved at each length. ``variants``: attention
+    names, or labels -> ``(attention, its own overrides)`` (``design_cells``). Once a variant's
+    step takes longer than ``budget_s`` its longer lengths are skipped (a row with ``ms`` None
+    and the reason)."""
+    if not isinstance(variants, Mapping):
+        variants = {name: (name, ()) for name in variants}
     rows, too_slow = [], {}
     for n in lengths:
         steps = {
-            name: build_step(mqar_config(name, n, overrides), batch, device)[1]
-            for name in variants
-            if name not in too_slow
+            label: build_step(mqar_config(name, n, [*overrides, *own]), batch, device)[1]
+            for label, (name, own) in variants.items()
+            if label not in too_slow
         }
         seconds = median_times(steps, warmup, repeats, device) if steps else {}
         for name in variants:

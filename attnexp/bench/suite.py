@@ -1,10 +1,11 @@
 """The benchmark suite: every attention variant against the references a user would
-pick instead, the MQAR scaling curve of a real training step, the framework overhead of
+pick instead, the MQAR scaling curve of a real training step (of every mixer, and of every
+score x normalisation of mha's design space at a small width), the framework overhead of
 ``train.py`` against a plain loop (classification, and the language model in tokens/s), every
 causal variant's language-model step time against mha's, and (on CUDA) model FLOP utilisation.
 
 ``python scripts/benchmark.py [--smoke] [--out FILE]`` (or ``attnexp-bench``) prints Markdown
-tables and writes JSON plus a scaling plot beside it; ``--scaling``, ``--overhead``,
+tables and writes JSON plus scaling plots beside it; ``--scaling``, ``--design-scaling``, ``--overhead``,
 ``--lm-overhead``, ``--causal``, ``--mfu`` and ``--ablation-timing`` run one section alone. Conventions (also stored in the JSON):
 time is the median of one forward + backward step; FLOP/s = 3 x the module's analytic forward
 FLOPs (``flops(grid)``, backward ~ 2 x forward) x batch / time, the same count for a module and its
@@ -38,6 +39,7 @@ from attnexp.bench.model_step import (
     LM_EXPERIMENT,
     bench_causal,
     bench_mqar_scaling,
+    design_cells,
     measure_mfu,
 )
 from attnexp.bench.overhead import measure_overhead, synthetic_text, text_overrides
@@ -67,12 +69,21 @@ class Settings:
     Causal: one training step of that experiment's language model on each of ``causal_backbones``
     at context ``causal_context_len`` (plus ``causal_overrides``), each variant against mha.
     MFU: a transformer + mha training step of ``mfu`` sizes. ``search_path``: extra config roots
-    whose ``attention/<name>.yaml`` variants join the discovered ones."""
+    whose ``attention/<name>.yaml`` variants join the discovered ones. Design scaling: the same
+    step for every score x normalisation of mha (``design_cells``) at ``design_lengths``, batch
+    1, with ``design_overrides`` (a small width), never skipped for time; lengths above
+    ``design_once_above`` are timed by one step."""
 
     module_sizes: list[tuple[int, int, int]]
     scaling_lengths: list[int]
     scaling_batch: int = 4
     scaling_repeats: int = 5
+    design_lengths: list[int] = field(default_factory=lambda: [1024, 4096, 16384])
+    design_overrides: list[str] = field(
+        default_factory=lambda: ["backbone.dim=32", "backbone.depth=1", "attention.num_heads=2"]
+    )
+    design_repeats: int = 3
+    design_once_above: int = 4096
     step_budget_s: float = 2.0
     warmup: int = 3
     repeats: int = 15
@@ -107,6 +118,8 @@ def smoke_settings() -> Settings:
         scaling_lengths=[16, 64],
         scaling_batch=2,
         scaling_repeats=2,
+        design_lengths=[16, 64],
+        design_repeats=1,
         warmup=1,
         repeats=3,
         # A small MNIST-1D (360 training samples, batches of 32), one epoch, one round.
@@ -266,12 +279,14 @@ def run_suite(
                 + ", ".join(f"{r['implementation']} {r['ms']:.2f} ms" for r in rows)
             )
     scaling = run_scaling(settings, mixers(chosen, settings.search_path), device)
+    design_scaling = run_design_scaling(settings, device)
     _, timm_reason = timm_or_reason()
     return {
         "meta": meta(settings, device, timm=timm_reason or "imported"),
         "modules": modules,
         "checks": checks,
         "scaling": scaling,
+        "design_scaling": design_scaling,
         "targets": evaluate_targets(modules),
         "overhead": run_overhead(settings),
         "lm_overhead": run_lm_overhead(settings),
@@ -298,6 +313,9 @@ def meta(settings: Settings, device: torch.device, **extra) -> dict:
             "ours_over_ref": "our time / the reference's time (< 1: ours is faster)",
             "scaling": "one optimizer step (forward, loss, backward, AdamW) of the transformer "
             "backbone on an MQAR batch of the given length",
+            "design_scaling": "as scaling, batch 1, a small width, for every score x "
+            "normalisation of mha; ratios to dot+softmax at the same N, measured in the same run; "
+            "memory exponent p: peak ~ N^p fitted between the shortest and longest N",
             "overhead.ratio": "median over rounds of train.py samples/s / plain-loop samples/s",
             "lm_overhead": "as overhead for the language model; a sample is a window, tokens/s "
             "= windows/s x context_len",
@@ -320,6 +338,26 @@ def run_scaling(settings: Settings, variants: list[str], device: torch.device) -
         progress=progress,
         overrides=searchpath_override(settings.search_path),
     )
+
+
+def run_design_scaling(settings: Settings, device: torch.device) -> list[dict]:
+    """Lengths up to ``design_once_above``: one warm-up and ``design_repeats`` timed steps;
+    longer ones (minutes a step for the slowest cells on a CPU): one timed step, no warm-up."""
+    rows = []
+    for once in (False, True):
+        lengths = [n for n in settings.design_lengths if (n > settings.design_once_above) == once]
+        rows += bench_mqar_scaling(
+            design_cells(),
+            lengths,
+            batch=1,
+            warmup=0 if once else 1,
+            repeats=1 if once else settings.design_repeats,
+            budget_s=math.inf,
+            device=device,
+            progress=progress,
+            overrides=[*searchpath_override(settings.search_path), *settings.design_overrides],
+        )
+    return rows
 
 
 def run_overhead(settings: Settings) -> dict:
@@ -379,7 +417,8 @@ def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict
 
 
 SECTIONS = (
-    "scaling", "overhead", "lm_overhead", "causal", "mfu", "ablation_timing", "pipeline",
+    "scaling", "design_scaling", "overhead", "lm_overhead", "causal", "mfu", "ablation_timing",
+    "pipeline",
 )  # fmt: skip
 
 
@@ -413,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     section = parser.add_mutually_exclusive_group()
     section.add_argument(
         "--scaling", action="store_true", help="only the MQAR scaling curve (every mixer)"
+    )
+    section.add_argument(
+        "--design-scaling",
+        action="store_true",
+        help="only the scaling curve of every score x normalisation of mha (N = 1k, 4k, 16k, "
+        "batch 1, dim 32, 2 heads, 1 block)",
     )
     section.add_argument(
         "--overhead", action="store_true", help="only the framework-overhead ratio"
@@ -500,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         if chosen == "scaling":
             names = mixers(chosen_variants(settings), settings.search_path)
             result = run_scaling(settings, names, device)
+        elif chosen == "design_scaling":
+            result = run_design_scaling(settings, device)
         elif chosen == "overhead":
             result = run_overhead(settings)
         elif chosen == "lm_overhead":
@@ -520,12 +567,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         results = {"meta": {**meta(settings, device), "command": command}, chosen: result}
         args.out.write_text(json.dumps(results, indent=2))
+        if chosen in ("scaling", "design_scaling"):
+            save_scaling_plot(result, args.out.with_name(f"{args.out.stem}_{chosen}.png"))
         print(section_report(chosen, result))
         return 0 if chosen != "ablation_timing" or result["returncode"] == 0 else 1
     results = run_suite(settings, device, peak_flops=args.peak_tflops * 1e12)
     results["meta"]["command"] = command
     args.out.write_text(json.dumps(results, indent=2))
     save_scaling_plot(results["scaling"], args.out.with_name(args.out.stem + "_scaling.png"))
+    save_scaling_plot(
+        results["design_scaling"], args.out.with_name(args.out.stem + "_design_scaling.png")
+    )
     print(markdown_report(results))
     failed = [c for c in results["checks"] if not c["ok"]]
     for check in failed:

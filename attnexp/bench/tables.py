@@ -73,6 +73,7 @@ def markdown_report(results: dict) -> str:
         "## Targets (at N=256, C=128)",
         targets if results["targets"] else "(not measured in this run)",
         section_report("scaling", results["scaling"]),
+        section_report("design_scaling", results["design_scaling"]),
         section_report("overhead", results["overhead"]),
         section_report("lm_overhead", results["lm_overhead"]),
         section_report("causal", results["causal"]),
@@ -98,8 +99,60 @@ def scaling_table(curve: list[dict]) -> str:
     return table(["N"] + [f"{v} {unit}" for v in variants for unit in ("ms", "MB")], rows) + notes
 
 
+def memory_exponent(curve: list[dict]) -> float | None:
+    """p in peak ~ N^p between the shortest and the longest measured N (1: linear memory)."""
+    points = sorted((r["n"], r["peak_mb"]) for r in curve if r["peak_mb"])
+    if len(points) < 2 or points[0][0] == points[-1][0]:
+        return None
+    (n0, m0), (n1, m1) = points[0], points[-1]
+    return math.log(m1 / m0) / math.log(n1 / n0)
+
+
+def design_scaling_report(curve: list[dict]) -> str:
+    """One row per design cell and N: time and memory, each over dot+softmax's at that N; then
+    each cell's memory exponent, and the targets (linear memory; softmax cells within 1.3x of
+    dot+softmax's time at N = 4096)."""
+    from attnexp.bench.model_step import (
+        DESIGN_BASELINE,
+        DESIGN_MEMORY_EXPONENT,
+        DESIGN_TIME_LIMIT,
+    )
+
+    base = {r["n"]: r for r in curve if r["variant"] == DESIGN_BASELINE}
+    rows = [
+        [r["variant"], r["n"], r["ms"], r["peak_mb"], r["ms"] / base[r["n"]]["ms"],
+         r["peak_mb"] / base[r["n"]]["peak_mb"]]
+        for r in curve
+    ]  # fmt: skip
+    summary = []
+    for cell in dict.fromkeys(r["variant"] for r in curve):
+        own = [r for r in curve if r["variant"] == cell]
+        exponent = memory_exponent(own)
+        at_4k = next((r for r in own if r["n"] == 4096), None)
+        ratio = at_4k["ms"] / base[4096]["ms"] if at_4k else None
+        timed = cell.endswith("+softmax") and cell != DESIGN_BASELINE and ratio is not None
+        summary.append(
+            [cell, exponent, "met" if exponent is not None and exponent <= DESIGN_MEMORY_EXPONENT
+             else "NOT met", ratio, ("met" if ratio <= DESIGN_TIME_LIMIT else "NOT met")
+             if timed else "–", max(r["n"] for r in own)]
+        )  # fmt: skip
+    batch = curve[0]["batch"] if curve else "–"
+    return (
+        f"## Design-space scaling on MQAR (one training step of mha's cells, B={batch})\n\n"
+        + table(["cell", "N", "ms", "peak MB", f"ms ÷ {DESIGN_BASELINE}",
+                 f"MB ÷ {DESIGN_BASELINE}"], rows)  # fmt: skip
+        + "\n\n"
+        + table(["cell", "memory exponent p (peak ~ N^p)", f"p ≤ {DESIGN_MEMORY_EXPONENT}",
+                 f"ms ÷ {DESIGN_BASELINE} at N=4096", f"≤ {DESIGN_TIME_LIMIT} (softmax)",
+                 "longest N run"], summary)  # fmt: skip
+    )
+
+
 def section_report(name: str, result: dict) -> str:
-    """The Markdown of one stand-alone section: scaling, overhead, mfu or ablation_timing."""
+    """The Markdown of one stand-alone section: scaling, design_scaling, overhead, mfu or
+    ablation_timing."""
+    if name == "design_scaling":
+        return design_scaling_report(result)
     if name == "scaling":
         batch = f", B={result[0]['batch']}" if result else ""
         return (
@@ -162,8 +215,8 @@ def section_report(name: str, result: dict) -> str:
             + (f"\n\n```\n{r['stderr_tail']}\n```" if r["stderr_tail"] else "")
         )
     raise ValueError(
-        f"unknown section {name!r}; one of scaling, overhead, lm_overhead, causal, mfu, "
-        "ablation_timing, pipeline"
+        f"unknown section {name!r}; one of scaling, design_scaling, overhead, lm_overhead, "
+        "causal, mfu, ablation_timing, pipeline"
     )
 
 
