@@ -217,6 +217,37 @@ class InputEmbedding(nn.Module):
         return channels_last(self.embed(channels_first(x)))
 
 
+READOUTS = ("mean", "cls")  # backbone.readout of the transformer and the ViT
+
+
+def check_readout(readout: str, attention: AttentionFactory) -> None:
+    """Refuse a ``backbone.readout`` that is not one of ``READOUTS``, or ``cls`` with a POOL
+    attention (the pooling is the readout itself), naming the key."""
+    if readout not in READOUTS:
+        raise ValueError(f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+    if readout == "cls" and kind_of(attention) is Kind.POOL:
+        raise ValueError(
+            "backbone.readout=cls reads the CLS token, but a POOL attention is the readout "
+            "itself (attention pooling); use backbone.readout=mean with it"
+        )
+
+
+class ClassToken(nn.Module):
+    """A learned token put in front of a sequence ``(B, N, dim)`` (BERT, ViT, the LRA baselines),
+    whose final state ``Readout(cls=True)`` reads; a padding mask gains a real position for it."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.token, std=0.02)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+        if mask is not None:  # the CLS position is always real
+            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        return x, mask
+
+
 class Readout(nn.Module):
     """Tokens-last features -> logits: mean over the (real) positions of the grid, an
     attention-pooling slot, or (``cls``) the first position, a prepended CLS token."""

@@ -24,12 +24,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention.base import Kind
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
     AttentionSlot,
     Backbone,
+    ClassToken,
     InputEmbedding,
     LMHead,
     Readout,
@@ -37,8 +37,8 @@ from attnexp.models.common import (
     check_context,
     check_init,
     check_lm_keys,
+    check_readout,
     init_gpt,
-    kind_of,
     readout_slot,
 )
 
@@ -89,24 +89,16 @@ def mlp_hidden(dim: int, mlp_ratio: float) -> int:
 
 
 POSITIONS = ("learned", "none")  # none: the attention brings its own (e.g. rotary)
-READOUTS = ("mean", "cls")  # cls: a prepended learned token's final state
-
-
-def check_readout(readout: str, attention: AttentionFactory, shape: DataShape) -> None:
-    """Refuse ``backbone.readout`` where it has no meaning, naming the key."""
-    if readout not in READOUTS:
-        raise ValueError(f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}")
+def check_sequence_readout(readout: str, attention: AttentionFactory, shape: DataShape) -> None:
+    """Refuse ``backbone.readout`` where it has no meaning (``check_readout``, and ``cls`` in a
+    language model or on a 2-D grid), naming the key."""
+    check_readout(readout, attention)
     if readout != "cls":
         return
     if shape.is_lm:
         raise ValueError(
             "backbone.readout=cls reads one class from a prepended token, but task=lm predicts a "
             "token at every position; use backbone.readout=mean"
-        )
-    if kind_of(attention) is Kind.POOL:
-        raise ValueError(
-            "backbone.readout=cls reads the CLS token, but a POOL attention is the readout "
-            "itself (attention pooling); use backbone.readout=mean with it"
         )
     if len(shape.grid) != 1:
         raise ValueError(
@@ -132,7 +124,7 @@ class Transformer(Backbone):
     ) -> None:
         super().__init__(shape)
         check_init(init)
-        check_readout(readout, attention, shape)
+        check_sequence_readout(readout, attention, shape)
         if positions not in POSITIONS:
             raise ValueError(
                 f"backbone.positions must be one of {', '.join(POSITIONS)}, got {positions!r}"
@@ -148,8 +140,7 @@ class Transformer(Backbone):
         self.cls = None
         tokens = self.embed.grid
         if readout == "cls":  # one more position, first
-            self.cls = nn.Parameter(torch.zeros(1, 1, dim))
-            nn.init.trunc_normal_(self.cls, std=0.02)
+            self.cls = ClassToken(dim)
             tokens = (tokens[0] + 1,)
         self.pos = None
         if positions == "learned":
@@ -189,9 +180,7 @@ class Transformer(Backbone):
             )
         x = self.embed(x)
         if self.cls is not None:
-            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-            if mask is not None:  # the CLS position is always real
-                mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+            x, mask = self.cls(x, mask)
         if self.pos is not None:
             x = x + self.pos[:, : x.shape[1]]
         if self.shape.is_lm:

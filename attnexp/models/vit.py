@@ -21,34 +21,21 @@ import math
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention.base import Kind
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
     Backbone,
+    ClassToken,
     InputEmbedding,
     Readout,
     block_slot,
     check_init,
+    check_readout,
     init_gpt,
-    kind_of,
     readout_slot,
 )
 from attnexp.models.resnet import check_image_classifier, refuse_mask
 from attnexp.models.transformer import Block, mlp_hidden
-
-READOUTS = ("mean", "cls")
-
-
-class ClassTokenReadout(nn.Module):
-    """Tokens-last ``(B, 1 + N, dim)`` -> logits from the class token (position 0) alone."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(x[:, 0])
 
 
 class ViT(Backbone):
@@ -67,22 +54,14 @@ class ViT(Backbone):
         super().__init__(shape)
         check_image_classifier(shape, "vit")
         check_init(init)
-        if readout not in READOUTS:
-            raise ValueError(
-                f"backbone.readout must be one of {', '.join(READOUTS)}, got {readout!r}"
-            )
-        if readout == "cls" and kind_of(attention) is Kind.POOL:
-            raise ValueError(
-                "backbone.readout=cls reads the class token, and a POOL attention replaces the "
-                "readout with pooling: use backbone.readout=mean with it"
-            )
+        check_readout(readout, attention)
         # Refuses a patch size that does not divide the image, naming backbone.patch_size.
         self.embed = InputEmbedding(shape, dim, patch_size)
         self.patch_grid = self.embed.grid
         self.cls = None
         tokens: tuple[int, ...] = self.patch_grid
         if readout == "cls":
-            self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+            self.cls = ClassToken(dim)
             tokens = (1 + math.prod(self.patch_grid),)
         self.tokens = tokens
         self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
@@ -92,10 +71,8 @@ class ViT(Backbone):
             *(Block(dim, hidden, dropout, block_slot(attention, dim, tokens)) for _ in range(depth))
         )
         self.norm = nn.LayerNorm(dim)
-        if readout == "cls":
-            self.readout = ClassTokenReadout(dim, shape.num_classes)
-        else:
-            self.readout = Readout(dim, shape.num_classes, readout_slot(attention, dim, tokens))
+        pool = readout_slot(attention, dim, tokens)
+        self.readout = Readout(dim, shape.num_classes, pool, cls=self.cls is not None)
         if init == "gpt":
             residual = [layer for block in self.blocks for layer in block.residual_projections()]
             init_gpt(self, residual, depth)
@@ -106,7 +83,7 @@ class ViT(Backbone):
         refuse_mask(mask, "vit")
         x = self.embed(x)
         if self.cls is not None:
-            x = torch.cat([self.cls.expand(len(x), -1, -1), x.flatten(1, -2)], dim=1)
+            x, _ = self.cls(x.flatten(1, -2))
         return self.norm(self.blocks(x + self.pos))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
