@@ -76,6 +76,38 @@ class Block(nn.Module):
         return x
 
 
+class Blocks(nn.Sequential):
+    """``depth`` pre-norm ``Block``s over ``tokens``, each with its own slot (built ``causal`` in a
+    language model); ``forward(x, mask)`` hands the padding mask to every block."""
+
+    def __init__(
+        self,
+        attention: AttentionFactory,
+        dim: int,
+        tokens: tuple[int, ...],
+        depth: int,
+        mlp_ratio: float,
+        dropout: float,
+        causal: bool = False,
+    ) -> None:
+        hidden = mlp_hidden(dim, mlp_ratio)
+        super().__init__(
+            *(
+                Block(dim, hidden, dropout, block_slot(attention, dim, tokens, causal=causal))
+                for _ in range(depth)
+            )
+        )
+
+    def residual_projections(self) -> list[nn.Linear]:
+        """Every block's ``Block.residual_projections`` (scaled down by ``init: gpt``)."""
+        return [layer for block in self for layer in block.residual_projections()]
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        for block in self:
+            x = block(x, mask)
+        return x
+
+
 def mlp_hidden(dim: int, mlp_ratio: float) -> int:
     """The MLP's hidden width; 0 (no MLP) only when asked for with ``mlp_ratio=0``, never by
     rounding a small ratio down."""
@@ -146,13 +178,7 @@ class Transformer(Backbone):
         if positions == "learned":
             self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
             nn.init.trunc_normal_(self.pos, std=0.02)
-        hidden = mlp_hidden(dim, mlp_ratio)
-        self.blocks = nn.Sequential(
-            *(
-                Block(dim, hidden, dropout, block_slot(attention, dim, tokens, causal=shape.is_lm))
-                for _ in range(depth)
-            )
-        )
+        self.blocks = Blocks(attention, dim, tokens, depth, mlp_ratio, dropout, causal=shape.is_lm)
         self.norm = nn.LayerNorm(dim)
         if shape.is_lm:
             self.drop = nn.Dropout(dropout)  # on the embedded tokens, as nanoGPT
@@ -162,8 +188,7 @@ class Transformer(Backbone):
             pool = readout_slot(attention, dim, tokens)
             self.readout = Readout(dim, shape.num_classes, pool, cls=self.cls is not None)
         if init == "gpt":
-            residual = [layer for block in self.blocks for layer in block.residual_projections()]
-            init_gpt(self, residual, depth)
+            init_gpt(self, self.blocks.residual_projections(), depth)
 
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The normed last hidden states ``(B, *tokens, dim)`` (``readout=cls``: the CLS token's
@@ -185,6 +210,4 @@ class Transformer(Backbone):
             x = x + self.pos[:, : x.shape[1]]
         if self.shape.is_lm:
             x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.norm(x)
+        return self.norm(self.blocks(x, mask))

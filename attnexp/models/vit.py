@@ -2,7 +2,7 @@
 every block.
 
 Patch embedding (a conv with stride = ``patch_size``), learned positions, ``depth`` pre-norm
-blocks (``transformer.Block``: the slot, then the MLP), a final LayerNorm, then a readout:
+blocks (``transformer.Blocks``: the slot, then the MLP), a final LayerNorm, then a readout:
 - ``mean``: the mean over the patch tokens (as "Better plain ViT baselines", Beyer et al. 2022).
   The tokens keep their 2-D grid, so 2-D attention (cbam's k x k spatial gate, muse's convs, 2-D
   windows) sees the image's layout. POOL replaces this mean with attention pooling.
@@ -28,14 +28,13 @@ from attnexp.models.common import (
     ClassToken,
     InputEmbedding,
     Readout,
-    block_slot,
     check_init,
     check_readout,
     init_gpt,
     readout_slot,
 )
 from attnexp.models.resnet import check_image_classifier, refuse_mask
-from attnexp.models.transformer import Block, mlp_hidden
+from attnexp.models.transformer import Blocks
 
 
 class ViT(Backbone):
@@ -57,25 +56,19 @@ class ViT(Backbone):
         check_readout(readout, attention)
         # Refuses a patch size that does not divide the image, naming backbone.patch_size.
         self.embed = InputEmbedding(shape, dim, patch_size)
-        self.patch_grid = self.embed.grid
         self.cls = None
-        tokens: tuple[int, ...] = self.patch_grid
+        tokens: tuple[int, ...] = self.embed.grid
         if readout == "cls":
             self.cls = ClassToken(dim)
-            tokens = (1 + math.prod(self.patch_grid),)
-        self.tokens = tokens
+            tokens = (1 + math.prod(tokens),)
         self.pos = nn.Parameter(torch.zeros(1, *tokens, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        hidden = mlp_hidden(dim, mlp_ratio)
-        self.blocks = nn.Sequential(
-            *(Block(dim, hidden, dropout, block_slot(attention, dim, tokens)) for _ in range(depth))
-        )
+        self.blocks = Blocks(attention, dim, tokens, depth, mlp_ratio, dropout)
         self.norm = nn.LayerNorm(dim)
         pool = readout_slot(attention, dim, tokens)
         self.readout = Readout(dim, shape.num_classes, pool, cls=self.cls is not None)
         if init == "gpt":
-            residual = [layer for block in self.blocks for layer in block.residual_projections()]
-            init_gpt(self, residual, depth)
+            init_gpt(self, self.blocks.residual_projections(), depth)
 
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The normed last hidden states: ``(B, H/p, W/p, dim)``, or with the class token first
