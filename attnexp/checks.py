@@ -4,10 +4,22 @@ value with a ValueError that names the key; no torch, so ``validate`` can use th
 from __future__ import annotations
 
 
+def is_int_at_least(value: object, minimum: int) -> bool:
+    """Whether ``value`` is an int (not a bool) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def check_positive(name: str, value: int) -> None:
     """Refuse a size that is not a positive integer, naming the key."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not is_int_at_least(value, 1):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_int(name: str, value: int, minimum: int, why: str = "") -> None:
+    """Refuse a count that is not an integer of at least ``minimum``, naming the key; ``why``
+    follows the bound in the message (e.g. what 0 means)."""
+    if not is_int_at_least(value, minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
 
 
 def check_probability(name: str, value: float) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from attnexp.checks import check_int
 from attnexp.results import atomic_write_text
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ class SampleSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt:
             raise ValueError(f"prompt must be a non-empty string, got {self.prompt!r}")
-        _require_int("num_samples", self.num_samples, minimum=1)
-        _require_int("max_new_tokens", self.max_new_tokens, minimum=0)
+        check_int("num_samples", self.num_samples, 1)
+        check_int("max_new_tokens", self.max_new_tokens, 0)
         _check_sampling(self.temperature, self.top_k)
 
 
@@ -70,8 +71,8 @@ def generate(
     ``top_k`` largest and draws from their softmax with ``generator`` (on the model's device).
     Runs in eval mode and gives the model back in the mode it came in.
     """
-    _require_int("context_len", context_len, minimum=1)
-    _require_int("max_new_tokens", max_new_tokens, minimum=0)
+    check_int("context_len", context_len, 1)
+    check_int("max_new_tokens", max_new_tokens, 0)
     _check_sampling(temperature, top_k)
     if ids.dim() != 2 or ids.shape[1] < 1 or ids.dtype != torch.long:
         raise ValueError(
@@ -218,9 +219,5 @@ def _check_sampling(temperature: float, top_k: int | None) -> None:
     ):
         raise ValueError(f"temperature must be a number >= 0 (0: greedy), got {temperature!r}")
     if top_k is not None:
-        _require_int("top_k", top_k, minimum=1, why=" or null (no limit)")
+        check_int("top_k", top_k, 1, why=" or null (no limit)")
 
-
-def _require_int(key: str, value: Any, minimum: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}{why}, got {value!r}")

@@ -10,7 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from attnexp.checks import check_positive
+from attnexp.checks import check_int, check_positive
 
 
 def param_groups(params: Iterable[nn.Parameter], decay_matrices_only: bool) -> list[dict]:
@@ -49,12 +49,8 @@ def warmup_cosine(
         raise ValueError(
             f"optim.scheduler.warmup_fraction must be in [0, 1), got {warmup_fraction}"
         )
-    if warmup_steps is not None and (
-        isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0
-    ):
-        raise ValueError(
-            f"optim.scheduler.warmup_steps must be an integer >= 0, got {warmup_steps!r}"
-        )
+    if warmup_steps is not None:
+        check_int("optim.scheduler.warmup_steps", warmup_steps, 0)
     if not 0.0 <= min_ratio <= 1.0:
         raise ValueError(f"optim.scheduler.min_ratio must be in [0, 1], got {min_ratio}")
     if warmup_steps is not None:

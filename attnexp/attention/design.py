@@ -107,6 +107,7 @@ from torch.utils.checkpoint import checkpoint
 
 from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.masking import nonempty, zero_padding
+from attnexp.checks import check_int
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 FUSED_SCORES = ("dot", "cosine", "l2", "pearson")  # with softmax: the fused kernel (``fast_path``)
@@ -126,10 +127,6 @@ def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
 
-
-def _check_int(key: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -159,17 +156,17 @@ class AttentionDesign:
         _check_choice("qk_conv_padding", self.qk_conv_padding, QK_CONV_PADDINGS)
         _check_choice("qk_conv_target", self.qk_conv_target, QK_CONV_TARGETS)
         if self.window is not None:
-            _check_int("window", self.window, 0)
-        _check_int("global_tokens", self.global_tokens, 0)
-        _check_int("kv_stride", self.kv_stride, 1)
-        _check_int("qk_conv", self.qk_conv, 0)
+            check_int("window", self.window, 0)
+        check_int("global_tokens", self.global_tokens, 0)
+        check_int("kv_stride", self.kv_stride, 1)
+        check_int("qk_conv", self.qk_conv, 0)
         if self.qk_conv and self.qk_conv % 2 == 0:
             raise ValueError(
                 f"qk_conv must be 0 (off) or an odd width so each output has a centre position, "
                 f"got {self.qk_conv}"
             )
         if self.additive_dim is not None:
-            _check_int("additive_dim", self.additive_dim, 1)
+            check_int("additive_dim", self.additive_dim, 1)
         if not isinstance(self.rope, bool):
             raise ValueError(f"rope must be true or false, got {self.rope!r}")
         if self.global_tokens and self.window is None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnexp.checks import check_int
 from attnexp.data.shape import DataShape
 
 
@@ -59,8 +60,7 @@ class BatchAugment:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
-        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise ValueError(f"augment.crop_padding must be an integer >= 0, got {crop_padding!r}")
+        check_int("augment.crop_padding", crop_padding, 0)
         if not isinstance(flip, bool):
             raise ValueError(f"augment.flip must be true or false, got {flip!r}")
         if (mean is None) != (std is None):

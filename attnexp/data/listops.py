@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnexp.checks import check_positive
+from attnexp.checks import check_int, check_positive
 from attnexp.data.cache import cached_arrays
 from attnexp.data.splits import Splits
 
@@ -136,8 +136,7 @@ def check_lengths(min_length: int, max_length: int, max_depth: int, max_args: in
         ("min_length", min_length, 0), ("max_length", max_length, 2),
         ("max_depth", max_depth, 2), ("max_args", max_args, 2),
     ):  # fmt: skip
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"dataset.{key} must be an integer >= {least}, got {value!r}")
+        check_int(f"dataset.{key}", value, least)
     if min_length + 1 >= max_length:
         raise ValueError(
             f"dataset.min_length must leave room below dataset.max_length (lengths are kept when "

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from attnexp.checks import is_int_at_least
+
 INPUT_TYPES = ("sequence", "tokens", "image")
 # What is predicted: one class per sample, or the next token at every position of a 1-D sequence
 # of tokens (a causal language model; labels -100 are not scored).
@@ -102,7 +104,7 @@ class DataShape:
 
 
 def _require_int(key: str, value: Any, minimum: int = 1, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int_at_least(value, minimum):
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"{KEY}.{key} must be {what}{why}, got {value!r}")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from attnexp.checks import check_int
 from attnexp.data.shape import DataShape
 
 # A source returns (x_train, y_train, x_test, y_test) as arrays; x is tokens-last. A dataset
@@ -100,11 +101,7 @@ def check_loader(loader: Any, num_workers: Any, pin_memory: Any) -> None:
             f"dataset.loader must be one of {', '.join(LOADERS)} (slices: the splits on the model's "
             f"device; workers: streamed from the CPU by DataLoader workers), got {loader!r}"
         )
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(
-            f"dataset.num_workers must be an integer >= 0 (0: batches cut in the training "
-            f"process), got {num_workers!r}"
-        )
+    check_int("dataset.num_workers", num_workers, 0, " (0: batches cut in the training process)")
     if pin_memory is not None and not isinstance(pin_memory, bool):
         raise ValueError(
             f"dataset.pin_memory must be true, false or null (null: pinned when training on a "
