@@ -10,6 +10,7 @@ tensor but not scratch space a kernel allocates and frees inside one op.
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -64,15 +65,25 @@ def median_times(
 
 def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
     """Peak tensor bytes allocated during one call of ``step`` above the level before it."""
+    return timed_peak_memory(step, device)[1]
+
+
+def timed_peak_memory(step: Callable[[], None], device: torch.device) -> tuple[float, int]:
+    """Seconds and peak tensor bytes (as ``peak_memory_bytes``) of one call of ``step``: a
+    step too slow to run twice is timed while its memory is recorded (on CPU the profiler adds
+    microseconds an op, negligible against ops of milliseconds)."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
         step()
         synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
+        return time.perf_counter() - start, torch.cuda.max_memory_allocated(device) - base
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        start = time.perf_counter()
         step()
+        seconds = time.perf_counter() - start
     events = sorted(
         (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
     )
@@ -80,7 +91,30 @@ def peak_memory_bytes(step: Callable[[], None], device: torch.device) -> int:
     for event in events:
         level += event.self_cpu_memory_usage
         peak = max(peak, level)
-    return peak
+    return seconds, peak
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+
+
+def mmap_large_allocations(min_bytes: int) -> bool:
+    """Have glibc serve every allocation of at least ``min_bytes`` by its own mmap, unmapped on
+    free; False where the C library is not glibc (nothing changed).
+
+    By default glibc raises its mmap threshold after the first such free, so the blocks of scores
+    a chunked attention step allocates and frees come from the heap, and the small long-lived
+    allocations between them (autograd nodes, block outputs) split the freed blocks: the process
+    grows by about a block per block even though the tensors alive at once stay linear in N (at
+    N = 16,384 one dot+sigmoid step of a 2-head layer grew the process by 8 GB; an additive one
+    ran this machine out of memory). A fixed threshold keeps the process at its tensors' size, at
+    the price of fresh zeroed pages for every block (about 2x the step time of a chunked cell at
+    N = 4,096 on CPU)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, ctypes.c_int(min_bytes)))
 
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

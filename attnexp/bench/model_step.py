@@ -20,7 +20,13 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnexp.bench.measure import LOSSES, config_task, median_times, peak_memory_bytes
+from attnexp.bench.measure import (
+    LOSSES,
+    config_task,
+    median_times,
+    peak_memory_bytes,
+    timed_peak_memory,
+)
 from attnexp.config import compose_train_config
 from attnexp.data.mqar import make_mqar
 from attnexp.models import build_model  # not attnexp.pipeline: timing a model needs no Lightning
@@ -150,12 +156,15 @@ def bench_mqar_scaling(
     device: torch.device,
     progress: Callable[[str], None] = lambda message: None,
     overrides: Sequence[str] = (),
+    single_step: bool = False,
 ) -> list[dict]:
     """Time and peak memory of one training step of each variant at each length (``overrides``
     go to each config), the variants timed interleaved at each length. ``variants``: attention
     names, or labels -> ``(attention, its own overrides)`` (``design_cells``). Once a variant's
     step takes longer than ``budget_s`` its longer lengths are skipped (a row with ``ms`` None
-    and the reason)."""
+    and the reason). ``single_step`` (for steps of minutes): one step per variant, timed while
+    its memory is recorded, instead of ``warmup`` + ``repeats`` timed steps and one more for
+    the memory."""
     if not isinstance(variants, Mapping):
         variants = {name: (name, ()) for name in variants}
     rows, too_slow = [], {}
@@ -165,11 +174,22 @@ def bench_mqar_scaling(
             for label, (name, own) in variants.items()
             if label not in too_slow
         }
-        seconds = median_times(steps, warmup, repeats, device) if steps else {}
+        if single_step:
+            measured = {}
+            for name, step in steps.items():
+                measured[name] = timed_peak_memory(step, device)
+                progress(f"MQAR scaling N={n}: {name} {measured[name][0]:.1f} s")
+        else:
+            seconds = median_times(steps, warmup, repeats, device) if steps else {}
+            measured = {
+                name: (seconds[name], peak_memory_bytes(step, device))
+                for name, step in steps.items()
+            }
+        seconds = {name: s for name, (s, _) in measured.items()}
         for name in variants:
             row = {"variant": name, "n": n, "batch": batch, "ms": None, "peak_mb": None}
             if name in steps:
-                peak = peak_memory_bytes(steps[name], device) / 2**20
+                peak = measured[name][1] / 2**20
                 row.update(ms=1e3 * seconds[name], peak_mb=peak, skipped=None)
                 if seconds[name] > budget_s:
                     too_slow[name] = f"a step took {seconds[name]:.2f} s > {budget_s:g} s at N={n}"

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +33,12 @@ from attnexp.attention import AttentionModule, Kind, available, create
 from attnexp.attention.variants import searchpath_override, variant_kind
 from attnexp.bench import ablation
 from attnexp.bench.augment import bench_pipeline
-from attnexp.bench.measure import median_times, peak_memory_bytes, training_step
+from attnexp.bench.measure import (
+    median_times,
+    mmap_large_allocations,
+    peak_memory_bytes,
+    training_step,
+)
 from attnexp.bench.model_step import (
     CAUSAL_BASELINE,
     H100_BF16_PEAK,
@@ -340,23 +346,42 @@ def run_scaling(settings: Settings, variants: list[str], device: torch.device) -
     )
 
 
-def run_design_scaling(settings: Settings, device: torch.device) -> list[dict]:
+LARGE_ALLOCATION_BYTES = 4 * 2**20  # long design lengths: blocks this big are mmapped on CPU
+
+
+def run_design_scaling(
+    settings: Settings,
+    device: torch.device,
+    on_length: Callable[[list[dict]], None] = lambda rows: None,
+) -> list[dict]:
     """Lengths up to ``design_once_above``: one warm-up and ``design_repeats`` timed steps;
-    longer ones (minutes a step for the slowest cells on a CPU): one timed step, no warm-up."""
-    rows = []
-    for once in (False, True):
-        lengths = [n for n in settings.design_lengths if (n > settings.design_once_above) == once]
-        rows += bench_mqar_scaling(
+    longer ones (minutes a step for the slowest cells on a CPU): one step, timed while its
+    memory is recorded, with large CPU allocations mmapped (``mmap_large_allocations``: without
+    it glibc's heap grows by the freed score blocks until the machine runs out of memory at N =
+    16,384). Each row's ``method`` says which. ``on_length`` gets the rows so far after each
+    length, so a run stopped midway keeps what it measured."""
+    rows: list[dict] = []
+    for n in settings.design_lengths:
+        once = n > settings.design_once_above
+        mmapped = once and device.type == "cpu" and mmap_large_allocations(LARGE_ALLOCATION_BYTES)
+        measured = bench_mqar_scaling(
             design_cells(),
-            lengths,
+            [n],
             batch=1,
-            warmup=0 if once else 1,
-            repeats=1 if once else settings.design_repeats,
+            warmup=1,
+            repeats=settings.design_repeats,
             budget_s=math.inf,
             device=device,
             progress=progress,
             overrides=[*searchpath_override(settings.search_path), *settings.design_overrides],
+            single_step=once,
         )
+        method = (
+            "one step, timed while profiled" if once
+            else f"median of {settings.design_repeats} after 1 warm-up"
+        ) + (", allocations >= 4 MiB mmapped" if mmapped else "")  # fmt: skip
+        rows += [{**row, "method": method} for row in measured]
+        on_length(rows)
     return rows
 
 
@@ -449,6 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         "hydra.searchpath, the variant's module must be importable)",
     )
     parser.add_argument("--repeats", type=int, help="timed steps per case (default 15; smoke 3)")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="sequence lengths of --scaling and --design-scaling (default: 64 to 4096, and 1024 "
+        "4096 16384)",
+    )
     section = parser.add_mutually_exclusive_group()
     section.add_argument(
         "--scaling", action="store_true", help="only the MQAR scaling curve (every mixer)"
@@ -518,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, key)
         if value is not None and value <= 0:
             parser.error(f"--{key.replace('_', '-')} must be positive, got {value}")
+    if args.lengths is not None and min(args.lengths) < 2:
+        parser.error(f"--lengths must be at least 2 each, got {args.lengths}")
     if args.threads is None:
         args.threads = 1 if args.smoke else len(os.sched_getaffinity(0))
     torch.set_num_threads(args.threads)
@@ -530,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.text is not None and not args.text.is_file():
         parser.error(f"--text {args.text}: no such file")
     settings.text = str(args.text.resolve()) if args.text else None
+    if args.lengths is not None:
+        settings.scaling_lengths = settings.design_lengths = sorted(set(args.lengths))
     settings.overhead_overrides += args.override
     settings.lm_overhead_overrides += args.override
     for key, field_name in (("repeats", "repeats"), ("epochs", "overhead_epochs"),
@@ -546,7 +583,12 @@ def main(argv: list[str] | None = None) -> int:
             names = mixers(chosen_variants(settings), settings.search_path)
             result = run_scaling(settings, names, device)
         elif chosen == "design_scaling":
-            result = run_design_scaling(settings, device)
+
+            def save_partial(rows: list[dict]) -> None:  # a stopped run keeps its lengths
+                partial = {"meta": {**meta(settings, device), "command": command, "partial": True}}
+                args.out.write_text(json.dumps({**partial, chosen: rows}, indent=2))
+
+            result = run_design_scaling(settings, device, on_length=save_partial)
         elif chosen == "overhead":
             result = run_overhead(settings)
         elif chosen == "lm_overhead":
