@@ -29,6 +29,7 @@ from attnexp.bench.measure import (
     plain_loop_throughput,
     random_windows,
     shuffled_batches,
+    timed_peak_memory,
 )
 from attnexp.bench.suite import main, mixers, numeric_check, randomise_constants
 from attnexp.bench.tables import design_scaling_report, evaluate_targets, memory_exponent
@@ -118,6 +119,7 @@ def test_smoke_run_checks_every_reference_numerically(smoke):
     [
         (["--variants", "nope"], "unknown variants ['nope']; discovered: cbam, "),
         (["--threads", "0"], "--threads must be"),
+        (["--design-scaling", "--lengths", "1"], "--lengths must be at least 2"),
     ],
 )
 def test_bad_arguments_are_refused_before_running(args, message, capsys):
@@ -209,6 +211,62 @@ def test_peak_memory_counts_live_tensors():
 
     peak = peak_memory_bytes(step, torch.device("cpu"))
     assert 8e6 <= peak < 9e6
+
+
+def test_timed_peak_memory_times_the_profiled_step():
+    def step():
+        a = torch.ones(1000, 1000)  # 4 MB
+        time.sleep(0.05)
+        return a * 2
+
+    seconds, peak = timed_peak_memory(step, torch.device("cpu"))
+    assert seconds >= 0.05 and 8e6 <= peak < 9e6
+
+
+# Chunked attention's score blocks (1 MiB each here, 128 of them) are allocated and freed while
+# autograd's small long-lived objects are allocated between them: the pattern that made glibc's
+# heap grow by the blocks at N = 16k.
+FRAGMENTING_STEP = """
+import resource, sys, torch
+from attnexp.attention.design import attend
+from attnexp.bench.measure import mmap_large_allocations
+if sys.argv[1] == "mmap":
+    assert mmap_large_allocations(2**18)
+q, k, v = (torch.randn(1, 2, 4096, 16, requires_grad=True) for _ in range(3))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out, _ = attend(q, k, v, normalize="sigmoid", block_elements=2**18)
+out.sum().backward()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_mmapped_large_allocations_keep_the_process_near_its_tensors():
+    grown = {}
+    for mode in ("heap", "mmap"):
+        run = subprocess.run(
+            [sys.executable, "-c", FRAGMENTING_STEP, mode], capture_output=True, text=True,
+            env=SUBPROCESS_ENV, cwd=Path(__file__).resolve().parents[1], check=True,
+        )  # fmt: skip
+        grown[mode] = float(run.stdout.split()[-1])  # MiB the process grew by
+    # The scores total 128 MiB; the heap kept about 2.7x that, mmapped blocks a fraction of it.
+    assert grown["mmap"] < 0.5 * grown["heap"], grown
+
+
+def test_design_scaling_saves_each_length_and_says_how_it_timed(monkeypatch):
+    mmapped = []  # not in this process: it would slow every later test's large allocations
+    monkeypatch.setattr(suite, "mmap_large_allocations", lambda size: mmapped.append(size) or True)
+    settings = suite.smoke_settings()
+    settings.design_lengths, settings.design_once_above = [16, 24], 16
+    saved = []
+    rows = suite.run_design_scaling(settings, torch.device("cpu"), on_length=saved.append)
+    assert [len(s) for s in saved] == [len(SCORES) * len(NORMALIZATIONS) * k for k in (1, 2)]
+    assert saved[-1] == rows
+    assert {r["method"] for r in rows if r["n"] == 16} == {"median of 1 after 1 warm-up"}
+    assert {r["method"] for r in rows if r["n"] == 24} == {
+        "one step, timed while profiled, allocations >= 4 MiB mmapped"
+    }
+    assert mmapped == [suite.LARGE_ALLOCATION_BYTES]  # for the long length only
+    assert all(r["ms"] > 0 and r["peak_mb"] > 0 for r in rows)
 
 
 def test_median_times_interleaves_and_is_at_least_the_sleep():

@@ -381,7 +381,7 @@ def run_design_scaling(
             else f"median of {settings.design_repeats} after 1 warm-up"
         ) + (", allocations >= 4 MiB mmapped" if mmapped else "")  # fmt: skip
         rows += [{**row, "method": method} for row in measured]
-        on_length(rows)
+        on_length(list(rows))
     return rows
 
 
