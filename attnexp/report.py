@@ -11,7 +11,8 @@ same dataset and backbone on the primary test metric (``attnexp.stats``): the di
 over every tested row of the table, and a verdict (better / worse / indistinguishable at 5%, by
 the metric's declared direction; "no test" below two seeds). Over several datasets a ranking table
 gives each variant's mean rank per backbone. Runs of different tasks share one table: its metric columns are the union, and
-a cell a row's task lacks shows "–". Written as ``comparison.md``, ``comparison.csv`` and PNG plots,
+a cell a row's task lacks shows "–". Written as ``comparison.md``, ``comparison.csv``, PNG plots and
+``comparison.html`` (the Markdown as one page, figures embedded: ``attnexp.report_html``),
 and printed as a table.
 
 Standard deviation is the sample one (n - 1); over a single seed it and the interval are undefined
@@ -37,6 +38,7 @@ from typing import Any
 from attnexp import stats
 from attnexp.budget import budget_flag
 from attnexp.plotting import new_figure, safe_filename, save_figure
+from attnexp.report_html import HTML_FILE, markdown_to_html
 from attnexp.results import (
     COMPLETED,
     COSTS,
@@ -818,8 +820,10 @@ def build_report(
     report.curves = learning_curves(report.rows, out)
     report.files += report.curves.files
     atomic_write_text(out / CSV_FILE, to_csv(report.rows))
-    atomic_write_text(out / MD_FILE, to_markdown(report, out))
-    report.files += [out / MD_FILE, out / CSV_FILE]
+    markdown = to_markdown(report, out)
+    atomic_write_text(out / MD_FILE, markdown)
+    atomic_write_text(out / HTML_FILE, markdown_to_html(markdown, out))
+    report.files += [out / MD_FILE, out / HTML_FILE, out / CSV_FILE]
     return report
 
 
