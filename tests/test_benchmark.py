@@ -613,3 +613,15 @@ def test_the_design_report_divides_by_dot_softmax_at_the_same_n():
     assert "| dot+max | 4096 | 90 | 32 | 2.25 | 8 |" in report
     assert "| l2+softmax | 1 | met | 1.5 | NOT met | 4096 |" in report  # 1.5 > 1.3
     assert "| dot+max | 2 | NOT met | 2.25 | – | 4096 |" in report  # quadratic; no time target
+
+
+def test_scaling_plot_styles_keep_every_line_apart():
+    from attnexp.bench.tables import line_styles
+
+    cells = [f"{s}+{n}" for s in SCORES for n in NORMALIZATIONS]
+    styles = line_styles(cells)
+    assert len({(st["color"], st["linestyle"]) for st in styles.values()}) == len(cells)
+    assert {styles[f"{s}+softmax"]["linestyle"] for s in SCORES} == {"-"}  # a style per norm
+    assert len({styles[f"dot+{n}"]["color"] for n in NORMALIZATIONS}) == 1  # a colour per score
+    names = [f"v{i}" for i in range(23)]
+    assert len({tuple(st.values()) for st in line_styles(names).values()}) == 23

@@ -266,19 +266,42 @@ def causal_report(rows: list[dict]) -> str:
     )
 
 
+def line_styles(variants: list[str]) -> dict[str, dict]:
+    """Matplotlib styles per variant: design cells ``score+normalize`` get a colour per score
+    and a line style per normalisation; other names a colour each (solid, then dashed, ...)."""
+    parts = [v.split("+") for v in variants]
+    if all(len(p) == 2 for p in parts):
+        scores = list(dict.fromkeys(p[0] for p in parts))
+        norms = list(dict.fromkeys(p[1] for p in parts))
+        return {
+            v: {"color": f"C{scores.index(a) % 10}", "linestyle": LINESTYLES[norms.index(b) % 4]}
+            for v, (a, b) in zip(variants, parts, strict=True)
+        }
+    return {v: {"color": f"C{i % 10}", "linestyle": LINESTYLES[i // 10 % 4]}
+            for i, v in enumerate(variants)}  # fmt: skip
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
 def save_scaling_plot(rows: list[dict], path: Path) -> Path:
-    """Time and peak memory of one step against N, one line per variant, log-log."""
+    """Time and peak memory of one step against N, one line per variant, log-log; one legend
+    beside both panels."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    styles = line_styles(variants)
     fig, axes = new_figure(1, 2, cell=(4.5, 3.5))
-    for variant in dict.fromkeys(r["variant"] for r in rows):
+    for variant in variants:
         curve = sorted(
             (r for r in rows if r["variant"] == variant and r["ms"] is not None),
             key=lambda r: r["n"],
         )
         for ax, key in zip(axes[0], ("ms", "peak_mb"), strict=True):
-            ax.plot([r["n"] for r in curve], [r[key] for r in curve], marker="o", label=variant)
+            ax.plot([r["n"] for r in curve], [r[key] for r in curve], marker="o", markersize=3,
+                    label=variant, **styles[variant])  # fmt: skip
     for ax, label in zip(axes[0], ("time per step (ms)", "peak memory (MB)"), strict=True):
         ax.set(xscale="log", yscale="log", xlabel="sequence length N", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize="small")
     fig.suptitle("one training step, transformer on MQAR")
     return save_figure(fig, path)
