@@ -607,8 +607,10 @@ def test_the_design_report_divides_by_dot_softmax_at_the_same_n():
         row("dot+softmax", 1024, 10.0, 1.0), row("dot+softmax", 4096, 40.0, 4.0),
         row("l2+softmax", 1024, 12.0, 1.0), row("l2+softmax", 4096, 60.0, 4.0),
         row("dot+max", 1024, 30.0, 2.0), row("dot+max", 4096, 90.0, 32.0),
+        row("additive+softmax", 1024, 300.0, 2.0), row("additive+softmax", 4096, 900.0, 8.0),
     ]  # fmt: skip
     report = design_scaling_report(curve)
+    assert "| additive+softmax | 1 | met | 22.5 | – | 4096 |" in report  # no fused path, no target
     assert "| l2+softmax | 4096 | 60 | 4 | 1.5 | 1 |" in report
     assert "| dot+max | 4096 | 90 | 32 | 2.25 | 8 |" in report
     assert "| l2+softmax | 1 | met | 1.5 | NOT met | 4096 |" in report  # 1.5 > 1.3
