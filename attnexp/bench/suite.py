@@ -379,7 +379,9 @@ def run_design_scaling(
         method = (
             "one step, timed while profiled" if once
             else f"median of {settings.design_repeats} after 1 warm-up"
-        ) + (", allocations >= 4 MiB mmapped" if mmapped else "")  # fmt: skip
+        )  # fmt: skip
+        if mmapped:
+            method += f", allocations >= {LARGE_ALLOCATION_BYTES >> 20} MiB mmapped"
         rows += [{**row, "method": method} for row in measured]
         on_length(list(rows))
     return rows
