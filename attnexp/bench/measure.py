@@ -106,7 +106,7 @@ def mmap_large_allocations(min_bytes: int) -> bool:
     allocations between them (autograd nodes, block outputs) split the freed blocks: the process
     grows by about a block per block even though the tensors alive at once stay linear in N (at
     N = 16,384 one dot+sigmoid step of a 2-head layer grew the process by 8 GB; an additive one
-    ran this machine out of memory). A fixed threshold keeps the process at its tensors' size, at
+    ran a 24 GiB machine out of memory). A fixed threshold keeps the process at its tensors' size, at
     the price of fresh zeroed pages for every block (about 2x the step time of a chunked cell at
     N = 4,096 on CPU)."""
     try:
