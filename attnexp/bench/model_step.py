@@ -174,23 +174,19 @@ def bench_mqar_scaling(
             for label, (name, own) in variants.items()
             if label not in too_slow
         }
+        peak: dict[str, int] = {}  # bytes
         if single_step:
-            measured = {}
+            seconds = {}
             for name, step in steps.items():
-                measured[name] = timed_peak_memory(step, device)
-                progress(f"MQAR scaling N={n}: {name} {measured[name][0]:.1f} s")
+                seconds[name], peak[name] = timed_peak_memory(step, device)
+                progress(f"MQAR scaling N={n}: {name} {seconds[name]:.1f} s")
         else:
             seconds = median_times(steps, warmup, repeats, device) if steps else {}
-            measured = {
-                name: (seconds[name], peak_memory_bytes(step, device))
-                for name, step in steps.items()
-            }
-        seconds = {name: s for name, (s, _) in measured.items()}
+            peak = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
         for name in variants:
             row = {"variant": name, "n": n, "batch": batch, "ms": None, "peak_mb": None}
             if name in steps:
-                peak = measured[name][1] / 2**20
-                row.update(ms=1e3 * seconds[name], peak_mb=peak, skipped=None)
+                row.update(ms=1e3 * seconds[name], peak_mb=peak[name] / 2**20, skipped=None)
                 if seconds[name] > budget_s:
                     too_slow[name] = f"a step took {seconds[name]:.2f} s > {budget_s:g} s at N={n}"
             else:

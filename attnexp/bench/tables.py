@@ -268,6 +268,9 @@ def causal_report(rows: list[dict]) -> str:
     )
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
 def line_styles(variants: list[str]) -> dict[str, dict]:
     """Matplotlib styles per variant: design cells ``score+normalize`` get a colour per score
     and a line style per normalisation; other names a colour each (solid, then dashed, ...)."""
@@ -281,9 +284,6 @@ def line_styles(variants: list[str]) -> dict[str, dict]:
         }
     return {v: {"color": f"C{i % 10}", "linestyle": LINESTYLES[i // 10 % 4]}
             for i, v in enumerate(variants)}  # fmt: skip
-
-
-LINESTYLES = ("-", "--", ":", "-.")
 
 
 def save_scaling_plot(rows: list[dict], path: Path) -> Path:
