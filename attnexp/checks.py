@@ -9,10 +9,11 @@ def is_int_at_least(value: object, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def check_positive(name: str, value: int) -> None:
-    """Refuse a size that is not a positive integer, naming the key."""
+def check_positive(name: str, value: int, why: str = "") -> None:
+    """Refuse a size that is not a positive integer, naming the key; ``why`` follows the bound in
+    the message (e.g. for which inputs the size is needed)."""
     if not is_int_at_least(value, 1):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer{why}, got {value!r}")
 
 
 def check_int(name: str, value: int, minimum: int, why: str = "") -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attnexp.checks import is_int_at_least
+from attnexp.checks import check_int, check_positive
 
 INPUT_TYPES = ("sequence", "tokens", "image")
 # What is predicted: one class per sample, or the next token at every position of a 1-D sequence
@@ -52,12 +52,12 @@ class DataShape:
         inputs = "token inputs" if self.is_tokens else f"{self.input_type} inputs"
         grid = _grid(self.grid, GRID_RANKS[self.input_type], inputs)
         object.__setattr__(self, "grid", grid)  # a tuple (Hydra hands a list): hashable, frozen
-        _require_int("num_classes", self.num_classes, minimum=2)
+        check_int(f"{KEY}.num_classes", self.num_classes, minimum=2)
         # A token is an id (its width is the embedding's); a continuous position has channels.
         needed, unused = (
             ("vocab_size", "in_channels") if self.is_tokens else ("in_channels", "vocab_size")
         )
-        _require_int(needed, getattr(self, needed), why=f" for {inputs}")
+        check_positive(f"{KEY}.{needed}", getattr(self, needed), why=f" for {inputs}")
         if getattr(self, unused) is not None:
             raise ValueError(
                 f"{KEY}.{unused} must be null for {inputs}, which use {needed}, "
@@ -82,7 +82,7 @@ class DataShape:
                     f"{KEY}.pad_index marks padding tokens: it needs input_type tokens, got "
                     f"{self.input_type} (set pad_index: null)"
                 )
-            _require_int("pad_index", self.pad_index, minimum=0)
+            check_int(f"{KEY}.pad_index", self.pad_index, minimum=0)
             if self.pad_index >= self.vocab_size:
                 raise ValueError(
                     f"{KEY}.pad_index must be a token id below vocab_size={self.vocab_size}, "
@@ -101,12 +101,6 @@ class DataShape:
     def sample_shape(self) -> tuple[int, ...]:
         """One sample's array shape, tokens-last: ``grid`` for ids, ``(*grid, in_channels)`` else."""
         return self.grid if self.is_tokens else (*self.grid, self.in_channels)
-
-
-def _require_int(key: str, value: Any, minimum: int = 1, why: str = "") -> None:
-    if not is_int_at_least(value, minimum):
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{KEY}.{key} must be {what}{why}, got {value!r}")
 
 
 def _grid(grid: Any, ranks: tuple[int, ...], inputs: str) -> tuple[int, ...]:
