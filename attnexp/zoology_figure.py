@@ -41,32 +41,41 @@ def _number(value, row: Row) -> float:
         raise ReportError(f"{WIDTH_KEY} of {row.variant} is {value!r}, not a number") from None
 
 
+def line_names(rows: Sequence[Row]) -> list[str]:
+    """Each row's line: its variant, joined by its backbone and/or dataset only where a variant's
+    rows would otherwise put two points at one (length, width). Names that carry the width or the
+    length themselves (Zoology's ``transformer-d64``, ``zoology_mqar-L64``) so stay out of the
+    line's name, and one variant's points make one line."""
+    for extra in ((), ("backbone",), ("dataset",), ("backbone", "dataset")):
+        names = [" / ".join([r.variant, *(getattr(r, n) for n in extra)]) for r in rows]
+        named = zip(names, rows, strict=True)
+        points = {(name, r.labels[PANEL_KEY], r.labels[WIDTH_KEY]) for name, r in named}
+        if len(points) == len(rows):
+            break
+    return names  # the last try where not even all four tell rows apart (other --by keys)
+
+
 def plot_width_figure(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     """``[out_dir/zoology_accuracy.png]`` when the rows carry both keys, else ``[]``."""
     rows = [r for r in rows if r.n_seeds and WIDTH_KEY in r.labels and PANEL_KEY in r.labels]
     if not rows:
         return []
     colors = _colors(rows)
-    # A line is a variant; its backbone and dataset join its name only where they differ.
-    extra = [n for n in ("backbone", "dataset") if len({getattr(r, n) for r in rows}) > 1]
-
-    def line(r: Row) -> str:
-        return " / ".join([r.variant, *(getattr(r, n) for n in extra)])
-
+    named = list(zip(line_names(rows), rows, strict=True))
     panels = sorted({r.labels[PANEL_KEY] for r in rows}, key=value_order)
     fig, axes = new_figure(1, len(panels), cell=(3.6, 3.2), sharey=True)
     for ax, panel in zip(axes[0], panels, strict=True):
-        here = [r for r in rows if r.labels[PANEL_KEY] == panel]
-        for name in sorted({line(r) for r in here}):
-            pts = sorted(((_number(r.labels[WIDTH_KEY], r), r) for r in here if line(r) == name),
+        here = [(name, r) for name, r in named if r.labels[PANEL_KEY] == panel]
+        for line in sorted({name for name, _ in here}):
+            pts = sorted(((_number(r.labels[WIDTH_KEY], r), r) for name, r in here if name == line),
                          key=lambda p: p[0])  # fmt: skip
             metric = figure_metric(pts[0][1])
             scale = _scale(metric)
             stats = [r.stat(reported_key(metric)) for _, r in pts]
             ax.errorbar([w for w, _ in pts], [scale * s.mean for s in stats],
                         yerr=[scale * _half_width(s) for s in stats],
-                        marker="o", capsize=3, color=colors[pts[0][1].variant], label=name)  # fmt: skip
-        widths = sorted({_number(r.labels[WIDTH_KEY], r) for r in here})
+                        marker="o", capsize=3, color=colors[pts[0][1].variant], label=line)  # fmt: skip
+        widths = sorted({_number(r.labels[WIDTH_KEY], r) for _, r in here})
         ax.set_xscale("log", base=2)
         ax.set_xticks(widths, [f"{w:g}" for w in widths])
         ax.minorticks_off()

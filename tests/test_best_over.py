@@ -22,7 +22,7 @@ from attnexp.results import (
     write_results,
 )
 from attnexp.sweep import SweepSummary
-from attnexp.zoology_figure import FIGURE_FILE
+from attnexp.zoology_figure import FIGURE_FILE, line_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LR = "optim.optimizer.lr"
@@ -32,7 +32,8 @@ LR_COL = best_column(LR)
 
 
 def make_run(root, name, *, attention="mha", dim=64, seq_len=64, lr=1e-3, seed=0, val=None,
-             test=None, lm=False, status="completed", config=None):  # fmt: skip
+             test=None, lm=False, status="completed", config=None, backbone="transformer",
+             dataset="zoology_mqar"):  # fmt: skip
     """A run dir: results.json with the validation objective and test metrics given, and the
     saved .hydra/config.yaml holding the swept keys."""
     task = language_modelling() if lm else classification(10)
@@ -43,7 +44,7 @@ def make_run(root, name, *, attention="mha", dim=64, seq_len=64, lr=1e-3, seed=0
     run = root / name
     write_results(run, {
         "status": status, "error": None if status == "completed" else "E: died",
-        "choices": {"attention": attention, "backbone": "transformer", "dataset": "zoology_mqar",
+        "choices": {"attention": attention, "backbone": backbone, "dataset": dataset,
                     "seed": seed, "experiment": None},
         "task": task.to_json(), "metrics": metrics,
     })  # fmt: skip
@@ -216,3 +217,25 @@ def test_a_sweep_compares_with_its_experiments_report_baseline(tmp_path):
     assert table["none"]["verdict"] == rp.BASELINE
     assert table["mha"]["baseline"] == "none"
     assert float(table["mha"]["delta"]) == pytest.approx(0.395)
+
+
+def test_a_line_per_variant_though_backbone_and_dataset_names_carry_the_width_and_length(tmp_path):
+    # experiment=zoology_mqar names its backbones transformer-d<dim> and datasets zoology_mqar-L<len>.
+    for i, (attention, dim, seq_len) in enumerate(
+        [(a, d, n) for a in ("mha", "linear") for d in (64, 128) for n in (64, 128)]
+    ):
+        make_run(tmp_path, f"{i}", attention=attention, dim=dim, seq_len=seq_len, val=0.5,
+                 test=0.5, backbone=f"transformer-d{dim}", dataset=f"zoology_mqar-L{seq_len}")  # fmt: skip
+    rows = build_report([tmp_path], tmp_path / "out", by=[DIM, SEQ]).rows
+    assert sorted(zip(line_names(rows), (r.attention for r in rows), strict=True)) == sorted(
+        [("linear", "linear")] * 4 + [("mha", "mha")] * 4
+    )
+
+    # Two backbones at one width and length: the backbone joins the line's name, only then.
+    make_run(tmp_path, "cnn", dim=64, seq_len=64, val=0.5, test=0.5, backbone="cnn",
+             dataset="zoology_mqar-L64")  # fmt: skip
+    rows = build_report([tmp_path], tmp_path / "out", by=[DIM, SEQ]).rows
+    names = line_names(rows)
+    points = {(n, r.labels[DIM], r.labels[SEQ]) for n, r in zip(names, rows, strict=True)}
+    assert len(points) == len(rows) == 9
+    assert "mha / cnn" in names and "mha / transformer-d64" in names and "linear" not in names
