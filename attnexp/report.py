@@ -321,7 +321,9 @@ def split_labels(row: Row) -> tuple[tuple[str, str], ...]:
 
 def rank_across_datasets(rows: Sequence[Row]) -> list[RankRow]:
     """Per backbone, each variant's rank by the primary test metric (1 = best, in its declared
-    direction) in each dataset, summarised over datasets; empty below two datasets."""
+    direction) in each dataset, summarised over datasets; empty below two datasets, and without
+    the backbones where no variant is ranked in two of them (rows split by a ``--by`` value that
+    also names the dataset, as Zoology's sequence lengths do: nothing to summarise)."""
     done = [r for r in rows if r.n_seeds]
     if len({r.dataset for r in done}) < 2:
         return []
@@ -334,6 +336,8 @@ def rank_across_datasets(rows: Sequence[Row]) -> list[RankRow]:
             # A variant split by --by values is ranked once per split, not overwritten.
             means = {_ranked_name(r): r.stat(key).mean for r in here}
             tables.append((means, metric.direction))
+        if len({v for means, _ in tables for v in means}) == sum(len(m) for m, _ in tables):
+            continue  # every variant ranked in one dataset only
         summary = stats.mean_ranks(tables)
         out += [
             RankRow(backbone, v, summary[v])

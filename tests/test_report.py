@@ -486,3 +486,7 @@ def test_ranking_keeps_rows_split_by_config_values_apart(tmp_path):
     split = [dataclasses.replace(r, labels={"backbone.dim": dim}) for r in rows for dim in (64, 128)]
     names = {rr.variant for rr in rp.rank_across_datasets(split)}
     assert names == {f"{v} (backbone.dim={d})" for v in ("se", "mha") for d in (64, 128)}
+    # A --by value that goes with the dataset (Zoology: the length names it) leaves every split
+    # ranked in one dataset only: no ranking, rather than a table of single ranks.
+    one_each = [dataclasses.replace(r, labels={"dataset.seq_len": r.dataset}) for r in rows]
+    assert rp.rank_across_datasets(one_each) == []
