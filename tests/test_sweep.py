@@ -46,7 +46,7 @@ EXPECTED_JOBS = {
     "shakespeare_char": 1,
     "shakespeare_char_cpu": 1,
     "zoology_mqar": 7 * 4 * 4 * 4,
-    "zoology_mqar_small": 7 * 2 * 2,  # one learning rate on a CPU
+    "zoology_mqar_small": 7 * 2 * 2 * 2,  # two learning rates on a CPU
 }
 
 
