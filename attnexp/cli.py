@@ -1,8 +1,11 @@
 """Command-line entry points: the only code that talks to Hydra.
 
-``train_main`` and ``eval_main`` resolve the config inside the Hydra job (where ``${hydra:...}``
-works) and hand plain configs to ``attnexp.pipeline``; ``sample_main`` hands a run's config to
-``attnexp.generate.sample_run``.
+``train_main`` prepares the run inside the Hydra job (``attnexp.runs.prepare``: where
+``${hydra:...}`` works) and hands the plan to ``attnexp.training.pipeline.run``; ``eval_main`` and
+``sample_main`` hand a run's resolved config to ``attnexp.training.pipeline.evaluate`` and
+``attnexp.training.generate.sample_run``.
+
+May import: attnexp.config, attnexp.runs, attnexp.training, attnexp.util.
 """
 
 from __future__ import annotations
@@ -18,20 +21,14 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from attnexp.config import (
-    CONFIG_DIR,
-    best_checkpoint,
-    find_run_dir,
-    load_run_config,
-    register_resolvers,
-)
-from attnexp.provenance import new_results
-from attnexp.results import FAILED, atomic_write_text, write_results
-from attnexp.resume import plan_start
-from attnexp.terminal import quiet_dependencies
-from attnexp.validate import validate
+from attnexp.config.compose import register_resolvers, resolve_run
+from attnexp.config.paths import CONFIG_DIR
+from attnexp.runs.layout import SAMPLES_FILE, RunDir
+from attnexp.runs.prepare import SKIP, load_run_config, prepare
+from attnexp.util.files import atomic_write_text
+from attnexp.util.terminal import quiet_dependencies
 
 register_resolvers()
 log = logging.getLogger(__name__)
@@ -44,7 +41,7 @@ def train_main(cfg: DictConfig) -> float | None:
     In a multirun a failed job returns NaN instead of raising (its results.json says why), so the
     sweep goes on and ends with ``attnexp.sweep.SweepSummary``, which exits non-zero.
     """
-    from attnexp.sweep import available_cores, threads_per_job
+    from attnexp.util.cores import available_cores, threads_per_job
 
     quiet_dependencies()
     hydra_cfg = HydraConfig.get()
@@ -57,37 +54,30 @@ def train_main(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads_per_job(n_jobs, cores))
         log.info("%d torch threads per job (n_jobs=%d on %d cores)", torch.get_num_threads(), n_jobs, cores)  # fmt: skip
     try:
-        # resume=, a job completed before (skipped) or interrupted (continued): attnexp.resume
-        start = plan_start(cfg, overrides)
-        cfg, overrides, done = start.cfg, start.overrides, start.done
-        if done is not None:
+        # resume=, a job completed before (skipped) or interrupted (continued): attnexp.runs.prepare
+        plan = prepare(cfg, overrides)
+        if plan.start == SKIP:
             log.info("skipped %s: completed before with the same config (force=true re-runs it)",
-                     cfg.paths.output_dir)  # fmt: skip
-            return done["metrics"].get(cfg.get("objective"))
-        try:
-            validate(cfg)  # before the slow Lightning import: a bad value fails in seconds
-        except Exception as e:
-            refused = new_results(cfg, overrides, Path(cfg.paths.output_dir))
-            write_results(
-                cfg.paths.output_dir, {**refused, "status": FAILED, "error": f"{type(e).__name__}: {e}"}
-            )
-            raise
-        from attnexp.pipeline import train  # after Hydra parsed the command line: --help stays fast
+                     plan.run_dir.path)  # fmt: skip
+            return plan.done["metrics"].get(plan.cfg.get("objective"))
+        from attnexp.training.pipeline import (
+            run,  # after Hydra parsed the command line: --help stays fast
+        )
 
-        results = train(cfg, overrides=overrides, ckpt_path=start.ckpt_path, validated=True)
+        results = run(plan)
     except Exception:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise
-        log.exception("job failed; recorded in %s", Path(cfg.paths.output_dir) / "results.json")
+        log.exception("job failed; recorded in %s", RunDir(Path(cfg.paths.output_dir)).results_file)
         return math.nan
-    log.info("results: %s", Path(cfg.paths.output_dir) / "results.json")
-    return results["metrics"].get(cfg.get("objective"))
+    log.info("results: %s", plan.run_dir.results_file)
+    return results["metrics"].get(plan.cfg.get("objective"))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def eval_main(cfg: DictConfig) -> dict[str, float]:
     """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir."""
-    from attnexp.pipeline import evaluate
+    from attnexp.training.pipeline import evaluate
 
     quiet_dependencies()
     run_dir, ckpt = run_and_checkpoint(cfg.ckpt_path)
@@ -96,9 +86,9 @@ def eval_main(cfg: DictConfig) -> dict[str, float]:
     # to evaluate is this command's choice.
     run_cfg.trainer.accelerator = cfg.accelerator
     run_cfg.trainer.devices = cfg.devices
-    OmegaConf.resolve(run_cfg)
+    resolve_run(run_cfg)
     metrics = evaluate(run_cfg, ckpt)
-    out = {"ckpt_path": str(ckpt.resolve()), "run_dir": str(run_dir), "metrics": metrics}
+    out = {"ckpt_path": str(ckpt.resolve()), "run_dir": str(run_dir.path), "metrics": metrics}
     atomic_write_text(
         Path(HydraConfig.get().runtime.output_dir) / "eval.json", json.dumps(out, indent=2) + "\n"
     )
@@ -106,11 +96,11 @@ def eval_main(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def run_and_checkpoint(ckpt_path: str) -> tuple[Path, Path]:
+def run_and_checkpoint(ckpt_path: str) -> tuple[RunDir, Path]:
     """``ckpt_path=`` of eval and sample: a .ckpt file, or a run dir (its tested checkpoint)."""
     given = Path(ckpt_path)
-    run_dir = find_run_dir(given)
-    return run_dir, given if given.is_file() else best_checkpoint(run_dir)
+    run_dir = RunDir.find(given)
+    return run_dir, given if given.is_file() else run_dir.best_checkpoint()
 
 
 def sample_main() -> list[str]:
@@ -123,7 +113,7 @@ def sample_main() -> list[str]:
 def _register_sample_schema() -> None:
     """``sample.py``'s keys: ``SampleSettings``' (their defaults live there), ``ckpt_path`` and
     ``device``. Registered when sampling starts, not at import: ``train.py --help`` needs no torch."""
-    from attnexp.generate import SampleSettings
+    from attnexp.training.generate import SampleSettings
 
     @dataclass
     class SampleCommand(SampleSettings):
@@ -136,12 +126,12 @@ def _register_sample_schema() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="sample")
 def _sample_job(cfg: DictConfig) -> list[str]:
-    from attnexp.generate import SAMPLES_FILE, SampleSettings, format_samples, sample_run
+    from attnexp.training.generate import SampleSettings, format_samples, sample_run
 
     settings = SampleSettings(**{f.name: cfg[f.name] for f in fields(SampleSettings)})
     run_dir, ckpt = run_and_checkpoint(cfg.ckpt_path)
     run_cfg = load_run_config(run_dir)
-    OmegaConf.resolve(run_cfg)
+    resolve_run(run_cfg)
     samples = sample_run(run_cfg, ckpt, settings, cfg.device)
     text = format_samples(samples)
     print(text, end="")

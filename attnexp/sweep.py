@@ -1,26 +1,26 @@
-"""Sweeps: threads per parallel job, the end-of-sweep summary.
+"""Sweeps: the end-of-sweep summary.
 
 Re-running a sweep into its old ``hydra.sweep.dir`` skips its completed jobs and continues its
-interrupted ones from their ``last.ckpt`` (``attnexp.resume.plan_start``); ``force=true`` re-runs
+interrupted ones from their ``last.ckpt`` (``attnexp.runs.prepare.prepare``); ``force=true`` re-runs
 them all from scratch.
 
-- ``threads_per_job``: torch threads for one of ``n_jobs`` jobs sharing the cores (joblib launcher).
 - ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in ``conf/hydra/default.yaml``): at the
   end of a multirun, reads every job's ``results.json``, prints what completed and what failed,
   writes the comparison report into the sweep dir (rows split by the config keys ``report_by``,
-  each the best over ``report_best_over``: ``attnexp.best_over``; each compared with the row
+  each the best over ``report_best_over``: ``attnexp.report.best_over``; each compared with the row
   ``report_baseline`` selects, e.g. ``attention=none``), logs the table to W&B when
   the sweep used it, and exits non-zero when any job failed.
 
 Jobs never raise into Hydra in a multirun (``attnexp.cli`` records the failure instead): Hydra's
 sweepers re-raise the first failed job before ``on_multirun_end``, which would skip this summary.
+
+May import: attnexp.report, attnexp.runs, attnexp.util.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,32 +28,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from attnexp.results import (
-    COMPLETED,
-    FAILED,
-    RESULTS_FILE,
-    UnreadableRecord,
-    load_record,
-)
+from attnexp.runs.layout import HYDRA_DIR, RESULTS_FILE
+from attnexp.runs.record import COMPLETED, FAILED, UnreadableRecord, load_record
 
 log = logging.getLogger(__name__)
-
-
-def available_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def threads_per_job(n_jobs: int, cores: int) -> int:
-    """Threads for each of ``n_jobs`` concurrent jobs on ``cores`` cores, at least one.
-
-    ``n_jobs`` follows joblib: -1 means one job per core, -2 all cores but one, and so on.
-    """
-    if n_jobs == 0:
-        raise ValueError("hydra.launcher.n_jobs must not be 0 (joblib: -1 = one job per core)")
-    concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
-    return max(1, cores // concurrent)
 
 
 # --------------------------------------------------------------------------- the summary
@@ -73,14 +51,14 @@ class Outcome:
 
 
 def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcome:
-    """Every job dir of ``sweep_dir`` (a dir holding ``.hydra/config.yaml``) and how it ended.
+    """Every job dir of ``sweep_dir`` (a dir holding Hydra's ``.hydra/``) and how it ended.
 
-    A job dir without a usable ``results.json`` (``attnexp.results.load_record``, the report's
+    A job dir without a usable ``results.json`` (``attnexp.runs.record.load_record``, the report's
     reader too), or one still ``running``, counts as failed: the job died before recording.
     Runs started before ``started`` count as reused.
     """
     out = Outcome()
-    for hydra_dir in sorted(sweep_dir.glob("*/.hydra")):
+    for hydra_dir in sorted(sweep_dir.glob(f"*/{HYDRA_DIR}")):
         run_dir = hydra_dir.parent
         try:
             record = load_record(run_dir / RESULTS_FILE)
@@ -154,7 +132,8 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _write_report(sweep_dir: Path, config: DictConfig) -> None:
-        from attnexp.report import ReportError, build_report, log_to_wandb
+        from attnexp.report.build import build_report, log_to_wandb
+        from attnexp.report.rows import ReportError
 
         try:
             report = build_report(

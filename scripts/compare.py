@@ -9,7 +9,7 @@ from pathlib import Path
 # Run from a checkout without installing: make the package beside this script importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attnexp.report import main  # noqa: E402
+from attnexp.report.build import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -13,8 +13,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attnexp.attention import available
-from attnexp.config import CONFIG_DIR, compose_train_config, register_resolvers
+from attnexp.config.attention import available
+from attnexp.config.compose import compose_train_config, register_resolvers
+from attnexp.config.paths import CONFIG_DIR
 from attnexp.data.shape import DataShape
 
 register_resolvers()

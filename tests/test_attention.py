@@ -11,9 +11,10 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from attnexp.attention import AttentionModule, Kind, WeightKind, attention_config, available, create
+from attnexp.attention import AttentionModule, Kind, WeightKind
 from attnexp.attention.design import AttentionDesign
 from attnexp.attention.mha import MultiHeadAttention
+from attnexp.config.attention import attention_config, available, create
 from tests.conftest import TOY
 
 VARIANTS = [*available(), TOY]

@@ -16,10 +16,10 @@ import lightning as L
 import pytest
 import torch
 
-from attnexp.checkpoint import CheckpointError, load_checkpoint
-from attnexp.pipeline import train
-from attnexp.results import read_results
-from attnexp.resume import prepare_resume
+from attnexp.runs.checkpoint import CheckpointError, load_checkpoint
+from attnexp.runs.prepare import resumed_config
+from attnexp.runs.record import read_results
+from attnexp.training.pipeline import train
 from tests.conftest import compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_an_even_muse_kernel_is_refused(tmp_path, data_dir):
 def test_a_corrupt_cached_dataset_names_the_file_and_the_fix(tmp_path):
     data_dir = tmp_path / "data"
     overrides = [*tiny("none", "cnn", "mnist1d", data_dir), *LIMIT]
-    from attnexp.pipeline import build_data
+    from attnexp.training.pipeline import build_data
 
     build_data(compose_cfg(overrides)).load()  # generates and caches the file
     (cached,) = data_dir.glob("mnist1d-*.npz")
@@ -179,11 +179,11 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good
 def test_resume_refuses_a_missing_dir_extra_overrides_and_a_dir_that_is_no_run(tmp_path):
     # A run without a last checkpoint: tests/test_resume.py
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        prepare_resume(tmp_path / "missing", [])
+        resumed_config(tmp_path / "missing", [])
     with pytest.raises(ValueError, match=r"drop the other overrides \['seed=3'\]"):
-        prepare_resume(tmp_path, ["seed=3"])
+        resumed_config(tmp_path, ["seed=3"])
     with pytest.raises(FileNotFoundError, match="not a training run"):
-        prepare_resume(tmp_path, [])
+        resumed_config(tmp_path, [])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -206,7 +206,7 @@ def test_an_oversized_batch_is_refused_by_validate_without_importing_lightning(t
     # What the command line does first: the data's size is checked before the slow Lightning import.
     script = (
         "import sys\n"
-        "from attnexp.validate import validate\n"
+        "from attnexp.config.validate import validate\n"
         "from tests.conftest import compose_cfg, tiny\n"
         f"cfg = compose_cfg([*tiny('mha', 'cnn', 'digits', {str(data_dir)!r}), 'dataset.batch_size=5000'])\n"
         "try:\n"
@@ -223,7 +223,7 @@ def test_an_oversized_batch_is_refused_by_validate_without_importing_lightning(t
 
 
 def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file_intact(tmp_path):
-    from attnexp.checkpoint import AtomicCheckpointIO
+    from attnexp.runs.checkpoint import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
@@ -234,8 +234,8 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_file_intact(tmp
 
 
 def test_a_key_the_chosen_backbone_does_not_take_is_named(tmp_path):
-    from attnexp.config import compose_train_config
-    from attnexp.validate import validate
+    from attnexp.config.compose import compose_train_config
+    from attnexp.config.validate import validate
 
     cfg = compose_train_config(["backbone=cnn", "+backbone.mlp_ratio=4.0"], tmp_path)
     with pytest.raises(ValueError, match=r"backbone.mlp_ratio is not a setting of backbone=cnn"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnexp.attention import Kind, available, create
+from attnexp.attention import Kind
 from attnexp.attention.cbam import CBAM
 from attnexp.attention.design import NORMALIZATIONS, SCORES
 from attnexp.attention.mha import MultiHeadAttention
@@ -33,6 +33,7 @@ from attnexp.bench.measure import (
 )
 from attnexp.bench.suite import main, mixers, numeric_check, randomise_constants
 from attnexp.bench.tables import design_scaling_report, evaluate_targets, memory_exponent
+from attnexp.config.attention import available, create
 from tests.conftest import SUBPROCESS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -464,7 +465,7 @@ def test_ablation_command_composes_with_the_joblib_launcher():
     from hydra.core.global_hydra import GlobalHydra
 
     from attnexp.bench.ablation import ATTENTIONS, BACKBONES, ablation_command
-    from attnexp.config import CONFIG_DIR
+    from attnexp.config.paths import CONFIG_DIR
 
     command = ablation_command(n_jobs=2)
     assert command[1:3] == ["train.py", "-m"]
@@ -509,7 +510,7 @@ def test_overhead_rounds_alternate_order_and_ratio_is_the_median(monkeypatch, da
 
 def test_lm_overhead_reports_tokens_per_s_as_windows_times_context(monkeypatch, tmp_path):
     from attnexp.bench import overhead
-    from attnexp.bench.tables import section_report
+    from attnexp.bench.suite import section_report
 
     speeds = iter([10.0, 20.0, 30.0, 24.0])  # windows/s in call order: F P P F
     composed = []
@@ -541,7 +542,7 @@ def test_lm_overhead_reports_tokens_per_s_as_windows_times_context(monkeypatch, 
 def test_the_lm_plain_loop_steps_as_the_framework_counts(tmp_path):
     """The plain side times the steps RunStats times: all but the first, whole windows."""
     from attnexp.bench.overhead import counted_samples, fit_steps, length_overrides
-    from attnexp.config import compose_train_config
+    from attnexp.config.compose import compose_train_config
 
     cfg = compose_train_config(
         ["experiment=shakespeare_char_cpu", *length_overrides("lm", 30)], tmp_path
@@ -633,3 +634,4 @@ def test_scaling_plot_styles_keep_every_line_apart():
     assert len({styles[f"dot+{n}"]["color"] for n in NORMALIZATIONS}) == 1  # a colour per score
     names = [f"v{i}" for i in range(23)]
     assert len({tuple(st.values()) for st in line_styles(names).values()}) == 23
+

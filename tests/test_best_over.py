@@ -1,4 +1,4 @@
-"""Rows split by config values and the best run per cell over a swept key (``attnexp.best_over``),
+"""Rows split by config values and the best run per cell over a swept key (``attnexp.report.best_over``),
 and Zoology's accuracy-against-width figure, on synthetic run dirs."""
 
 from __future__ import annotations
@@ -12,17 +12,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from attnexp import report as rp
-from attnexp.best_over import best_column, config_value, summarize_by
-from attnexp.report import ReportError, build_report
-from attnexp.results import (
-    classification,
-    language_modelling,
-    load_record,
-    read_results,
-    write_results,
-)
+from attnexp.report.best_over import best_column, config_value, summarize_by
+from attnexp.report.build import build_report
+from attnexp.report.rows import ReportError
+from attnexp.report.zoology_figure import FIGURE_FILE, line_names
+from attnexp.runs.record import load_record, read_results, write_results
 from attnexp.sweep import SweepSummary
-from attnexp.zoology_figure import FIGURE_FILE, line_names
+from attnexp.tasks.spec import classification, language_modelling
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LR = "optim.optimizer.lr"

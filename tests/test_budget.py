@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from attnexp.budget import BAND, MAX_SCALE, apply_budget, closest_width, measure
+from attnexp.config.budget import BAND, MAX_SCALE, apply_budget, closest_width, measure
 from attnexp.models import build_model
-from attnexp.resume import config_hash
+from attnexp.runs.identity import config_hash
 from tests.conftest import compose_cfg, tiny
 
 
@@ -101,7 +101,7 @@ def test_closest_width_agrees_with_brute_force():
 
 def test_a_matched_run_records_its_width_and_a_rerun_skips_it(tmp_path, data_dir):
     from attnexp.cli import train_main
-    from attnexp.results import read_results
+    from attnexp.runs.record import read_results
 
     overrides = [*tiny("se", "cnn", "mnist1d", data_dir), "debug=limit", "figures=0", "match=params"]
     train_main.__wrapped__(compose_cfg(overrides, tmp_path))
@@ -119,7 +119,7 @@ def test_a_matched_run_records_its_width_and_a_rerun_skips_it(tmp_path, data_dir
 
 
 def test_the_report_flags_a_row_with_a_run_outside_the_band():
-    from attnexp.budget import budget_flag
+    from attnexp.config.budget import budget_flag
 
     def record(count, within):
         return {"by": "params", "reference": "mha", "reference_dim": 64, "reference_count": 1000,

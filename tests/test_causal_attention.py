@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from attnexp.attention import AttentionModule, attention_config, factory
+from attnexp.attention import AttentionModule, factory
 from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.design import (
     NORMALIZATIONS,
@@ -26,6 +26,7 @@ from attnexp.attention.design import (
     normalize_scores,
     rotary,
 )
+from attnexp.config.attention import attention_config
 
 DIM, LENGTH, HEADS = 16, 12, 2
 CUTS = [0, 4, 10]  # the last position kept: the inputs after it change

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from attnexp.attention import Kind, attention_config, available, create, factory
+from attnexp.attention import Kind, factory
 from attnexp.attention.cbam import CBAM
 from attnexp.attention.linear import LinearAttention
 from attnexp.attention.node import NodeAttention
 from attnexp.attention.se import SqueezeExcite
-from attnexp.attention.variants import variant_kind
+from attnexp.config.attention import attention_config, available, create, variant_kind
 
 DIM, L = 16, 12
 CUTS = [0, 3, 7, 10]  # positions t: inputs after t are replaced

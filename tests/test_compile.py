@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch._dynamo
 
-from attnexp.checkpoint import load_checkpoint
 from attnexp.models import build_model
-from attnexp.pipeline import train
+from attnexp.runs.checkpoint import load_checkpoint
+from attnexp.training.pipeline import train
 from tests.conftest import ATTENTIONS, compose_cfg, example_input, tiny
 
 # One dataset per input kind and grid rank: tokens (1-D), a signal (1-D), an image (2-D).

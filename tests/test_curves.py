@@ -1,4 +1,4 @@
-"""Learning curves in the comparison report (``attnexp.curves``), on synthetic run dirs whose
+"""Learning curves in the comparison report (``attnexp.report.curves``), on synthetic run dirs whose
 CSV logs hold known numbers."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from attnexp import curves as cv
 from attnexp import report as rp
-from attnexp.results import language_modelling, write_results
+from attnexp.report import curves as cv
+from attnexp.runs.layout import METRICS_CSV
+from attnexp.runs.record import write_results
+from attnexp.tasks.spec import language_modelling
 from tests.conftest import compose_cfg
 from tests.test_report import _results
 
@@ -26,7 +28,7 @@ def write_log(run_dir: Path, points: list[tuple[int, int, float]]) -> Path:
         lines.append(f"{epoch},{step - 1},,0.9,,,\n")
         lines.append(f"{epoch},{step},,,{acc},{acc},1.5\n")
     lines.append(f"{epoch},{step},0.123,,,,\n")
-    path = run_dir / cv.CSV_LOG
+    path = run_dir / METRICS_CSV
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(lines))
     return path
@@ -142,7 +144,7 @@ def test_runs_without_a_log_are_left_out_with_a_note(tmp_path):
 def test_a_malformed_log_is_listed_and_the_report_goes_on(tmp_path, text, reason):
     root = tmp_path / "sweep"
     make_run(root, "mha", "cnn", 0)
-    bad = make_run(root, "mha", "cnn", 1) / cv.CSV_LOG
+    bad = make_run(root, "mha", "cnn", 1) / METRICS_CSV
     bad.write_bytes(text if isinstance(text, bytes) else text.encode())
     report = rp.build_report([root])
     assert len(report.rows) == 1 and report.rows[0].n_seeds == 2  # the table is untouched
@@ -168,7 +170,7 @@ def test_seeds_that_validated_at_different_steps_get_a_note(tmp_path):
 def test_epoch_is_the_axis_when_a_log_has_no_step(tmp_path):
     root = tmp_path / "sweep"
     make_run(root, "mha", "cnn", 0)
-    path = make_run(root, "mha", "cnn", 1) / cv.CSV_LOG
+    path = make_run(root, "mha", "cnn", 1) / METRICS_CSV
     cells = [line.split(",") for line in path.read_text().splitlines()]
     path.write_text("".join(",".join([c[0], *c[2:]]) + "\n" for c in cells))  # drop "step"
     (curve,) = rp.build_report([root]).curves.curves
@@ -179,4 +181,4 @@ def test_epoch_is_the_axis_when_a_log_has_no_step(tmp_path):
 def test_the_log_path_is_where_the_csv_logger_writes(tmp_path):
     cfg = compose_cfg(["logger=csv"], tmp_path)
     logger = instantiate(cfg.logger.csv)
-    assert Path(logger.log_dir) / "metrics.csv" == tmp_path / cv.CSV_LOG
+    assert Path(logger.log_dir) / "metrics.csv" == tmp_path / METRICS_CSV

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from attnexp.config import CONFIG_DIR
+from attnexp.config.paths import CONFIG_DIR
 from tests.conftest import ALL_BACKBONES, ALL_DATASETS, ATTENTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,3 +95,35 @@ def test_options_named_in_commands_exist():
                 if not (CONFIG_DIR / group / f"{option}.yaml").exists():
                     unknown.append(f"{page.name}: {group}={option}")
     assert not unknown, f"options with no config in conf/: {unknown}"
+
+
+CODE_PATH = re.compile(r"(?<![\w/.])((?:attnexp|tests|scripts|conf)/[\w/]+\.(?:py|yaml))")
+DOTTED = re.compile(r"(?<![\w.])(attnexp(?:\.\w+)+)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_code_a_page_names_exists(page):
+    """Every file path (``attnexp/runs/record.py``) and dotted name (``attnexp.runs.prepare``,
+    ``attnexp.tasks.optim.warmup_cosine``) a page names exists: moving code cannot leave a page
+    pointing at nothing."""
+    import importlib
+
+    from attnexp.runs.identity import CANONICAL_TARGETS
+
+    former = tuple(CANONICAL_TARGETS.values())  # names runs were recorded with before a move
+    text = page.read_text()
+    missing = [p for p in CODE_PATH.findall(text) if "<" not in p and not (ROOT / p).exists()]
+    for name in set(DOTTED.findall(text)) - {n for n in DOTTED.findall(text) if n.startswith(former)}:
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                missing.append(name)
+            break
+    assert not missing, f"{page.name} names code that does not exist: {sorted(set(missing))}"

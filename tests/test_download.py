@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from attnexp.validate import validate
+from attnexp.config.validate import validate
 from tests.conftest import compose_cfg
 
 GOOD = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20

@@ -1,4 +1,4 @@
-"""Sampling from a causal language model: ``attnexp.generate`` and ``sample.py``.
+"""Sampling from a causal language model: ``attnexp.training.generate`` and ``sample.py``.
 
 The LM backbones live elsewhere; stand-in causal models here make every answer known in advance.
 """
@@ -18,8 +18,8 @@ from torch import nn
 
 from attnexp.data.shape import DataShape
 from attnexp.data.vocab import Vocabulary
-from attnexp.generate import (
-    SAMPLES_FILE,
+from attnexp.runs.layout import SAMPLES_FILE
+from attnexp.training.generate import (
     SEPARATOR,
     SampleSettings,
     format_samples,
@@ -333,7 +333,7 @@ def test_record_samples_writes_the_run_samples_and_a_wandb_table(tmp_path, monke
     model = CausalConvLM(lm_shape(8, vocab.size))
     logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="attnexp-test")
     try:
-        samples = record_samples(model, vocab, tmp_path, seed=0, loggers=[logger])
+        samples = record_samples(model, vocab, tmp_path / SAMPLES_FILE, seed=0, loggers=[logger])
     finally:
         logger.experiment.finish()
     defaults = SampleSettings()
@@ -341,7 +341,7 @@ def test_record_samples_writes_the_run_samples_and_a_wandb_table(tmp_path, monke
     assert all(s.startswith(defaults.prompt) for s in samples)
     assert all(len(s) == len(defaults.prompt) + defaults.max_new_tokens for s in samples)
     assert (tmp_path / SAMPLES_FILE).read_text() == format_samples(samples)
-    assert record_samples(model, vocab, tmp_path / "again", seed=0) == samples  # seeded
+    assert record_samples(model, vocab, tmp_path / "again" / SAMPLES_FILE, seed=0) == samples  # seeded
     (table_file,) = tmp_path.glob("wandb/offline-run-*/files/media/table/samples_*.table.json")
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["prompt", "sample"]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from attnexp.attention import Kind, factory
-from attnexp.config import CONFIG_DIR
+from attnexp.config.paths import CONFIG_DIR
 from attnexp.models.common import kind_of
-from attnexp.pipeline import build_data, build_model
+from attnexp.training.pipeline import build_data, build_model
 from tests.conftest import ATTENTIONS, BACKBONES, DATASETS, compose_cfg, tiny
 
 

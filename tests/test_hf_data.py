@@ -11,9 +11,9 @@ import huggingface_hub
 import numpy as np
 import pytest
 
+from attnexp.config.validate import validate
 from attnexp.data.hf import PAD, load_hf_image, load_hf_text
-from attnexp.pipeline import train
-from attnexp.validate import validate
+from attnexp.training.pipeline import train
 from tests.conftest import compose_cfg
 from tests.test_image_data import COLOURS, TINY
 

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
+from attnexp.config.validate import validate
 from attnexp.data.augment import model_inputs
 from attnexp.data.images import IDX_IMAGES, load_cifar, load_idx, load_image_folder, load_npz
 from attnexp.models import build_model
-from attnexp.pipeline import build_data, build_module, train
-from attnexp.results import read_results
-from attnexp.validate import validate
+from attnexp.runs.record import read_results
+from attnexp.training.pipeline import build_data, build_module, train
 from tests.conftest import compose_cfg
 
 PER_FILE = 4  # records per CIFAR file: 5 train files -> 20 training images

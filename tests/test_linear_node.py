@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from attnexp.attention import Kind, create
+from attnexp.attention import Kind
 from attnexp.attention.linear import LinearAttention
 from attnexp.attention.node import NodeAttention
+from attnexp.config.attention import create
 
 DIM = 8
 SHAPES = [(2, 6, DIM), (2, 3, 4, DIM)]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from attnexp.config.validate import validate
 from attnexp.data import listops
 from attnexp.data.datamodule import ArrayDataModule, EpochOrder, SliceLoader
 from attnexp.data.shape import DataShape
-from attnexp.optim import warmup_rsqrt
-from attnexp.pipeline import matmul_precision, set_matmul_precision
-from attnexp.validate import validate
+from attnexp.tasks.optim import warmup_rsqrt
+from attnexp.training.pipeline import matmul_precision, set_matmul_precision
 from tests.conftest import compose_cfg
 
 NAMES = {i: t for t, i in listops.TOKEN_IDS.items()}

@@ -12,13 +12,14 @@ import torch._dynamo
 from torch import nn
 from torch.nn import functional as F
 
-from attnexp.attention import attention_config, factory
+from attnexp.attention import factory
 from attnexp.attention.base import AttentionModule, Kind
+from attnexp.config.attention import attention_config
+from attnexp.config.validate import validate
 from attnexp.data.shape import DataShape
 from attnexp.models import build_model
 from attnexp.models.cnn import CNN, CausalConv1d
 from attnexp.models.transformer import Transformer
-from attnexp.validate import validate
 from tests.conftest import ATTENTIONS, BACKBONES, TINY, compose_cfg
 
 L, V = 16, 25

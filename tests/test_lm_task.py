@@ -20,14 +20,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attnexp.attention import available
-from attnexp.checkpoint import load_checkpoint
-from attnexp.config import CONFIG_DIR
+from attnexp.config.attention import available
+from attnexp.config.paths import CONFIG_DIR
+from attnexp.config.validate import validate
 from attnexp.data.shape import IGNORE_INDEX
-from attnexp.lm import LanguageModel, TokenMetrics, heldout_loss
-from attnexp.optim import param_groups, warmup_cosine
-from attnexp.results import MAX, MIN, language_modelling, task_of
-from attnexp.validate import validate
+from attnexp.runs.checkpoint import load_checkpoint
+from attnexp.tasks.lm import LanguageModel, TokenMetrics, heldout_loss
+from attnexp.tasks.optim import param_groups, warmup_cosine
+from attnexp.tasks.spec import MAX, MIN, language_modelling, task_of
 from tests.conftest import IMAGE_BACKBONES, compose_cfg
 
 V = 7  # vocabulary of the stand-in data
@@ -274,7 +274,7 @@ def test_the_default_objective_is_the_tasks_own_and_a_wrong_one_is_refused():
     assert (lm.objective, lm.objective_mode) == ("val/loss_best", "min")
     classification = compose_cfg([])
     assert (classification.objective, classification.objective_mode) == ("val/acc_best", "max")
-    with pytest.raises(ValueError, match="objective must be a metric the language_modelling task") as e:
+    with pytest.raises(ValueError, match="objective must be a metric the lm task") as e:
         validate(compose_cfg([*LM_SHAPE, "objective=val/f1", "objective_mode=max"]))
     assert str(e.value).endswith("got 'val/f1'; e.g. objective=val/loss_best objective_mode=min")
     with pytest.raises(ValueError, match="set objective_mode=min"):
@@ -355,10 +355,10 @@ def text_file(tmp_path):
 
 
 def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_file, data_dir):
-    from attnexp.pipeline import train
+    from attnexp.training.pipeline import train
 
     results = train(compose_cfg(text_run(text_file, data_dir), tmp_path / "run"))
-    assert results["status"] == "completed" and results["task"]["name"] == "language_modelling"
+    assert results["status"] == "completed" and results["task"]["name"] == "lm"
     m = results["metrics"]
     assert set(language_modelling().keys()) <= set(m)
     assert m["test/bpc"] == pytest.approx(m["test/loss"] / math.log(2), rel=1e-5)
@@ -380,7 +380,7 @@ def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_
 
 
 def test_an_lm_run_with_pool_fails_before_training_naming_causal(tmp_path, text_file, data_dir):
-    from attnexp.pipeline import train
+    from attnexp.training.pipeline import train
 
     overrides = [*text_run(text_file, data_dir), "attention=pool"]
     with pytest.raises(ValueError, match="causal"):

@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.callbacks.progress.progress_bar import get_standard_metrics
 
-from attnexp import pipeline, tracking
-from attnexp.callbacks import MetricsProgressBar
-from attnexp.config import CHOICE_GROUPS, find_run_dir, load_run_config
-from attnexp.pipeline import build_loggers, build_trainer, train
-from attnexp.terminal import quiet_dependencies
+from attnexp.config.cell import CELL_GROUPS
+from attnexp.runs.layout import RunDir
+from attnexp.runs.prepare import load_run_config
+from attnexp.training import pipeline, tracking
+from attnexp.training.callbacks import MetricsProgressBar
+from attnexp.training.pipeline import build_loggers, build_trainer, train
+from attnexp.util.terminal import quiet_dependencies
 from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wandb_is_not_imported_unless_its_logger_is_chosen(data_dir):
     code = (
         "import sys; from tests.conftest import compose_cfg, tiny; "
-        "from attnexp.pipeline import build_loggers; "
+        "from attnexp.training.pipeline import build_loggers; "
         f"build_loggers(compose_cfg(tiny('none', 'cnn', 'digits', {str(data_dir)!r}))); "
         "assert 'wandb' not in sys.modules, 'wandb imported'"
     )
@@ -90,13 +92,13 @@ def test_a_checkpoint_path_leads_back_to_its_run_config(tmp_path):
         "seed: 3\nchoices: {attention: '${hydra:runtime.choices.attention}'}\n"
         "paths: {output_dir: '${hydra:runtime.output_dir}'}\n"
     )
-    choices = "".join(f"      {g}: {g}-choice\n" for g in CHOICE_GROUPS)
+    choices = "".join(f"      {g}: {g}-choice\n" for g in CELL_GROUPS)
     (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n{choices}")
-    assert find_run_dir(run / "checkpoints" / "best.ckpt") == run.resolve()
-    cfg = load_run_config(run)
+    assert RunDir.find(run / "checkpoints" / "best.ckpt").path == run.resolve()
+    cfg = load_run_config(RunDir(run))
     assert cfg.choices.attention == "attention-choice" and cfg.paths.output_dir == str(run)
     with pytest.raises(FileNotFoundError, match="not a training run"):
-        find_run_dir(tmp_path)
+        RunDir.find(tmp_path)
 
 
 def test_a_run_config_keeps_the_run_name_its_experiment_gave(tmp_path):
@@ -111,9 +113,9 @@ def test_a_run_config_keeps_the_run_name_its_experiment_gave(tmp_path):
         "  backbone: ${hydra:runtime.choices.backbone}\n"
         "paths: {output_dir: '${hydra:runtime.output_dir}'}\n"
     )
-    choices = "".join(f"      {g}: {g}-choice\n" for g in CHOICE_GROUPS)
+    choices = "".join(f"      {g}: {g}-choice\n" for g in CELL_GROUPS)
     (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    choices:\n{choices}")
-    cfg = load_run_config(run)
+    cfg = load_run_config(RunDir(run))
     assert cfg.choices.attention == "mha-l2-max"
     assert cfg.choices.backbone == "backbone-choice"
     assert cfg.choices.dataset == "dataset-choice"  # absent from the saved choices: filled in
@@ -126,7 +128,7 @@ def test_a_composed_config_keeps_the_run_name_its_experiment_gave(tmp_path):
     assert cfg.paths.output_dir == str(tmp_path)
 
 
-# What a researcher sees at the terminal (attnexp.terminal).
+# What a researcher sees at the terminal (attnexp.util.terminal).
 LIGHTNING_LINES = ("Seed set to 0", "GPU available:", "`Trainer.fit` stopped", "Restoring states")
 ADVERTISING = ("Tip:", "litlogger", "litmodels")
 
@@ -166,16 +168,16 @@ def test_dependency_deprecations_are_filtered_and_the_projects_own_warnings_pass
         warnings.simplefilter("always")
         quiet_dependencies()
         _tree_flatten(1)  # Lightning's use of torch's deprecated LeafSpec: a FutureWarning
-        for module in ("torch.nn.modules", "wandb.sdk", "lightning", "attnexp.viz", "attnexp"):
+        for module in ("torch.nn.modules", "wandb.sdk", "lightning", "attnexp.training.viz", "attnexp"):
             warnings.warn_explicit("deprecated", DeprecationWarning, "x.py", 1, module=module)
         warnings.warn_explicit("from a script", FutureWarning, "x.py", 1, module="__main__")
-        warnings.warn_explicit("ours", UserWarning, "viz.py", 1, module="attnexp.viz")
+        warnings.warn_explicit("ours", UserWarning, "viz.py", 1, module="attnexp.training.viz")
         hint = "smaller than the logging interval"  # Lightning's, about the user's own setting
         warnings.warn_explicit(hint, UserWarning, "fit_loop.py", 1, module="lightning.pytorch")
         warnings.warn_explicit("near", DeprecationWarning, "x.py", 1, module="torchvisionish")
     shown = [(w.category, str(w.message)) for w in caught]
     assert shown == [
-        (DeprecationWarning, "deprecated"),  # attnexp.viz
+        (DeprecationWarning, "deprecated"),  # attnexp.training.viz
         (DeprecationWarning, "deprecated"),  # attnexp
         (FutureWarning, "from a script"),
         (UserWarning, "ours"),

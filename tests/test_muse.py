@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from attnexp.attention import create
 from attnexp.attention.mha import MultiHeadAttention
 from attnexp.attention.muse import MUSE
+from attnexp.config.attention import create
 
 
 def three_branch_reference(module: MUSE, x: torch.Tensor) -> torch.Tensor:

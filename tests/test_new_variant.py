@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from attnexp.attention.variants import searchpath_override
 from attnexp.bench.suite import main
-from attnexp.results import find_results, read_results
+from attnexp.config.attention import searchpath_override
+from attnexp.runs.record import find_results, read_results
 from tests.conftest import SUBPROCESS_ENV, TOY, tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from attnexp.attention import attention_config, create, factory
+from attnexp.attention import factory
 from attnexp.attention.base import Kind
 from attnexp.attention.masking import MaskedBatchNorm
-from attnexp.attention.variants import variant_kind
+from attnexp.config.attention import attention_config, create, variant_kind
+from attnexp.config.validate import validate
 from attnexp.models import build_model
-from attnexp.validate import validate
 from tests.conftest import ATTENTIONS, BACKBONES, TINY, compose_cfg
 from tests.test_lm_models import L as LM_CONTEXT
 from tests.test_lm_models import V as LM_VOCAB

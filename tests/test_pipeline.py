@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from attnexp.config import CONFIG_DIR
-from attnexp.pipeline import build_model, train
-from attnexp.results import find_results, read_results, recorded_task, task_of
-from attnexp.resume import config_hash
+from attnexp.config.paths import CONFIG_DIR
+from attnexp.runs.identity import config_hash
+from attnexp.runs.record import find_results, read_results
+from attnexp.tasks.spec import recorded_task, task_of
+from attnexp.training.pipeline import build_model, train
 from tests.conftest import ATTENTIONS, SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]

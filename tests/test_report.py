@@ -14,17 +14,10 @@ import numpy as np
 import pytest
 
 from attnexp import report as rp
-from attnexp import stats as st
-from attnexp.results import (
-    MAX,
-    MIN,
-    Metric,
-    Task,
-    classification,
-    load_record,
-    parse_record,
-    write_results,
-)
+from attnexp.config.cell import CELL_GROUPS
+from attnexp.report import stats as st
+from attnexp.runs.record import load_record, parse_record, write_results
+from attnexp.tasks.spec import MAX, MIN, Metric, Task, classification
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VARIANTS = ("mha", "se")
@@ -208,7 +201,7 @@ def test_missing_dir_and_empty_dir_are_clear_errors(tmp_path):
 def test_table_data_for_wandb_uses_raw_values(sweep):
     rows = rp.build_report([sweep]).rows
     columns, data = rp.table_data(rows)
-    assert columns[:6] == [*rp.IDENTITY, "test_acc_mean", "test_acc_std"]
+    assert columns[:6] == [*CELL_GROUPS, "test_acc_mean", "test_acc_std"]
     assert len(data) == len(rows)
     first = dict(zip(columns, data[0], strict=True))
     assert first["test_acc_mean"] == rows[0].stat("test/acc").mean and first["experiment"] is None

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from attnexp import report as rp
-from attnexp.report_html import HtmlError, markdown_to_html
+from attnexp.report.html import HtmlError, markdown_to_html
 from tests.test_report import sweep  # noqa: F401 (a fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from attnexp.attention import Kind, attention_config, available, factory
+from attnexp.attention import Kind, factory
 from attnexp.bench.augment import CIFAR as CIFAR_BENCH
 from attnexp.bench.augment import bare_loop, bench_pipeline, per_image
-from attnexp.bench.tables import section_report
-from attnexp.classifier import Classifier
-from attnexp.config import CONFIG_DIR
+from attnexp.bench.suite import section_report
+from attnexp.config.attention import attention_config, available
+from attnexp.config.paths import CONFIG_DIR
+from attnexp.config.validate import validate
 from attnexp.data.augment import BatchAugment, CropFlip
 from attnexp.data.datamodule import ArrayDataModule
 from attnexp.data.shape import DataShape
@@ -20,8 +21,8 @@ from attnexp.models.common import kind_of
 from attnexp.models.resnet import ResNet, ShortcutA
 from attnexp.models.transformer import Block
 from attnexp.models.vit import ViT
-from attnexp.optim import step_decay
-from attnexp.validate import validate
+from attnexp.tasks.classifier import Classifier
+from attnexp.tasks.optim import step_decay
 from tests.conftest import IMAGE_BACKBONES, compose_cfg
 
 IMAGE = DataShape("image", [16, 16], num_classes=10, in_channels=3)

@@ -6,23 +6,26 @@ import json
 
 import pytest
 
-from attnexp.classifier import classification_metrics
-from attnexp.results import (
-    COST_NAMES,
-    MAX,
-    MIN,
-    Metric,
-    Task,
-    classification,
-    cost_metrics,
-    recorded_task,
-)
+from attnexp.runs.record import COST_NAMES, cost_metrics
+from attnexp.tasks.classifier import classification_metrics
+from attnexp.tasks.spec import MAX, MIN, TOP_K, Metric, Task, classification, recorded_task
 
 
 @pytest.mark.parametrize("num_classes", [3, 5, 6, 10])
-def test_classification_declares_exactly_the_test_metrics_the_classifier_computes(num_classes):
-    declared = {m.name for m in classification(num_classes).test_metrics}
-    assert declared == set(classification_metrics(num_classes).keys())
+def test_the_classifier_computes_the_test_metrics_its_task_declares(num_classes):
+    declared = [m.name for m in classification(num_classes).test_metrics]
+    assert set(classification_metrics(num_classes).keys()) == set(declared)
+    assert (f"acc_top{TOP_K}" in declared) == (num_classes > TOP_K)
+
+
+def test_a_declared_metric_without_a_computation_is_refused_when_the_classifier_is_built(
+    monkeypatch,
+):
+    from attnexp.tasks import classifier
+
+    monkeypatch.setattr(classifier, "COMPUTED", {"acc": classifier.COMPUTED["acc"]})
+    with pytest.raises(NotImplementedError, match=r"declares \['f1'\]"):
+        classifier.classification_metrics(3)
 
 
 def test_a_task_survives_results_json_and_knows_each_keys_direction():

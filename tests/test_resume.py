@@ -1,6 +1,6 @@
 """Resume after a crash and reproducibility: a SIGKILLed run resumed with `resume=<run dir>`, or
 a killed sweep job re-run into its sweep dir, ends exactly where the uninterrupted run ends;
-identical configs give identical runs; how a job of the command line starts (attnexp.resume)."""
+identical configs give identical runs; how a job of the command line starts (attnexp.runs.prepare)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attnexp.checkpoint import load_checkpoint
-from attnexp.pipeline import train
-from attnexp.results import read_results, write_results
-from attnexp.resume import (
-    CONFIG_KEY,
-    computed_config,
-    config_hash,
-    plan_start,
-    prepare_resume,
-)
+from attnexp.runs.checkpoint import CONFIG_KEY, load_checkpoint
+from attnexp.runs.identity import computed_config, config_hash
+from attnexp.runs.prepare import SKIP, prepare, resumed_config
+from attnexp.runs.record import read_results, write_results
+from attnexp.training.pipeline import train
 from tests.conftest import SUBPROCESS_ENV, compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +124,9 @@ def test_every_run_dir_records_config_versions_and_commit_even_when_it_fails(tmp
 def test_ddp_cpu_trains_two_processes_and_rank_zero_writes_synchronised_metrics(
     tmp_path, data_dir
 ):
-    from attnexp.config import load_run_config
-    from attnexp.pipeline import evaluate
+    from attnexp.runs.layout import RunDir
+    from attnexp.runs.prepare import load_run_config
+    from attnexp.training.pipeline import evaluate
 
     run = tmp_path / "run"
     args = [
@@ -146,7 +142,7 @@ def test_ddp_cpu_trains_two_processes_and_rank_zero_writes_synchronised_metrics(
     assert (run / "train_ddp_process_1.log").is_file()  # a second process did train
     # Rank 0 saw half the test split: its numbers equal a one-process evaluation of the same
     # checkpoint on the whole split only if the metrics were synchronised.
-    cfg = load_run_config(run)
+    cfg = load_run_config(RunDir(run))
     cfg.trainer.devices, cfg.trainer.strategy = 1, "auto"
     single = evaluate(cfg, run / results["best_checkpoint"])
     for key in ("test/acc", "test/f1"):
@@ -156,13 +152,13 @@ def test_ddp_cpu_trains_two_processes_and_rank_zero_writes_synchronised_metrics(
 def test_only_rank_zero_writes_results(tmp_path, monkeypatch):
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from attnexp.pipeline import record
+    from attnexp.training.pipeline import WRITER
 
     monkeypatch.setattr(rank_zero_only, "rank", 1)
-    record(tmp_path, {"status": "completed"})
+    WRITER(tmp_path, {"status": "completed"})
     assert not (tmp_path / "results.json").exists()
     monkeypatch.setattr(rank_zero_only, "rank", 0)
-    record(tmp_path, {"status": "completed"})
+    WRITER(tmp_path, {"status": "completed"})
     assert read_results(tmp_path)["status"] == "completed"
 
 
@@ -215,7 +211,7 @@ def test_a_sweep_job_killed_mid_run_continues_from_its_last_checkpoint_to_the_sa
 
 
 def stamp(path: Path, cfg, epoch: int = 1) -> Path:
-    """A last checkpoint as ``attnexp.checkpoint.ConfigStamp`` leaves it (no weights needed)."""
+    """A last checkpoint as ``attnexp.runs.checkpoint.ConfigStamp`` leaves it (no weights needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": epoch, CONFIG_KEY: computed_config(cfg)}, path)
     return path
@@ -224,7 +220,7 @@ def stamp(path: Path, cfg, epoch: int = 1) -> Path:
 def test_a_job_is_skipped_continued_or_started_afresh_by_what_its_run_dir_holds(
     tmp_path, data_dir, caplog
 ):
-    caplog.set_level("INFO", logger="attnexp.resume")
+    caplog.set_level("INFO", logger="attnexp.runs.prepare")
     overrides = tiny("none", "cnn", "digits", data_dir)
     cfg = compose_cfg(overrides, tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -232,38 +228,40 @@ def test_a_job_is_skipped_continued_or_started_afresh_by_what_its_run_dir_holds(
     def start(*extra: str, results: dict | None = None):
         if results is not None:
             write_results(tmp_path, {"config_hash": config_hash(cfg), "error": None, **results})
-        return plan_start(compose_cfg([*overrides, *extra], tmp_path), [])
+        return prepare(compose_cfg([*overrides, *extra], tmp_path), [])
 
     fresh = start()  # an empty run dir
-    assert fresh.done is None and fresh.ckpt_path is None
-    assert start(results={"status": "completed", "metrics": {"val/acc": 1.0}}).done is not None
+    assert fresh.start == "fresh" and fresh.done is None and fresh.checkpoint is None
+    assert fresh.config_hash == config_hash(cfg) and fresh.task.name == "classification"
+    done = start(results={"status": "completed", "metrics": {"val/acc": 1.0}})
+    assert done.start == SKIP and done.done["metrics"] == {"val/acc": 1.0}
     stamp(last, cfg)
     killed = start(results={"status": "running"})
-    assert killed.done is None and killed.ckpt_path == last
+    assert killed.start == "continue" and killed.checkpoint == last and killed.epoch == 1
     ctrl_c = start(results={"status": "failed", "error": "SystemExit: 1"})
-    assert ctrl_c.ckpt_path == last
-    assert start("force=true").ckpt_path is None
+    assert ctrl_c.checkpoint == last
+    assert start("force=true").checkpoint is None
 
     caplog.clear()
-    assert start(results={"status": "failed", "error": "FloatingPointError: nan"}).ckpt_path is None
+    assert start(results={"status": "failed", "error": "FloatingPointError: nan"}).checkpoint is None
     assert "afresh: its last run of this config failed (FloatingPointError: nan)" in caplog.text
-    assert start(results={"status": "running", "config_hash": "another"}).ckpt_path is None
+    assert start(results={"status": "running", "config_hash": "another"}).checkpoint is None
     assert "afresh: its last run had another config" in caplog.text
     # The same hash, but the checkpoint stems from another computed config (e.g. left behind).
     stamp(last, compose_cfg([*overrides, "optim.optimizer.lr=0.5"], tmp_path))
-    assert start(results={"status": "running"}).ckpt_path is None
+    assert start(results={"status": "running"}).checkpoint is None
     assert "belongs to another config; keys that differ: optim.optimizer.lr" in caplog.text
 
 
 def test_a_fresh_job_is_planned_without_importing_lightning(tmp_path, data_dir):
-    # The command line plans a job before validating it, and validates before the slow import.
+    # The command line plans and validates a job before the slow import.
     script = (
         "import sys\n"
-        "from attnexp.resume import plan_start\n"
+        "from attnexp.runs.prepare import prepare\n"
         "from tests.conftest import compose_cfg, tiny\n"
         f"cfg = compose_cfg(tiny('mha', 'cnn', 'digits', {str(data_dir)!r}), {str(tmp_path)!r})\n"
-        "start = plan_start(cfg, [])\n"
-        "print('fresh:', start.done is None and start.ckpt_path is None)\n"
+        "plan = prepare(cfg, [])\n"
+        "print('fresh:', plan.start == 'fresh' and plan.checkpoint is None)\n"
         "print('lightning imported:', 'lightning' in sys.modules)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=SUBPROCESS_ENV,
@@ -290,19 +288,19 @@ def test_resume_reads_the_checkpoint_dir_from_the_checkpoint_callback(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     run = saved_run(tmp_path / "run", {"dirpath": str(elsewhere), "save_last": True})
     with pytest.raises(FileNotFoundError, match=f"no {elsewhere / 'last.ckpt'} yet"):
-        prepare_resume(run, [])
+        resumed_config(run, [])
     (elsewhere / "last.ckpt").parent.mkdir()
     (elsewhere / "last.ckpt").write_bytes(b"")
-    cfg, _, ckpt = prepare_resume(run, [])
+    cfg, _, ckpt = resumed_config(run, [])
     assert ckpt == elsewhere / "last.ckpt" and cfg.paths.output_dir == str(run.resolve())
 
     default = saved_run(tmp_path / "default", {"dirpath": "${paths.output_dir}/checkpoints",
                                                "save_last": True})  # fmt: skip
     with pytest.raises(FileNotFoundError, match="no .*default/checkpoints/last.ckpt yet"):
-        prepare_resume(default, [])
+        resumed_config(default, [])
     for callback in (None, {"dirpath": str(elsewhere), "save_last": False}):
         with pytest.raises(FileNotFoundError, match="kept no last checkpoint"):
-            prepare_resume(saved_run(tmp_path / str(callback is None), callback), [])
+            resumed_config(saved_run(tmp_path / str(callback is None), callback), [])
 
 
 # --------------------------------------------------------------------------- validate once
@@ -311,12 +309,12 @@ def test_resume_reads_the_checkpoint_dir_from_the_checkpoint_callback(tmp_path):
 def test_the_command_line_validates_once_and_python_callers_get_validation(
     tmp_path, data_dir, monkeypatch
 ):
-    import attnexp.pipeline
+    import attnexp.runs.prepare
 
     def refuse(cfg):
         raise ValueError("checked")
 
-    monkeypatch.setattr(attnexp.pipeline, "validate", refuse)
+    monkeypatch.setattr(attnexp.runs.prepare, "validate", refuse)
     with pytest.raises(ValueError, match="checked"):
         train(compose_cfg(tiny("none", "cnn", "digits", data_dir), tmp_path / "python"))
     monkeypatch.undo()
@@ -324,14 +322,14 @@ def test_the_command_line_validates_once_and_python_callers_get_validation(
     # Count in a fresh process: the patches must be in place before attnexp.cli binds the names.
     script = (
         "import sys\n"
-        "import attnexp.models, attnexp.validate\n"
+        "import attnexp.models, attnexp.config.validate\n"
         "calls = {'validate': 0, 'build_model': 0}\n"
         "def counted(name, f):\n"
         "    def wrapper(*a, **k):\n"
         "        calls[name] += 1\n"
         "        return f(*a, **k)\n"
         "    return wrapper\n"
-        "attnexp.validate.validate = counted('validate', attnexp.validate.validate)\n"
+        "attnexp.config.validate.validate = counted('validate', attnexp.config.validate.validate)\n"
         "attnexp.models.build_model = counted('build_model', attnexp.models.build_model)\n"
         "from attnexp.cli import train_main\n"
         "sys.argv = ['train.py', *sys.argv[1:]]\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnexp.callbacks import RunStats
+from attnexp.training.callbacks import RunStats
 
 LOAD_S = 0.02  # a slow loader's time per batch
 

@@ -9,9 +9,9 @@ import torch
 import torch._dynamo
 
 from attnexp.data.shape import IGNORE_INDEX
-from attnexp.lm import LanguageModel, TokenMetrics, scored_logits
-from attnexp.losses import next_token_loss as lm_loss
 from attnexp.models import build_model
+from attnexp.tasks.lm import LanguageModel, TokenMetrics, scored_logits
+from attnexp.tasks.losses import next_token_loss as lm_loss
 from tests.conftest import BACKBONES
 from tests.test_lm_models import L, V, lm_config
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
+from attnexp.config.validate import validate
 from attnexp.data.shape import DataShape
 from attnexp.models import build_model
-from attnexp.pipeline import build_data
-from attnexp.validate import validate
+from attnexp.training.pipeline import build_data
 from tests.conftest import BACKBONES, DATASETS, compose_cfg, example_input, tiny
 
 SEQUENCE = {"input_type": "sequence", "grid": [40], "num_classes": 10, "in_channels": 1}

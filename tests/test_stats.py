@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from attnexp import stats as st
-from attnexp.results import MAX, MIN
+from attnexp.report.rows import stats as st
+from attnexp.tasks.spec import MAX, MIN
 
 # A deterministic simulation's rate lies within this many binomial standard deviations of the
 # nominal one; 3.5 sd fails a correct implementation about once in 2000 seeds.

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from attnexp.callbacks import StopAtThreshold
-from attnexp.pipeline import instantiate_each
-from attnexp.validate import validate
+from attnexp.config.validate import validate
+from attnexp.training.callbacks import StopAtThreshold
+from attnexp.training.pipeline import instantiate_each
 from tests.conftest import compose_cfg, tiny
 
 
@@ -67,7 +67,7 @@ def test_training_ends_after_the_first_validation_past_the_threshold(
 def test_off_by_default_and_built_from_the_config(data_dir):
     overrides = tiny("mha", "transformer", "digits", data_dir)
     assert compose_cfg(overrides).callbacks.stop_at is None
-    stop = "callbacks.stop_at={_target_:attnexp.callbacks.StopAtThreshold,monitor:val/acc,threshold:0.9}"
+    stop = "callbacks.stop_at={_target_:attnexp.training.callbacks.StopAtThreshold,monitor:val/acc,threshold:0.9}"
     cfg = compose_cfg([*overrides, stop])
     (callback,) = [c for c in instantiate_each(cfg.callbacks, "callbacks") if isinstance(c, StopAtThreshold)]  # fmt: skip
     assert (callback.monitor, callback.stopping_threshold, callback.mode) == ("val/acc", 0.9, "max")
@@ -84,7 +84,7 @@ def test_off_by_default_and_built_from_the_config(data_dir):
     ],
 )  # fmt: skip
 def test_a_bad_stop_at_is_refused_with_the_key_named(setting, match, data_dir):
-    target = "_target_:attnexp.callbacks.StopAtThreshold"
+    target = "_target_:attnexp.training.callbacks.StopAtThreshold"
     cfg = compose_cfg(
         [*tiny("mha", "transformer", "digits", data_dir), f"callbacks.stop_at={{{target},{setting}}}"]
     )

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from attnexp.config.validate import validate
 from attnexp.data.datamodule import (
     ArrayDataModule,
     EpochBatches,
@@ -19,8 +20,7 @@ from attnexp.data.datamodule import (
     worker_loader,
 )
 from attnexp.data.shape import DataShape
-from attnexp.pipeline import train
-from attnexp.validate import validate
+from attnexp.training.pipeline import train
 from tests.conftest import compose_cfg, tiny
 
 IMAGES = DataShape("image", [4, 4], num_classes=3, in_channels=1)

@@ -15,15 +15,16 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from attnexp.config import CONFIG_DIR, register_resolvers, run_group
-from attnexp.results import find_results, read_results, write_results
-from attnexp.resume import config_hash, previous_result
+from attnexp.config.compose import register_resolvers, run_group
+from attnexp.config.paths import CONFIG_DIR
+from attnexp.runs.identity import config_hash
+from attnexp.runs.prepare import SKIP, prepare
+from attnexp.runs.record import find_results, read_results, write_results
 from attnexp.sweep import (
     SweepSummary,
-    available_cores,
     sweep_outcome,
-    threads_per_job,
 )
+from attnexp.util.cores import available_cores, threads_per_job
 from tests.conftest import compose_cfg, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,22 +137,27 @@ def test_config_hash_is_the_same_wherever_the_run_lives(data_dir, tmp_path):
     )
 
 
-def test_previous_result_only_for_a_completed_run_of_the_same_config(data_dir, tmp_path):
-    cfg = compose_cfg(tiny("none", "cnn", "digits", data_dir), tmp_path)
-    assert previous_result(cfg) is None  # nothing there
+def test_a_job_is_skipped_only_for_a_completed_run_of_the_same_config(data_dir, tmp_path):
+    overrides = tiny("none", "cnn", "digits", data_dir)
+
+    def skipped(*extra: str) -> bool:
+        plan = prepare(compose_cfg([*overrides, *extra], tmp_path))
+        return plan.start == SKIP and plan.done == read_results(tmp_path)
+
+    assert not skipped()  # nothing there
     done = {
         "status": "completed",
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(compose_cfg(overrides, tmp_path)),
         "metrics": {"val/acc_best": 0.5},
     }
     write_results(tmp_path, done)
-    assert previous_result(cfg) == done
+    assert skipped()
     write_results(tmp_path, {**done, "status": "failed"})
-    assert previous_result(cfg) is None
+    assert not skipped()
     write_results(tmp_path, {**done, "config_hash": "something else"})
-    assert previous_result(cfg) is None
+    assert not skipped()
     write_results(tmp_path, done)
-    assert previous_result(compose_cfg([*tiny("none", "cnn", "digits", data_dir), "force=true"], tmp_path)) is None  # fmt: skip
+    assert not skipped("force=true")
 
 
 def make_job(sweep_dir: Path, name: str, results: dict | None = None) -> None:

@@ -14,12 +14,12 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
+from attnexp.config.validate import validate
 from attnexp.data import text
 from attnexp.data.lm import TokenStreamDataModule, eval_windows
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.text import TextSplits, load_text, split_text
 from attnexp.data.vocab import Vocabulary
-from attnexp.validate import validate
 from tests.conftest import LM_DATASETS, SUBPROCESS_ENV, compose_cfg, tiny
 
 # Held out: 'z' appears only in the last 10%, so a char vocabulary of the train split lacks it.
@@ -253,7 +253,7 @@ def test_validate_reads_the_text_without_importing_lightning(tmp_path):
     """The command line validates first: a token stream's check must stay as fast as the arrays'."""
     overrides = lm_overrides(write(tmp_path), tmp_path, "dataset.context_len=500")
     code = (
-        "import sys\nfrom attnexp.validate import validate\n"
+        "import sys\nfrom attnexp.config.validate import validate\n"
         "from tests.conftest import compose_cfg\n"
         f"try:\n    validate(compose_cfg({overrides!r}))\nexcept ValueError as e:\n    print(e)\n"
         "print('lightning' in sys.modules)\n"

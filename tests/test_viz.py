@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from attnexp.attention import WeightKind
-from attnexp.pipeline import build_model
-from attnexp.viz import PLOTTERS, save_attention_figures, save_model_figures
+from attnexp.training.pipeline import build_model
+from attnexp.training.viz import PLOTTERS, save_attention_figures, save_model_figures
 from tests.conftest import ATTENTIONS, compose_cfg, tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

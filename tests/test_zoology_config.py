@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attnexp.config.validate import validate
 from attnexp.models import build_model
 from attnexp.models.transformer import Transformer
-from attnexp.results import task_of
-from attnexp.validate import validate
+from attnexp.tasks.spec import task_of
 from tests.conftest import compose_cfg
 
 MIXERS = ["mha", "linear", "muse", "none", "window", "kv_stride", "cosine"]
@@ -49,7 +49,7 @@ def test_the_study_trains_as_zoology_figure_2():  # needs conf/dataset/zoology_m
     assert (cfg.backbone.depth, cfg.backbone.mlp_ratio, cfg.backbone.positions) == (2, 0, "learned")
     assert cfg.optim.optimizer.weight_decay == 0.1 and cfg.trainer.max_epochs == 64
     assert dict(cfg.callbacks.stop_at) == {
-        "_target_": "attnexp.callbacks.StopAtThreshold", "monitor": "val/acc", "threshold": 0.99,
+        "_target_": "attnexp.training.callbacks.StopAtThreshold", "monitor": "val/acc", "threshold": 0.99,
         "mode": "max",
     }  # fmt: skip
     assert cfg.dataset.num_train == 100_000 and cfg.dataset.num_test == 3_000

@@ -11,7 +11,7 @@ from attnexp.data import zoology_mqar
 from attnexp.data.datamodule import ArrayDataModule
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.zoology_mqar import load_zoology_mqar, make_zoology_mqar, power_law
-from attnexp.lm import TokenMetrics
+from attnexp.tasks.lm import TokenMetrics
 from tests.conftest import compose_cfg
 
 V = 64  # keys [1, 32), values [32, 64)
@@ -179,7 +179,7 @@ def test_accuracy_counts_the_labelled_positions_only():
 
 
 def test_a_tiny_transformer_run_records_test_accuracy(tmp_path, data_dir):
-    from attnexp.pipeline import train
+    from attnexp.training.pipeline import train
 
     overrides = [
         *TINY_MQAR, f"paths.data_dir={data_dir}", "backbone=transformer", "attention=mha",
@@ -187,7 +187,7 @@ def test_a_tiny_transformer_run_records_test_accuracy(tmp_path, data_dir):
         "trainer.max_epochs=2", "figures=1",
     ]  # fmt: skip
     results = train(compose_cfg(overrides, tmp_path / "run"))
-    assert results["status"] == "completed" and results["task"]["name"] == "language_modelling"
+    assert results["status"] == "completed" and results["task"]["name"] == "lm"
     assert 0.0 <= results["metrics"]["test/acc"] <= 1.0
     assert not (tmp_path / "run" / "samples.txt").exists()  # token ids spell no text
 

@@ -1,9 +1,11 @@
-"""Attention mechanisms, one module per file, all obeying the contract in ``base``; ``variants``
-builds them from their configs (``create("muse", dim=64)``)."""
+"""Attention mechanisms, one module per file, all obeying the contract in ``base``; ``factory``
+builds one from its config node. Composing a variant's yaml by name is ``attnexp.config.attention``
+(``create("muse", dim=64)``).
+
+May import: attnexp.util. Nothing here reads yaml or knows about runs.
+"""
 
 from attnexp.attention.base import AttentionModule, Kind, WeightKind
-from attnexp.attention.variants import attention_config, available, create, factory
+from attnexp.attention.factory import AttentionFactory, factory
 
-__all__ = [
-    "AttentionModule", "Kind", "WeightKind", "attention_config", "available", "create", "factory",
-]  # fmt: skip
+__all__ = ["AttentionFactory", "AttentionModule", "Kind", "WeightKind", "factory"]

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnexp.checks import check_positive
+from attnexp.util.checks import check_positive
 
 GRID_NDIMS = (1, 2)  # sequences (L,) and images (H, W)
 

@@ -24,7 +24,7 @@ from attnexp.attention.masking import (
     masked_mean,
     zero_padding,
 )
-from attnexp.checks import check_positive, check_ratio
+from attnexp.util.checks import check_positive, check_ratio
 
 
 class CBAM(AttentionModule):

@@ -107,7 +107,7 @@ from torch.utils.checkpoint import checkpoint
 
 from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.masking import nonempty, zero_padding
-from attnexp.checks import check_int
+from attnexp.util.checks import check_int
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 FUSED_SCORES = ("dot", "cosine", "l2", "pearson")  # with softmax: the fused kernel (``fast_path``)

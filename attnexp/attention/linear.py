@@ -33,7 +33,7 @@ from attnexp.attention.base import (
     unflatten_grid,
 )
 from attnexp.attention.masking import zero_padding
-from attnexp.checks import check_positive
+from attnexp.util.checks import check_positive
 
 
 def feature_map(x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from attnexp.attention.base import (
     unflatten_grid,
 )
 from attnexp.attention.design import AttentionCore, AttentionDesign
-from attnexp.checks import check_positive, check_probability
+from attnexp.util.checks import check_positive, check_probability
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

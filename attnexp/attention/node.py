@@ -40,7 +40,7 @@ from attnexp.attention.base import (
     unflatten_grid,
 )
 from attnexp.attention.masking import nonempty
-from attnexp.checks import check_positive
+from attnexp.util.checks import check_positive
 
 
 class NodeAttention(AttentionModule):

@@ -10,7 +10,7 @@ from attnexp.attention.base import AttentionModule, Kind, WeightKind, flatten_gr
 from attnexp.attention.design import attend
 from attnexp.attention.masking import flat_mask, masked_mean
 from attnexp.attention.mha import merge_heads, resolve_head_dim, split_heads
-from attnexp.checks import check_positive
+from attnexp.util.checks import check_positive
 
 
 class AttentionPool(AttentionModule):

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from attnexp.attention.base import AttentionModule, Kind, WeightKind, make_divisible
 from attnexp.attention.causal import running_mean
 from attnexp.attention.masking import flat_mask, masked_mean
-from attnexp.checks import check_ratio
+from attnexp.util.checks import check_ratio
 
 
 class SqueezeExcite(AttentionModule):

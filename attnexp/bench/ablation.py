@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from attnexp.config import CONFIG_DIR, PROJECT_ROOT
-from attnexp.results import COMPLETED, find_results, read_results
+from attnexp.config.paths import CONFIG_DIR, PROJECT_ROOT
+from attnexp.runs.record import COMPLETED, find_results, read_results
 
 EXPERIMENT = CONFIG_DIR / "experiment" / "ablation_mnist1d.yaml"
 

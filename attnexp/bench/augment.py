@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnexp.attention import attention_config, factory
+from attnexp.attention import factory
 from attnexp.bench.measure import median_times
 from attnexp.bench.model_step import optimizer_step
+from attnexp.config.attention import attention_config
 from attnexp.data.augment import BatchAugment
 from attnexp.data.shape import DataShape
 from attnexp.models.resnet import ResNet

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from attnexp.data.shape import CLASSIFICATION, LM
-from attnexp.losses import next_token_loss
+from attnexp.tasks.losses import next_token_loss
 
 
 def synchronize(device: torch.device) -> None:

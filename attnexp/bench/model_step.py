@@ -27,9 +27,11 @@ from attnexp.bench.measure import (
     peak_memory_bytes,
     timed_peak_memory,
 )
-from attnexp.config import compose_train_config
+from attnexp.config.compose import compose_train_config
 from attnexp.data.mqar import make_mqar
-from attnexp.models import build_model  # not attnexp.pipeline: timing a model needs no Lightning
+from attnexp.models import (
+    build_model,  # not attnexp.training.pipeline: timing a model needs no Lightning
+)
 from attnexp.models.common import AttentionSlot, Readout
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM, per NVIDIA's specification

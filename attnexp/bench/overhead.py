@@ -2,7 +2,7 @@
 loop on the same model, data, batch size, optimizer, schedule and gradient clipping, run in the
 same process, for either task (``dataset.shape.task``).
 
-The framework side is ``attnexp.pipeline.train`` itself (what ``train.py`` runs: the configured
+The framework side is ``attnexp.training.pipeline.train`` itself (what ``train.py`` runs: the configured
 trainer, callbacks and loggers, then the test); its samples/s is the ``RunStats`` figure it
 writes to results.json (a sample is a training window for a language model, whose tokens/s is
 samples/s x ``dataset.context_len``). The plain side is ``measure.plain_loop_throughput`` on a
@@ -34,9 +34,9 @@ from attnexp.bench.measure import (
     random_windows,
     shuffled_batches,
 )
-from attnexp.config import compose_train_config
+from attnexp.config.compose import compose_train_config
 from attnexp.data.shape import CLASSIFICATION, LM
-from attnexp.optim import param_groups
+from attnexp.tasks.optim import param_groups
 
 TARGET_RATIO = 0.95  # target: >= 0.95x the plain loop (MNIST-1D default; shakespeare_char_cpu)
 # Measured as a run writes to files (no progress bar), with the CSV logger (W&B starts a service
@@ -97,7 +97,7 @@ def synthetic_text(path: Path, chars: int = 20_000, seed: int = 0) -> Path:
 
 def framework_round(overrides: Sequence[str], work_dir: Path) -> dict:
     """One ``train`` run of the composed config; its samples/s as results.json records it."""
-    from attnexp.pipeline import train
+    from attnexp.training.pipeline import train
 
     run_dir = Path(tempfile.mkdtemp(prefix="framework-", dir=work_dir))
     cfg = compose_train_config(overrides, run_dir)
@@ -124,7 +124,9 @@ def plain_round(cfg: DictConfig) -> dict:
     many timed samples as the framework's fit."""
     from attnexp.data.augment import model_inputs
     from attnexp.models import build_model
-    from attnexp.pipeline import build_data  # a LightningDataModule: this section runs train.py
+    from attnexp.training.pipeline import (
+        build_data,  # a LightningDataModule: this section runs train.py
+    )
 
     task = config_task(cfg)
     device = torch.device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")

@@ -17,20 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention import AttentionModule, Kind, available, create
-from attnexp.attention.variants import searchpath_override, variant_kind
+from attnexp.attention import AttentionModule, Kind
 from attnexp.bench import ablation
 from attnexp.bench.augment import bench_pipeline
 from attnexp.bench.measure import (
@@ -51,12 +50,20 @@ from attnexp.bench.model_step import (
 from attnexp.bench.overhead import measure_overhead, synthetic_text, text_overrides
 from attnexp.bench.references import Reference, references_for, timm_or_reason
 from attnexp.bench.tables import (
+    ablation_report,
+    causal_report,
+    design_scaling_report,
     evaluate_targets,
-    markdown_report,
+    mfu_report,
+    modules_report,
+    overhead_report,
+    pipeline_report,
     save_scaling_plot,
-    section_report,
+    scaling_report,
 )
-from attnexp.terminal import quiet_dependencies
+from attnexp.config.attention import available, create, searchpath_override, variant_kind
+from attnexp.util.cores import available_cores
+from attnexp.util.terminal import quiet_dependencies
 
 OURS = "attnexp"
 TINY_LM = ["dataset.batch_size=4", "backbone.depth=1", "backbone.dim=32"]  # smoke sizes
@@ -273,6 +280,8 @@ def chosen_variants(settings: Settings) -> list[str]:
 def run_suite(
     settings: Settings, device: torch.device, peak_flops: float = H100_BF16_PEAK
 ) -> dict:
+    """The module benchmarks and numeric checks, then every section of ``SECTIONS`` that runs in
+    the suite; a section that does not apply here (MFU on a CPU at full sizes) records None."""
     chosen = chosen_variants(settings)
     modules, checks, started = [], [], time.perf_counter()
     for name in chosen:
@@ -284,23 +293,27 @@ def run_suite(
                 f"[{time.perf_counter() - started:6.1f} s] {name} B={batch} N={n} C={dim}: "
                 + ", ".join(f"{r['implementation']} {r['ms']:.2f} ms" for r in rows)
             )
-    scaling = run_scaling(settings, mixers(chosen, settings.search_path), device)
-    design_scaling = run_design_scaling(settings, device)
     _, timm_reason = timm_or_reason()
-    return {
+    results = {
         "meta": meta(settings, device, timm=timm_reason or "imported"),
         "modules": modules,
         "checks": checks,
-        "scaling": scaling,
-        "design_scaling": design_scaling,
         "targets": evaluate_targets(modules),
-        "overhead": run_overhead(settings),
-        "lm_overhead": run_lm_overhead(settings),
-        "causal": run_causal(settings, chosen, device),
-        "mfu": run_mfu(settings, device, peak_flops)
-        if device.type == "cuda" or settings.mfu_on_cpu
-        else None,
     }
+    job = Job(settings, device, peak_flops=peak_flops)
+    for section in SECTIONS:
+        if section.in_suite:
+            results[section.name] = section.measure(job)
+    return results
+
+
+def markdown_report(results: dict) -> str:
+    """The whole suite's Markdown: modules, checks, targets, then each section it ran."""
+    parts = [modules_report(results)]
+    for section in SECTIONS:
+        if section.in_suite and results.get(section.name) is not None:
+            parts.append(section.report(results[section.name]))
+    return "\n\n".join(parts)
 
 
 def meta(settings: Settings, device: torch.device, **extra) -> dict:
@@ -443,14 +456,115 @@ def run_mfu(settings: Settings, device: torch.device, peak_flops: float) -> dict
     )
 
 
+# --- the sections ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one run of the suite or of one section was asked for."""
+
+    settings: Settings
+    device: torch.device
+    peak_flops: float = H100_BF16_PEAK
+    n_jobs: int = 2  # the ablation's joblib jobs
+    overrides: tuple[str, ...] = ()  # extra train.py overrides of the ablation
+    out: Path | None = None  # the JSON file; a long section saves its partial results there
+    command: str = ""  # the command line, recorded in the JSON
+    alone: bool = False  # one section run by its flag, not the whole suite
+
+    @property
+    def variants(self) -> list[str]:
+        return chosen_variants(self.settings)
+
+    def meta(self) -> dict:
+        return {**meta(self.settings, self.device), "command": self.command}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the benchmark: ``measure`` returns its JSON result, ``report`` its Markdown.
+    Adding a section is one entry of ``SECTIONS``: its flag, the suite and the report follow."""
+
+    name: str  # the JSON key; ``--name-with-dashes`` runs it alone
+    help: str
+    measure: Callable[[Job], Any]
+    report: Callable[[Any], str]
+    in_suite: bool = True  # False: only run alone (it trains, or needs what a CPU suite lacks)
+    plot: bool = False  # a time and memory plot against N goes beside the JSON
+    passed: Callable[[Any], bool] = lambda result: True  # the exit status of a run alone
+
+
+def measure_scaling(job: Job) -> list[dict]:
+    return run_scaling(job.settings, mixers(job.variants, job.settings.search_path), job.device)
+
+
+def measure_design_scaling(job: Job) -> list[dict]:
+    def save_partial(rows: list[dict]) -> None:  # a stopped run keeps its lengths
+        if job.alone and job.out is not None:
+            partial = {"meta": {**job.meta(), "partial": True}, "design_scaling": rows}
+            job.out.write_text(json.dumps(partial, indent=2))
+
+    return run_design_scaling(job.settings, job.device, on_length=save_partial)
+
+
+def measure_mfu_section(job: Job) -> dict | None:
+    settings = job.settings
+    if job.device.type != "cuda":
+        if not job.alone and not settings.mfu_on_cpu:
+            return None
+        if job.alone:  # the large sizes are for a GPU: check the arithmetic only
+            settings = replace(settings, mfu=smoke_settings().mfu)
+            progress(f"--mfu on {job.device}: tiny size {settings.mfu}, FLOP/s only")
+    return run_mfu(settings, job.device, job.peak_flops)
+
+
+def measure_ablation(job: Job) -> dict:
+    where = (job.out.parent if job.out else Path("outputs/benchmark"))
+    return ablation.time_ablation(
+        ablation.ablation_command(n_jobs=job.n_jobs, overrides=list(job.overrides)),
+        where / f"ablation-{datetime.now():%Y-%m-%d_%H-%M-%S}",
+    )
+
+
 SECTIONS = (
-    "scaling", "design_scaling", "overhead", "lm_overhead", "causal", "mfu", "ablation_timing",
-    "pipeline",
+    Section("scaling", "only the MQAR scaling curve (every mixer)", measure_scaling,
+            scaling_report, plot=True),
+    Section("design_scaling", "only the scaling curve of every score x normalisation of mha "
+            "(N = 1k, 4k, 16k, batch 1, dim 32, 2 heads, 1 block)", measure_design_scaling,
+            design_scaling_report, plot=True),
+    Section("overhead", "only the framework-overhead ratio",
+            lambda job: run_overhead(job.settings), overhead_report),
+    Section("lm_overhead", "only the language model's framework-overhead ratio and tokens/s "
+            "(experiment=shakespeare_char_cpu on --text)",
+            lambda job: run_lm_overhead(job.settings), overhead_report),
+    Section("causal", "only every causal variant's LM training step time against mha's "
+            "(context 256)", lambda job: run_causal(job.settings, job.variants, job.device),
+            causal_report),
+    Section("mfu", "only model FLOP utilisation (the figure on CUDA only)",
+            measure_mfu_section, mfu_report),
+    Section("pipeline", "only the image input pipeline: on-device augmentation in images/s "
+            "against bare tensor loops and the ResNet-20 step (CIFAR-shaped uint8 batches)",
+            lambda job: bench_pipeline(job.device, warmup=job.settings.warmup,
+                                       repeats=job.settings.repeats),
+            pipeline_report, in_suite=False),
+    Section("ablation_timing", "only: run the full MNIST-1D ablation (train.py -m, joblib "
+            "launcher) and time it", measure_ablation, ablation_report, in_suite=False,
+            passed=lambda result: result["returncode"] == 0),
 )  # fmt: skip
+BY_NAME = {section.name: section for section in SECTIONS}
 
 
-def main(argv: list[str] | None = None) -> int:
-    quiet_dependencies()
+def section_report(name: str, result: Any) -> str:
+    """The Markdown of one section's result."""
+    if name not in BY_NAME:
+        raise ValueError(f"unknown section {name!r}; one of {', '.join(BY_NAME)}")
+    return BY_NAME[name].report(result)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, few steps (CI)")
     parser.add_argument(
@@ -484,44 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         help="sequence lengths of --scaling and --design-scaling (default: 64 to 4096, and 1024 "
         "4096 16384)",
     )
-    section = parser.add_mutually_exclusive_group()
-    section.add_argument(
-        "--scaling", action="store_true", help="only the MQAR scaling curve (every mixer)"
-    )
-    section.add_argument(
-        "--design-scaling",
-        action="store_true",
-        help="only the scaling curve of every score x normalisation of mha (N = 1k, 4k, 16k, "
-        "batch 1, dim 32, 2 heads, 1 block)",
-    )
-    section.add_argument(
-        "--overhead", action="store_true", help="only the framework-overhead ratio"
-    )
-    section.add_argument(
-        "--lm-overhead",
-        action="store_true",
-        help="only the language model's framework-overhead ratio and tokens/s "
-        "(experiment=shakespeare_char_cpu on --text)",
-    )
-    section.add_argument(
-        "--causal",
-        action="store_true",
-        help="only every causal variant's LM training step time against mha's (context 256)",
-    )
-    section.add_argument(
-        "--mfu", action="store_true", help="only model FLOP utilisation (the figure on CUDA only)"
-    )
-    section.add_argument(
-        "--pipeline",
-        action="store_true",
-        help="only the image input pipeline: on-device augmentation in images/s against bare "
-        "tensor loops and the ResNet-20 step (CIFAR-shaped uint8 batches)",
-    )
-    section.add_argument(
-        "--ablation-timing",
-        action="store_true",
-        help="only: run the full MNIST-1D ablation (train.py -m, joblib launcher) and time it",
-    )
+    alone = parser.add_mutually_exclusive_group()
+    for section in SECTIONS:
+        flag = "--" + section.name.replace("_", "-")
+        alone.add_argument(flag, action="store_true", dest=section.name, help=section.help)
     parser.add_argument(
         "--override",
         action="append",
@@ -548,16 +628,17 @@ def main(argv: list[str] | None = None) -> int:
         default=H100_BF16_PEAK / 1e12,
         help="MFU: the device's peak TFLOP/s (default: H100 dense bf16, 989)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    """The suite's settings with the command line's choices; a bad one ends in ``parser.error``."""
     for key in ("threads", "repeats", "epochs", "steps", "rounds", "n_jobs", "peak_tflops"):
         value = getattr(args, key)
         if value is not None and value <= 0:
             parser.error(f"--{key.replace('_', '-')} must be positive, got {value}")
     if args.lengths is not None and min(args.lengths) < 2:
         parser.error(f"--lengths must be at least 2 each, got {args.lengths}")
-    if args.threads is None:
-        args.threads = 1 if args.smoke else len(os.sched_getaffinity(0))
-    torch.set_num_threads(args.threads)
     settings = smoke_settings() if args.smoke else full_settings()
     settings.variants, settings.search_path = args.variants, args.search_path
     try:
@@ -576,52 +657,35 @@ def main(argv: list[str] | None = None) -> int:
                             ("rounds", "overhead_rounds")):  # fmt: skip
         if getattr(args, key) is not None:
             setattr(settings, field_name, getattr(args, key))
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_dependencies()
+    command_line = parser()
+    args = command_line.parse_args(argv)
+    settings = settings_from(args, command_line)
+    torch.set_num_threads(args.threads or (1 if args.smoke else available_cores()))
     device = torch.device(args.device)
     command = " ".join(["benchmark.py", *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    chosen = next((name for name in SECTIONS if getattr(args, name)), None)
+    chosen = next((section for section in SECTIONS if getattr(args, section.name)), None)
     if chosen is not None:
-        if chosen == "scaling":
-            names = mixers(chosen_variants(settings), settings.search_path)
-            result = run_scaling(settings, names, device)
-        elif chosen == "design_scaling":
-
-            def save_partial(rows: list[dict]) -> None:  # a stopped run keeps its lengths
-                partial = {"meta": {**meta(settings, device), "command": command, "partial": True}}
-                args.out.write_text(json.dumps({**partial, chosen: rows}, indent=2))
-
-            result = run_design_scaling(settings, device, on_length=save_partial)
-        elif chosen == "overhead":
-            result = run_overhead(settings)
-        elif chosen == "lm_overhead":
-            result = run_lm_overhead(settings)
-        elif chosen == "causal":
-            result = run_causal(settings, chosen_variants(settings), device)
-        elif chosen == "mfu":
-            if device.type != "cuda":  # the large sizes are for a GPU: check the arithmetic only
-                settings.mfu = smoke_settings().mfu
-                progress(f"--mfu on {device}: tiny size {settings.mfu}, FLOP/s only")
-            result = run_mfu(settings, device, args.peak_tflops * 1e12)
-        elif chosen == "pipeline":
-            result = bench_pipeline(device, warmup=settings.warmup, repeats=settings.repeats)
-        else:
-            result = ablation.time_ablation(
-                ablation.ablation_command(n_jobs=args.n_jobs, overrides=args.override),
-                args.out.parent / f"ablation-{datetime.now():%Y-%m-%d_%H-%M-%S}",
-            )
-        results = {"meta": {**meta(settings, device), "command": command}, chosen: result}
-        args.out.write_text(json.dumps(results, indent=2))
-        if chosen in ("scaling", "design_scaling"):
-            save_scaling_plot(result, args.out.with_name(f"{args.out.stem}_{chosen}.png"))
-        print(section_report(chosen, result))
-        return 0 if chosen != "ablation_timing" or result["returncode"] == 0 else 1
+        job = Job(settings, device, args.peak_tflops * 1e12, args.n_jobs, tuple(args.override),
+                  args.out, command, alone=True)  # fmt: skip
+        result = chosen.measure(job)
+        args.out.write_text(json.dumps({"meta": job.meta(), chosen.name: result}, indent=2))
+        if chosen.plot:
+            save_scaling_plot(result, args.out.with_name(f"{args.out.stem}_{chosen.name}.png"))
+        print(chosen.report(result))
+        return 0 if chosen.passed(result) else 1
     results = run_suite(settings, device, peak_flops=args.peak_tflops * 1e12)
     results["meta"]["command"] = command
     args.out.write_text(json.dumps(results, indent=2))
-    save_scaling_plot(results["scaling"], args.out.with_name(args.out.stem + "_scaling.png"))
-    save_scaling_plot(
-        results["design_scaling"], args.out.with_name(args.out.stem + "_design_scaling.png")
-    )
+    for section in SECTIONS:
+        if section.in_suite and section.plot:
+            plot = args.out.with_name(f"{args.out.stem}_{section.name}.png")
+            save_scaling_plot(results[section.name], plot)
     print(markdown_report(results))
     failed = [c for c in results["checks"] if not c["ok"]]
     for check in failed:

@@ -1,12 +1,12 @@
-"""What the suite shows: the performance targets, Markdown tables and the scaling plot."""
+"""What the suite shows: the performance targets, each section's Markdown and the scaling plot."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from attnexp.plotting import new_figure, save_figure
-from attnexp.report import _md_table
+from attnexp.util.markdown import md_table
+from attnexp.util.plotting import new_figure, save_figure
 
 
 def evaluate_targets(rows: list[dict], n: int = 256, dim: int = 128) -> list[dict]:
@@ -33,14 +33,15 @@ def cell(value) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    return _md_table(header, [[cell(v) for v in row] for row in rows])
+    return md_table(header, [[cell(v) for v in row] for row in rows])
 
 
 def grid_text(grid: list[int]) -> str:
     return "×".join(map(str, grid))
 
 
-def markdown_report(results: dict) -> str:
+def modules_report(results: dict) -> str:
+    """The suite's module benchmarks, numeric checks and targets."""
     modules = table(
         ["variant", "implementation", "B", "grid", "C", "ms", "peak MB", "GFLOP/s", "ours ÷ ref"],
         [
@@ -65,22 +66,14 @@ def markdown_report(results: dict) -> str:
             for t in results["targets"]
         ],
     )  # fmt: skip
-    parts = [
+    return "\n\n".join([
         "## Module benchmarks (one forward + backward step)",
         modules,
         "## Numeric checks (eval mode, atol = rtol = 1e-5)",
         checks,
         "## Targets (at N=256, C=128)",
         targets if results["targets"] else "(not measured in this run)",
-        section_report("scaling", results["scaling"]),
-        section_report("design_scaling", results["design_scaling"]),
-        section_report("overhead", results["overhead"]),
-        section_report("lm_overhead", results["lm_overhead"]),
-        section_report("causal", results["causal"]),
-    ]
-    if results.get("mfu"):
-        parts.append(section_report("mfu", results["mfu"]))
-    return "\n\n".join(parts)
+    ])  # fmt: skip
 
 
 def scaling_table(curve: list[dict]) -> str:
@@ -150,75 +143,57 @@ def design_scaling_report(curve: list[dict]) -> str:
     )
 
 
-def section_report(name: str, result: dict) -> str:
-    """The Markdown of one stand-alone section: scaling, design_scaling, overhead, mfu or
-    ablation_timing."""
-    if name == "design_scaling":
-        return design_scaling_report(result)
-    if name == "scaling":
-        batch = f", B={result[0]['batch']}" if result else ""
-        return (
-            f"## Scaling on MQAR (one training step, transformer backbone{batch})\n\n"
-            + scaling_table(result)
-        )
-    if name in ("overhead", "lm_overhead"):
-        return overhead_report(result)
-    if name == "causal":
-        return causal_report(result)
-    if name == "mfu":
-        r, c = result, result["config"]
-        mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        lines = [
-            f"## Model FLOP utilisation (transformer + mha, dim {c['dim']}, depth {c['depth']}, "
-            f"{c['heads']} heads, seq {c['seq_len']}, batch {c['batch']}, "
-            f"{'bf16 autocast' if c['bf16'] else 'fp32'}, {c['device']})",
+def scaling_report(result: list[dict]) -> str:
+    batch = f", B={result[0]['batch']}" if result else ""
+    return (
+        f"## Scaling on MQAR (one training step, transformer backbone{batch})\n\n"
+        + scaling_table(result)
+    )
+
+
+def mfu_report(r: dict) -> str:
+    c = r["config"]
+    mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    lines = [
+        f"## Model FLOP utilisation (transformer + mha, dim {c['dim']}, depth {c['depth']}, "
+        f"{c['heads']} heads, seq {c['seq_len']}, batch {c['batch']}, "
+        f"{'bf16 autocast' if c['bf16'] else 'fp32'}, {c['device']})",
+        table(
+            ["params", "GFLOP/step", "ms/step", "TFLOP/s", "peak TFLOP/s", "MFU", "tokens/s"],
+            [[r["params"], r["flops_per_step"] / 1e9, r["ms"], r["achieved_tflop_per_s"],
+              r["peak_tflop_per_s"], mfu, r["tokens_per_s"]]],
+        ),  # fmt: skip
+    ]
+    if r["sdpa"]:
+        lines.append("SDPA kernels: " + "; ".join(f"{k}: {v}" for k, v in r["sdpa"].items()))
+    if r["note"]:
+        lines.append(r["note"])
+    return "\n\n".join(lines)
+
+
+def pipeline_report(r: dict) -> str:
+    return "\n\n".join(
+        [
+            f"## Image input pipeline ({r['device']}, batch {r['batch']}, "
+            f"{r['threads']} threads; CIFAR-shaped uint8 on the device)",
             table(
-                ["params", "GFLOP/step", "ms/step", "TFLOP/s", "peak TFLOP/s", "MFU", "tokens/s"],
-                [
-                    [
-                        r["params"],
-                        r["flops_per_step"] / 1e9,
-                        r["ms"],
-                        r["achieved_tflop_per_s"],
-                        r["peak_tflop_per_s"],
-                        mfu,
-                        r["tokens_per_s"],
-                    ]
-                ],
-            ),  # fmt: skip
+                ["row", "ms/batch", "images/s", "x bare loop"],
+                [[x["row"], x["ms"], x["images_per_s"], x["vs_bare"]] for x in r["rows"]],
+            ),
+            f"augment / bare loop throughput: {r['augment_vs_bare']:.2f} (target >= 0.9: "
+            f"{'met' if r['met_bare'] else 'NOT met'}); augment time / ResNet-20 step: "
+            f"{r['augment_share_of_step']:.3f} (not the bottleneck: "
+            f"{'met' if r['met_not_bottleneck'] else 'NOT met'})",
         ]
-        if r["sdpa"]:
-            lines.append("SDPA kernels: " + "; ".join(f"{k}: {v}" for k, v in r["sdpa"].items()))
-        if r["note"]:
-            lines.append(r["note"])
-        return "\n\n".join(lines)
-    if name == "pipeline":
-        r = result
-        return "\n\n".join(
-            [
-                f"## Image input pipeline ({r['device']}, batch {r['batch']}, "
-                f"{r['threads']} threads; CIFAR-shaped uint8 on the device)",
-                table(
-                    ["row", "ms/batch", "images/s", "x bare loop"],
-                    [[x["row"], x["ms"], x["images_per_s"], x["vs_bare"]] for x in r["rows"]],
-                ),
-                f"augment / bare loop throughput: {r['augment_vs_bare']:.2f} (target >= 0.9: "
-                f"{'met' if r['met_bare'] else 'NOT met'}); augment time / ResNet-20 step: "
-                f"{r['augment_share_of_step']:.3f} (not the bottleneck: "
-                f"{'met' if r['met_not_bottleneck'] else 'NOT met'})",
-            ]
-        )
-    if name == "ablation_timing":
-        r = result
-        return (
-            f"## Ablation wall time\n\n`{r['command']}`\n\n{r['wall_time_s']:.1f} s for "
-            f"{r['completed']}/{r['jobs']} completed jobs (exit {r['returncode']}; target < "
-            f"{r['target_s']} s: {'met' if r['met'] else 'NOT met'})"
-            + (f"\n\n```\n{r['stderr_tail']}\n```" if r["stderr_tail"] else "")
-        )
-    raise ValueError(
-        f"unknown section {name!r}; one of scaling, design_scaling, overhead, lm_overhead, "
-        "causal, mfu, ablation_timing, pipeline"
+    )
+
+
+def ablation_report(r: dict) -> str:
+    return (
+        f"## Ablation wall time\n\n`{r['command']}`\n\n{r['wall_time_s']:.1f} s for "
+        f"{r['completed']}/{r['jobs']} completed jobs (exit {r['returncode']}; target < "
+        f"{r['target_s']} s: {'met' if r['met'] else 'NOT met'})"
+        + (f"\n\n```\n{r['stderr_tail']}\n```" if r["stderr_tail"] else "")
     )
 
 

@@ -14,7 +14,7 @@ channel in those [0, 1] units. ``BatchAugment()`` changes nothing but uint8 -> f
 comes back as the very same tensor, so runs without augmentation stay bit-identical.
 
 Randomness comes from ``generator`` (default: torch's global generator of the batch's device,
-which ``attnexp.seeding.EpochSeed`` reseeds from (seed, epoch, rank) every epoch).
+which ``attnexp.training.callbacks.EpochSeed`` reseeds from (seed, epoch, rank) every epoch).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnexp.checks import check_int
 from attnexp.data.shape import DataShape
+from attnexp.util.checks import check_int
 
 
 def model_inputs(x: Tensor) -> Tensor:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from attnexp.checks import check_positive
 from attnexp.data.augment import model_inputs
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.splits import (
@@ -36,7 +35,8 @@ from attnexp.data.splits import (
     check_loader,
     check_trim_padding,
 )
-from attnexp.seeding import derive_seed
+from attnexp.util.checks import check_positive
+from attnexp.util.seeding import derive_seed
 
 
 class EpochOrder:

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from attnexp.checks import check_int, check_positive
 from attnexp.data.cache import cached_arrays
 from attnexp.data.splits import Splits
+from attnexp.util.checks import check_int, check_positive
 
 log = logging.getLogger(__name__)
 

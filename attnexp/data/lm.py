@@ -19,7 +19,7 @@ from attnexp.data.datamodule import EpochOrder, SliceLoader
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.text import SPLITS, TextSplits
 from attnexp.data.vocab import Vocabulary
-from attnexp.seeding import derive_seed
+from attnexp.util.seeding import derive_seed
 
 WINDOW_STREAM = 1  # keeps the window seeds apart from EpochSeed's (seed, epoch, rank) stream
 

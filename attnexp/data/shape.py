@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attnexp.checks import check_int, check_positive
+from attnexp.util.checks import check_int, check_positive
 
 INPUT_TYPES = ("sequence", "tokens", "image")
 # What is predicted: one class per sample, or the next token at every position of a 1-D sequence

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from attnexp.checks import check_int
 from attnexp.data.shape import DataShape
+from attnexp.util.checks import check_int
 
 # A source returns (x_train, y_train, x_test, y_test) as arrays; x is tokens-last. A dataset
 # released with its own validation split (LRA's ListOps) returns it in the middle:

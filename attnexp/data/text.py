@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from attnexp.checks import check_positive
 from attnexp.data.download import fetch, sha256_of
 from attnexp.data.vocab import KINDS, Vocabulary
+from attnexp.util.checks import check_positive
 
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1  # bump when the cached layout changes: old caches are then ignored

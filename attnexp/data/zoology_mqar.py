@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnexp.checks import check_positive
 from attnexp.data.cache import cached_arrays
 from attnexp.data.shape import IGNORE_INDEX
 from attnexp.data.splits import Splits
+from attnexp.util.checks import check_positive
 
 CACHE_FORMAT = 1  # bump when the generated arrays change: old cache files are then ignored
 TRAIN, TEST = 0, 1  # each split's stream of the source seed: disjoint for every seed

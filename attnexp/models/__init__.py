@@ -1,4 +1,8 @@
-"""Backbones: one file each, every attention variant fits every backbone."""
+"""Backbones: one file each, every attention variant fits every backbone; ``common`` holds what
+they share (the slots attention sits in, the readout).
+
+May import: attnexp.attention, attnexp.data, attnexp.util.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ if TYPE_CHECKING:
 
 def build_model(cfg: DictConfig) -> Backbone:
     """The backbone with ``cfg.attention`` (a partial) in its slots. Needs torch, not Lightning,
-    so ``attnexp.validate`` can build it before the slow Lightning import."""
+    so ``attnexp.config.validate`` can build it before the slow Lightning import."""
     from hydra.utils import instantiate
 
     from attnexp.attention import factory

@@ -22,8 +22,8 @@ from attnexp.attention.base import (
     channels_last,
     check_mask,
 )
+from attnexp.attention.factory import AttentionFactory
 from attnexp.attention.masking import flat_mask, masked_mean
-from attnexp.attention.variants import AttentionFactory
 from attnexp.data.shape import DataShape
 
 POSITIONWISE = (Kind.MIXER, Kind.GATE)  # the kinds that sit in a block and keep every position

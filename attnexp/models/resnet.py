@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnexp.attention.base import channels_first, channels_last
-from attnexp.checks import check_positive
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
@@ -36,6 +35,7 @@ from attnexp.models.common import (
     block_slot,
     readout_slot,
 )
+from attnexp.util.checks import check_positive
 
 STAGES = 3
 
