@@ -635,3 +635,17 @@ def test_scaling_plot_styles_keep_every_line_apart():
     names = [f"v{i}" for i in range(23)]
     assert len({tuple(st.values()) for st in line_styles(names).values()}) == 23
 
+
+def test_the_peak_is_the_most_bytes_alive_at_once_and_leaves_out_what_was_there_before():
+    before = [torch.empty(2**20, dtype=torch.uint8)]  # its free is not the step's to count
+
+    def step():
+        a = torch.empty(2**20, dtype=torch.uint8)
+        b = torch.empty(2**21, dtype=torch.uint8)
+        del a
+        before.clear()
+        c = torch.empty(2**19, dtype=torch.uint8)
+        del b, c
+
+    assert peak_memory_bytes(step, torch.device("cpu")) == 3 * 2**20
+    assert peak_memory_bytes(lambda: None, torch.device("cpu")) == 0

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._C._profiler import _EventType  # the profiler's record kinds (torch.profiler uses it)
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
@@ -84,14 +85,36 @@ def timed_peak_memory(step: Callable[[], None], device: torch.device) -> tuple[f
         start = time.perf_counter()
         step()
         seconds = time.perf_counter() - start
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start
-    )
+    return seconds, allocation_peak(prof)
+
+
+def allocation_peak(prof: profile) -> int:
+    """Peak bytes held by the blocks allocated while ``prof`` recorded: the profiler's raw
+    allocation records replayed in the order they happened, frees of blocks allocated before
+    the recording left out (so the figure does not depend on what ran before).
+
+    Read from the raw records (``experimental_event_tree``), not from the memory the profiler
+    attributes to each op sorted by the ops' start times: that attribution goes by timestamps,
+    and on a loaded machine it sometimes ordered a step's frees before its allocations (a peak
+    of 0 for a step that allocates); nested ops also hid allocations freed within a parent."""
+    records = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            fields = event.extra_fields
+            records.append((event.start_time_ns, fields.ptr, fields.alloc_size))
+    live: dict[int, int] = {}
     level = peak = 0
-    for event in events:
-        level += event.self_cpu_memory_usage
+    for _, ptr, size in sorted(records):  # at one instant a free goes first: it makes the room
+        if size > 0:
+            live[ptr] = size
+            level += size
+        elif ptr in live:
+            level -= live.pop(ptr)
         peak = max(peak, level)
-    return seconds, peak
+    return peak
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
