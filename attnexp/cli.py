@@ -27,6 +27,7 @@ from attnexp.config.compose import register_resolvers, resolve_run
 from attnexp.config.paths import CONFIG_DIR
 from attnexp.runs.layout import SAMPLES_FILE, RunDir
 from attnexp.runs.prepare import SKIP, load_run_config, prepare
+from attnexp.runs.record import Interrupted
 from attnexp.util.files import atomic_write_text
 from attnexp.util.terminal import quiet_dependencies
 
@@ -60,11 +61,15 @@ def train_main(cfg: DictConfig) -> float | None:
             log.info("skipped %s: completed before with the same config (force=true re-runs it)",
                      plan.run_dir.path)  # fmt: skip
             return plan.done["metrics"].get(plan.cfg.get("objective"))
-        from attnexp.training.pipeline import (
-            run,  # after Hydra parsed the command line: --help stays fast
-        )
+        # After Hydra parsed the command line, and the config passed: --help and refusals are fast.
+        from attnexp.training.pipeline import run
 
         results = run(plan)
+    except Interrupted as e:  # saved where it stood and recorded: one line, no traceback
+        log.warning("%s; continue with `python train.py resume=%s`", e, plan.run_dir.path)
+        if e.then is not None:  # e.g. a cluster launcher requeueing the job
+            e.then(e.signum, None)
+        raise SystemExit(e.exit_code) from None
     except Exception:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             raise

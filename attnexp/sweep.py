@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnexp.runs.layout import HYDRA_DIR, RESULTS_FILE
-from attnexp.runs.record import COMPLETED, FAILED, UnreadableRecord, load_record
+from attnexp.runs.record import COMPLETED, FAILED, INTERRUPTED, UnreadableRecord, load_record
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcom
     """Every job dir of ``sweep_dir`` (a dir holding Hydra's ``.hydra/``) and how it ended.
 
     A job dir without a usable ``results.json`` (``attnexp.runs.record.load_record``, the report's
-    reader too), or one still ``running``, counts as failed: the job died before recording.
+    reader too), or one still ``running``, counts as failed: the job died before recording. An
+    ``interrupted`` one counts as failed too, with its reason: re-running the sweep continues it.
     Runs started before ``started`` count as reused.
     """
     out = Outcome()
@@ -71,6 +72,8 @@ def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcom
                 out.reused.append(run_dir)
         elif record.status == FAILED:
             out.failed.append((run_dir, record.error or "(no error recorded)"))
+        elif record.status == INTERRUPTED:  # not finished: the same command continues it
+            out.failed.append((run_dir, f"interrupted: {record.error}"))
         else:
             ended = f"status {record.status!r}: the job ended without recording"
             out.failed.append((run_dir, ended))

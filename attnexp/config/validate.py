@@ -1,6 +1,6 @@
 """``validate(cfg)``: refuse a bad config in seconds, before any data is generated or Lightning
-is imported. Runs once per run: the command line calls it first and tells ``train`` so
-(``validated=True``); ``train`` calls it for Python callers.
+is imported. Runs once per run, in the start step (``attnexp.runs.prepare.prepare``), which the
+command line and Python callers of ``attnexp.training.pipeline.train`` both go through.
 
 Checks what the modules cannot see alone (full dotted key names, epochs, batch and sample sizes),
 then builds the model once, so every constructor check of the attention and backbone modules (an

@@ -103,21 +103,26 @@ class EpochBatches(DistributedSampler):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.order, self.batch_size, self.device = order, batch_size, device
+        self.resume: tuple[int, int] | None = None  # (epoch, batches to leave out): a restored run
 
     def set_epoch(self, epoch: int) -> None:
         self.order.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.order.epoch
 
     def __len__(self) -> int:
         return -(-len(self.order) // self.batch_size)
 
     def __iter__(self) -> Iterator[BatchIndex]:
-        n = len(self.order)
+        n, first = len(self.order), skipped(self, self.order.epoch) * self.batch_size
         if self.order.is_identity:  # contiguous slices are views: no copy
-            for start in range(0, n, self.batch_size):
+            for start in range(first, n, self.batch_size):
                 yield slice(start, start + self.batch_size)
             return
         order = self.order.indices().to(self.device)
-        for start in range(0, n, self.batch_size):
+        for start in range(first, n, self.batch_size):
             yield order[start : start + self.batch_size]
 
 
@@ -130,7 +135,43 @@ def take_batch(
     return (x if trim_pad_index is None else trim_padding(x, trim_pad_index)), y
 
 
-class SliceLoader:
+def trained_batches(trainer: Any) -> int:
+    """The training batches of the current epoch ``trainer`` has trained on: what a checkpoint
+    taken now has seen (Lightning counts a batch processed before its ``on_train_batch_end``)."""
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+def skipped(source: Any, epoch: int) -> int:
+    """How many batches a pass over ``epoch`` of ``source`` (an ``EpochBatches`` or
+    ``attnexp.data.lm.StepWindows``) leaves out: those a restored run trained on before its
+    checkpoint, when the checkpoint is of this epoch; 0 otherwise. Used up by the first pass."""
+    resume, source.resume = source.resume, None
+    return resume[1] if resume is not None and resume[0] == epoch else 0
+
+
+class Resumable:
+    """A training loader Lightning can restart mid-epoch: the ``state_dict`` / ``load_state_dict``
+    a checkpoint carries. The state is the epoch and how many of its batches the trainer had
+    trained on (``progress``, read from the trainer, not counted here: Lightning fetches a batch
+    ahead); a restored loader leaves those out of its next pass over that epoch (a checkpoint at
+    an epoch's end leaves the next epoch whole)."""
+
+    progress: Callable[[], int] | None = None  # set by the data module for training loaders
+
+    @property
+    def source(self) -> Any:
+        """What yields one epoch's batches and knows the epoch (``set_epoch``)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, int]:
+        trained = self.progress() if self.progress is not None else 0
+        return {"epoch": self.source.epoch, "trained_batches": trained}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.source.resume = (int(state["epoch"]), int(state["trained_batches"]))
+
+
+class SliceLoader(Resumable):
     """Yields ``(x, y)`` batches of in-memory tensors in the order of ``sampler`` (an ``EpochOrder``;
     Lightning finds it under the name ``sampler`` to call ``set_epoch``).
 
@@ -157,6 +198,19 @@ class SliceLoader:
         for index in self.batches:
             yield take_batch(self.x, self.y, index, self.trim_pad_index)
 
+    @property
+    def source(self) -> EpochBatches:
+        return self.batches
+
+
+class WorkerLoader(Resumable, DataLoader):
+    """A ``DataLoader`` over an ``EpochBatches`` sampler that restarts mid-epoch like the others
+    (the sampler runs in this process, so leaving batches out costs the workers nothing)."""
+
+    @property
+    def source(self) -> EpochBatches:
+        return self.sampler
+
 
 class SplitBatches(Dataset):
     """A split as a map-style dataset whose items are whole batches (``take_batch``): what
@@ -171,10 +225,10 @@ class SplitBatches(Dataset):
 
 def worker_loader(
     batches: SplitBatches, sampler: EpochBatches, num_workers: int, pin_memory: bool
-) -> DataLoader:
+) -> WorkerLoader:
     """A ``DataLoader`` serving ``sampler``'s batches of ``batches`` from ``num_workers`` workers
     (0: in this process), kept alive across epochs, into pinned memory when ``pin_memory``."""
-    return DataLoader(
+    return WorkerLoader(
         batches,
         sampler=sampler,
         batch_size=None,  # each item is already a batch
@@ -270,8 +324,11 @@ class ArrayDataModule(L.LightningDataModule):
             device = self.trainer.strategy.root_device
             self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
 
-    def train_dataloader(self) -> SliceLoader | DataLoader:
-        return self._loader("train", shuffle=True, pad=True)
+    def train_dataloader(self) -> SliceLoader | WorkerLoader:
+        loader = self._loader("train", shuffle=True, pad=True)
+        if self.trainer is not None:
+            loader.progress = lambda: trained_batches(self.trainer)
+        return loader
 
     def val_dataloader(self) -> SliceLoader | DataLoader:
         return self._loader("val")

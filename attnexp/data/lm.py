@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from attnexp.data.datamodule import EpochOrder, SliceLoader
+from attnexp.data.datamodule import EpochOrder, Resumable, SliceLoader, skipped, trained_batches
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.text import SPLITS, TextSplits
 from attnexp.data.vocab import Vocabulary
@@ -35,6 +35,7 @@ class StepWindows:
         self.num_starts, self.batch_size = num_starts, batch_size
         self.steps_per_epoch, self.seed, self.rank = steps_per_epoch, seed, rank
         self.epoch = 0
+        self.resume: tuple[int, int] | None = None  # (epoch, steps to leave out): a restored run
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -47,14 +48,14 @@ class StepWindows:
 
     def __iter__(self) -> Iterator[Tensor]:
         first = self.epoch * self.steps_per_epoch
-        for step in range(first, first + self.steps_per_epoch):
+        for step in range(first + skipped(self, self.epoch), first + self.steps_per_epoch):
             yield self.starts(step)
 
     def __len__(self) -> int:
         return self.steps_per_epoch
 
 
-class WindowLoader:
+class WindowLoader(Resumable):
     """``(x, y)`` batches gathered from one token tensor at the starts ``sampler`` yields
     (Lightning finds it under the name ``sampler`` to call ``set_epoch``)."""
 
@@ -70,6 +71,10 @@ class WindowLoader:
         for starts in self.sampler:
             windows = self.tokens[starts.to(self.tokens.device)[:, None] + self.offsets]
             yield windows[:, :-1], windows[:, 1:]
+
+    @property
+    def source(self) -> StepWindows:
+        return self.sampler
 
 
 def eval_windows(tokens: Tensor, context_len: int) -> tuple[Tensor, Tensor]:
@@ -141,7 +146,10 @@ class TokenStreamDataModule(L.LightningDataModule):
             len(tokens) - self.context_len, self.batch_size, self.steps_per_epoch,
             self.shuffle_seed, rank,
         )  # fmt: skip
-        return WindowLoader(tokens, self.context_len, order)
+        loader = WindowLoader(tokens, self.context_len, order)
+        if self.trainer is not None:
+            loader.progress = lambda: trained_batches(self.trainer)
+        return loader
 
     def val_dataloader(self) -> SliceLoader:
         return self._eval_loader("val")

@@ -46,6 +46,7 @@ from attnexp.report.table import print_table, table_data, to_csv, to_markdown
 from attnexp.runs.layout import RESULTS_FILE
 from attnexp.runs.record import (
     FAILED,
+    INTERRUPTED,
     RUNNING,
     RunRecord,
     UnreadableRecord,
@@ -106,6 +107,9 @@ def log_to_wandb(
 # --------------------------------------------------------------------------- entry points
 
 
+UNFINISHED = (RUNNING, INTERRUPTED)  # not counted, listed
+
+
 def build_report(
     dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike | None = None,
@@ -131,10 +135,10 @@ def build_report(
     runs, unreadable = load_runs(dirs)
     out = Path(out_dir if out_dir is not None else dirs[0])
     report = Report(
-        rows=summarize_by([r for r in runs if r.status != RUNNING], by, best_over),
+        rows=summarize_by([r for r in runs if r.status not in UNFINISHED], by, best_over),
         failures=[r for r in runs if r.status == FAILED],
         unreadable=unreadable,
-        running=[r for r in runs if r.status == RUNNING],
+        running=[r for r in runs if r.status in UNFINISHED],
         notes=[best_over_note(best_over)] if best_over else [],
     )
     if baseline is not None:

@@ -122,7 +122,7 @@ class Report:
     rows: list[Row]
     failures: list[RunRecord]
     unreadable: list[Unreadable]
-    running: list[RunRecord]
+    running: list[RunRecord]  # not finished: running, or interrupted (it can continue)
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # sentences under the table's legend
     curves: Any = None  # attnexp.report.curves.Curves, set by build_report

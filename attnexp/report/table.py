@@ -260,8 +260,8 @@ def to_markdown(report: Report, out_dir: Path) -> str:
             )
         )
     if report.running:
-        parts += ["", f"## Still running ({len(report.running)}, not counted)", ""]
-        parts += [f"- {_rel(r.path, out_dir)}" for r in report.running]
+        parts += ["", f"## Not finished ({len(report.running)}, not counted)", ""]
+        parts += [f"- {_rel(r.path, out_dir)}: {r.status}" for r in report.running]
     return "\n".join(parts) + "\n"
 
 
@@ -326,6 +326,6 @@ def print_table(report: Report, file=None) -> None:
     for u in report.unreadable:
         console.print(f"[yellow]unreadable[/yellow] {u.path}: {u.reason}")
     if report.running:
-        console.print(f"{len(report.running)} run(s) still running, not counted")
+        console.print(f"{len(report.running)} run(s) not finished (running or interrupted), not counted")
 
 

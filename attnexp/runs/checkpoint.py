@@ -50,9 +50,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return checkpoint
 
 
-def check_resumable(path: str | Path, cfg: DictConfig) -> int:
-    """The epoch ``path`` was saved in (Lightning's count from 0); refuses (``CheckpointError``)
-    a checkpoint made with another computed config, naming the keys that differ."""
+def check_resumable(path: str | Path, cfg: DictConfig) -> tuple[int, int]:
+    """The epoch (Lightning's count from 0) and training step ``path`` was saved at; refuses
+    (``CheckpointError``) a checkpoint made with another computed config, naming the keys that
+    differ."""
     checkpoint = load_checkpoint(path)
     saved = checkpoint.get(CONFIG_KEY)
     if saved is None:
@@ -64,7 +65,7 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> int:
         raise CheckpointError(
             f"checkpoint {path} belongs to another config; keys that differ: {shown}{more}"
         )
-    return int(checkpoint.get("epoch", 0))
+    return int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -30,14 +30,16 @@ from attnexp.config.compose import resolve_run, saved_run_config
 from attnexp.config.validate import validate
 from attnexp.runs.identity import config_hash, current_targets
 from attnexp.runs.layout import RunDir, last_checkpoint
-from attnexp.runs.record import COMPLETED, RUNNING, RunLog
+from attnexp.runs.record import COMPLETED, INTERRUPTED, RUNNING, RunLog
 from attnexp.tasks.spec import Task, task_of
 
 log = logging.getLogger(__name__)
 
 FRESH, CONTINUE, SKIP = "fresh", "continue", "skip"
-# How an interrupted run's results.json ends: Lightning turns Ctrl+C during fit into SystemExit;
-# a SIGKILL or an out-of-memory kill leaves the status ``running``.
+# How a run stopped midway leaves its results.json: ``interrupted`` after a signal (it saved where
+# it stood), ``running`` after a SIGKILL or an out-of-memory kill (nothing could be written), and,
+# from before the signals were handled, failed by KeyboardInterrupt or SystemExit (Ctrl-C).
+STOPPED = (INTERRUPTED, RUNNING)
 INTERRUPTS = ("KeyboardInterrupt", "SystemExit")
 
 
@@ -54,7 +56,9 @@ class RunPlan:
     start: str  # FRESH, CONTINUE or SKIP
     checkpoint: Path | None = None  # CONTINUE: checked against the computed config
     epoch: int | None = None  # the epoch the checkpoint was saved in
+    step: int | None = None  # the training step it was saved at
     done: dict[str, Any] | None = None  # SKIP: the completed results
+    previous: dict[str, Any] | None = None  # CONTINUE: the interrupted run's record, if any
 
 
 def load_run_config(run_dir: RunDir) -> DictConfig:
@@ -96,7 +100,7 @@ def prepare(
     from attnexp.runs.checkpoint import CheckpointError, check_resumable  # imports Lightning
 
     try:
-        epoch = check_resumable(checkpoint, cfg)
+        epoch, step = check_resumable(checkpoint, cfg)
     except Exception as e:
         if explicit:  # asked for: refused, and recorded so
             RunLog.open(cfg, overrides, run_dir, digest).fail(e)
@@ -105,7 +109,8 @@ def prepare(
             raise
         log.info("starting %s afresh: %s", run_dir.path, e)
         return RunPlan(**known, start=FRESH)
-    return RunPlan(**known, start=CONTINUE, checkpoint=Path(checkpoint), epoch=epoch)
+    return RunPlan(**known, start=CONTINUE, checkpoint=Path(checkpoint), epoch=epoch, step=step,
+                   previous=previous if previous.get("config_hash") == digest else None)  # fmt: skip
 
 
 def resumed_config(resume: str, other_overrides: list[str]) -> tuple[DictConfig, list[str], Path]:
@@ -149,7 +154,8 @@ def _interrupted(
     cfg: DictConfig, run_dir: RunDir, previous: dict[str, Any], digest: str
 ) -> Path | None:
     """The ``last.ckpt`` to continue the job of ``cfg`` from, when its run dir records this very
-    config interrupted (status ``running``: killed; or failed by an interrupt); ``prepare`` then
+    config stopped midway (``STOPPED``, or failed by an interrupt before signals were handled);
+    ``prepare`` then
     checks that the checkpoint is stamped with its computed config. Otherwise None, with a log line
     saying why when a checkpoint is there but not used."""
     ckpt = last_checkpoint(cfg)
@@ -159,7 +165,7 @@ def _interrupted(
         log.info("starting %s afresh: its last run had another config", run_dir.path)
         return None
     error = str(previous.get("error") or "")
-    if not (previous.get("status") == RUNNING or error.startswith(INTERRUPTS)):
+    if not (previous.get("status") in STOPPED or error.startswith(INTERRUPTS)):
         log.info("starting %s afresh: its last run of this config %s (%s)",
                  run_dir.path, previous.get("status"), error)  # fmt: skip
         return None

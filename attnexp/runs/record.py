@@ -2,7 +2,8 @@
 
 Every name a run records beside its task's metrics (``attnexp.tasks.spec``) is defined here, once:
 
-- ``STATUSES``: a run is ``running`` from its first line, then ``completed`` or ``failed``.
+- ``STATUSES``: a run is ``running`` from its first line, then ``completed``, ``failed``, or
+  ``interrupted`` (a signal stopped it after it saved where it stood; started again, it continues).
 - ``COSTS``: top-level cost fields (``params``, ``attention_flops``, ``throughput``,
   ``peak_memory_mb``, ``wall_time_s``), each with the header, description and format the report
   shows it with.
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 import math
 import os
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,31 @@ from attnexp.util.files import atomic_write_text
 COMPLETED = "completed"
 FAILED = "failed"
 RUNNING = "running"
-STATUSES = (COMPLETED, FAILED, RUNNING)
+INTERRUPTED = "interrupted"  # stopped by a signal after saving where it stood: it can continue
+STATUSES = (COMPLETED, FAILED, RUNNING, INTERRUPTED)
+
+# The signals that stop a run where it stands: Ctrl-C, a polite kill or a pre-emption, and the
+# signals SLURM (Lightning's, submitit's) sends before a time limit or a requeue.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal after saving where it stood (``last.ckpt``)."""
+
+    def __init__(
+        self, signum: int, step: int, checkpoint: Path | None, then: Any = None
+    ) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        # The handler the signal had before the run's (a cluster launcher's requeue, e.g.
+        # submitit's on SIGUSR2): called once the run is recorded, so it still does its part.
+        self.then = then if callable(then) and then is not signal.default_int_handler else None
+        where = f"saved {checkpoint}" if checkpoint else "no checkpoint callback: nothing saved"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {where}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process ended by that signal
+
 
 # --------------------------------------------------------------------------- costs
 
@@ -140,6 +166,10 @@ class RunLog:
     def fail(self, error: BaseException, **fields: Any) -> None:
         """Mark the run failed by ``error`` (its type and message), with ``fields``, and write."""
         self.update(**fields, status=FAILED, error=f"{type(error).__name__}: {error}")
+
+    def interrupt(self, reason: str, **fields: Any) -> None:
+        """Mark the run interrupted (it saved where it stood), saying why, with ``fields``."""
+        self.update(**fields, status=INTERRUPTED, error=reason)
 
     def write(self) -> None:
         self.writer(self.run_dir, self.record)

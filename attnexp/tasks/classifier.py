@@ -36,7 +36,10 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             f"classification declares {missing} but attnexp/tasks/classifier.py's COMPUTED "
             "has no torchmetrics for them"
         )
-    return MetricCollection({name: COMPUTED[name](num_classes) for name in declared})
+    # No compute groups: torchmetrics merges metrics whose states are equal after the first update,
+    # which micro accuracy and macro F1 can be by chance; F1 then reads the wrong state.
+    metrics = {name: COMPUTED[name](num_classes) for name in declared}
+    return MetricCollection(metrics, compute_groups=False)
 
 
 class Classifier(TrainingModule):

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from attnexp.data.augment import BatchAugment, model_inputs
 from attnexp.tasks.optim import param_groups
 
+EPOCH_LOSS_KEY = "train_loss_epoch_so_far"  # where a checkpoint keeps the running epoch mean
+
 
 class TrainingModule(L.LightningModule):
     """Receives the built network and partials of optimizer (``params`` missing) and scheduler
@@ -58,7 +60,11 @@ class TrainingModule(L.LightningModule):
         """``train/loss`` every ``log_every_n_steps`` and the epoch mean ``train/loss_epoch``."""
         # Logging every step costs as much as the step for small models: log every N steps and
         # keep the epoch mean on the device (no sync until the epoch ends).
-        if self.global_step % self.trainer.log_every_n_steps == 0:
+        # On the steps where Lightning hands the logs to the loggers: the row of step N holds step
+        # N's loss, and no logged value waits across a checkpoint (a continued run keeps them
+        # all). The first step's too, so a run shorter than log_every_n_steps records one.
+        step, every = self.global_step, self.trainer.log_every_n_steps
+        if step == 0 or (step + 1) % every == 0:
             self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._loss_count += 1
@@ -69,6 +75,15 @@ class TrainingModule(L.LightningModule):
         averages equal values (and tells Lightning so, instead of warning)."""
         for name, value in values.items():
             self.log(name, value, sync_dist=True, prog_bar=name == prog_bar_key)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The epoch mean so far: a run continued mid-epoch logs the mean the uninterrupted one does.
+        checkpoint[EPOCH_LOSS_KEY] = {"sum": self._loss_sum.detach().cpu(), "count": self._loss_count}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get(EPOCH_LOSS_KEY)  # absent from checkpoints taken at an epoch's end
+        if state is not None:
+            self._loss_sum, self._loss_count = state["sum"], int(state["count"])
 
     def on_train_epoch_end(self) -> None:
         if self._loss_count:

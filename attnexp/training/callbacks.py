@@ -1,17 +1,29 @@
 """The run's own Lightning callbacks: measurements (training throughput and peak memory), the
-reseeding per epoch, the loss guard, the stop at a threshold and the progress bar."""
+reseeding per epoch, step checkpoints, the stop on a signal, the loss guard, the stop at a
+threshold and the progress bar."""
 
 from __future__ import annotations
 
+import logging
 import resource
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, RichProgressBar
 
-from attnexp.util.seeding import derive_seed, seed_all
+from attnexp.data.datamodule import Resumable
+from attnexp.runs.layout import LAST_CHECKPOINT
+from attnexp.runs.record import STOP_SIGNALS, Interrupted
+from attnexp.util.checks import check_positive
+from attnexp.util.seeding import derive_seed, rng_states, seed_all, set_rng_states
+
+log = logging.getLogger(__name__)
 
 
 class RunStats(L.Callback):
@@ -114,11 +126,146 @@ class MetricsProgressBar(RichProgressBar):
 
 
 class EpochSeed(L.Callback):
-    """Reseed the global RNGs from (seed, epoch) at the start of each training epoch."""
+    """Reseed the global RNGs from (seed, epoch, rank) at the start of each training epoch, and
+    carry their states in every checkpoint: a run restored mid-epoch (Lightning calls no epoch
+    start then) puts them back before its first batch and draws what the uninterrupted run drew."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self.restored: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}  # as they are when the checkpoint is taken
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict.get("rng")
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.restored = None  # a fresh epoch: its own seed
         # Distinct streams per rank, so data-parallel replicas do not drop the same units.
         seed_all(derive_seed(self.seed, trainer.current_epoch, trainer.global_rank))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.restored is not None:
+            set_rng_states(self.restored)
+            self.restored = None
+
+
+class LoaderPosition(L.Callback):
+    """Carry the training loader's place in its epoch (``attnexp.data.datamodule.Resumable``) in
+    every checkpoint and give it back before the first batch of a restored run. Lightning has a
+    path for this, but skips it when the loader was built before the restore, as it is whenever
+    the scheduler asks for the number of steps (``estimated_stepping_batches``)."""
+
+    def __init__(self) -> None:
+        self.restored: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        loader = self.trainer_loader
+        return {"loader": loader.state_dict() if isinstance(loader, Resumable) else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict.get("loader")
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.trainer = trainer
+
+    @property
+    def trainer_loader(self) -> Any:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.train_dataloader
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        loader = trainer.train_dataloader
+        if self.restored is not None and isinstance(loader, Resumable):
+            loader.load_state_dict(self.restored)
+        self.restored = None
+
+
+def save_last(trainer: L.Trainer) -> Path | None:
+    """Write the checkpoint callback's ``last.ckpt`` now (None without a checkpoint callback)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not callback.dirpath:
+        return None
+    path = Path(callback.dirpath) / LAST_CHECKPOINT
+    trainer.save_checkpoint(path)
+    callback.last_model_path = str(path)
+    return path
+
+
+def logs_flushed(trainer: L.Trainer) -> bool:
+    """Whether, at this training batch's end, no logged value waits to be handed to the loggers.
+    The training module logs on the batches where Lightning hands the logs over
+    (``log_every_n_steps``), and Lightning does so after this hook: a checkpoint taken on such a
+    batch would lose the value (the continued run never logs it again). Any other batch is safe."""
+    return trainer.global_step % trainer.log_every_n_steps != 0
+
+
+class StepCheckpoint(L.Callback):
+    """Write ``last.ckpt`` every ``every_n_steps`` training steps and at least every
+    ``every_minutes`` minutes of training (null: not by that measure), so a killed run loses
+    minutes, not epochs. The checkpoint holds the loop's position, the training loader's place in
+    its epoch and the RNG states: a run continued from it is the uninterrupted run. A checkpoint
+    that is due waits for a batch with no logged value waiting (``logs_flushed``), and is not
+    taken on an epoch's last batch: the checkpoint after its
+    validation follows at once."""
+
+    def __init__(self, every_n_steps: int | None = None, every_minutes: float | None = 10.0) -> None:
+        if every_n_steps is not None:
+            check_positive("callbacks.step_checkpoint.every_n_steps", every_n_steps)
+        if every_minutes is not None and not (
+            isinstance(every_minutes, int | float) and not isinstance(every_minutes, bool)
+            and every_minutes > 0
+        ):  # fmt: skip
+            raise ValueError(
+                "callbacks.step_checkpoint.every_minutes must be a positive number or null, "
+                f"got {every_minutes!r}"
+            )
+        self.every_n_steps, self.every_minutes = every_n_steps, every_minutes
+        self.last_saved, self.due = time.monotonic(), False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.last_saved, self.due = time.monotonic(), False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        by_steps = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
+        by_time = self.every_minutes and time.monotonic() - self.last_saved >= 60 * self.every_minutes
+        self.due = self.due or bool(by_steps or by_time)
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        if self.due and logs_flushed(trainer) and not last_batch and save_last(trainer):
+            self.last_saved, self.due = time.monotonic(), False
+
+
+class StopOnSignal(L.Callback):
+    """Stop soon after a stop signal arrives: at the end of the training batch under way (the next
+    one when a logged value waits for the loggers: ``logs_flushed``), save ``last.ckpt`` there, then raise ``Interrupted`` (the pipeline records the run
+    ``interrupted``). A second Ctrl-C stops at once. Replaces Lightning's own handlers for these
+    signals while training runs (its SIGUSR1 handler would write an ``hpc_ckpt`` that Lightning
+    restores behind the run's back); they are restored when training ends."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        self.received = None
+        for signum in STOP_SIGNALS:
+            self.previous[signum] = signal.signal(signum, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.received = signum
+        log.warning("received %s: stopping after this training batch", signal.Signals(signum).name)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is not None and logs_flushed(trainer):
+            then = self.previous.get(self.received)
+            raise Interrupted(self.received, trainer.global_step, save_last(trainer), then)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}

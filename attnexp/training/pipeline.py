@@ -20,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
@@ -30,12 +31,20 @@ from attnexp.models import build_model
 from attnexp.models.common import Backbone
 from attnexp.runs.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.runs.layout import RunDir
-from attnexp.runs.prepare import SKIP, RunPlan, prepare
-from attnexp.runs.record import COMPLETED, RunLog, cost_metrics, write_results
+from attnexp.runs.prepare import CONTINUE, SKIP, RunPlan, prepare
+from attnexp.runs.record import COMPLETED, Interrupted, RunLog, cost_metrics, write_results
 from attnexp.tasks.classifier import Classifier
 from attnexp.tasks.lm import LanguageModel, heldout_loss
-from attnexp.training.callbacks import EpochSeed, FiniteLoss, MetricsProgressBar, RunStats
+from attnexp.training.callbacks import (
+    EpochSeed,
+    FiniteLoss,
+    LoaderPosition,
+    MetricsProgressBar,
+    RunStats,
+    StopOnSignal,
+)
 from attnexp.training.generate import record_samples
+from attnexp.training.history import continue_csv, rows_before, wandb_id
 from attnexp.training.tracking import publish_to_wandb
 from attnexp.training.viz import save_model_figures
 from attnexp.util.terminal import print_lightning_logs_once
@@ -72,8 +81,11 @@ def build_augment(cfg: DictConfig) -> BatchAugment:
     return instantiate(node) if node is not None else BatchAugment()
 
 
-def instantiate_each(group: DictConfig | None, key: str) -> list[Any]:
-    """Objects for every entry of a dict-of-configs group; ``null`` entries switch one off.
+def instantiate_each(
+    group: DictConfig | None, key: str, extra: dict[str, dict[str, Any]] | None = None
+) -> list[Any]:
+    """Objects for every entry of a dict-of-configs group; ``null`` entries switch one off;
+    ``extra[name]``: keyword arguments for entry ``name`` beside its config.
 
     An entry without ``_target_`` is an error (a typo must not silently drop a callback).
     """
@@ -85,15 +97,17 @@ def instantiate_each(group: DictConfig | None, key: str) -> list[Any]:
             raise ValueError(
                 f"{key}.{name} must be a config with a _target_ (or null), got {entry}"
             )
-        objects.append(instantiate(entry))
+        objects.append(instantiate(entry, **(extra or {}).get(name, {})))
     return objects
 
 
-def build_loggers(cfg: DictConfig) -> list[Any]:
+def build_loggers(cfg: DictConfig, wandb_run: str | None = None) -> list[Any]:
+    """The run's loggers; ``wandb_run``: the id of a W&B run to continue (an interrupted run's)."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is not None and not wandb_cfg.get("offline", False):
         _require_wandb_login()
-    return instantiate_each(cfg.get("logger"), "logger")
+    extra = {"wandb": {"id": wandb_run, "resume": "allow"}} if wandb_run else {}
+    return instantiate_each(cfg.get("logger"), "logger", extra)
 
 
 def _require_wandb_login() -> None:
@@ -183,13 +197,15 @@ def run(plan: RunPlan) -> dict[str, Any]:
             model.compile(fullgraph=True, backend=cfg.compile_backend)
         module = build_module(cfg, model)
         stats = RunStats()
-        loggers = build_loggers(cfg)
+        loggers = build_loggers(cfg, (plan.previous or {}).get("wandb_id"))
         callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
-        callbacks += [stats, EpochSeed(cfg.seed), FiniteLoss(), ConfigStamp(cfg)]
+        callbacks += [stats, EpochSeed(cfg.seed), LoaderPosition(), FiniteLoss(), ConfigStamp(cfg),
+                      StopOnSignal()]  # fmt: skip
         trainer = build_trainer(cfg, callbacks, loggers)
-        results.update(params=model.trainable_params(), attention_flops=model.attention_flops())
-        for logger in loggers:
-            logger.log_hyperparams(as_plain(cfg))
+        results.update(params=model.trainable_params(), attention_flops=model.attention_flops(),
+                       wandb_id=wandb_id(loggers) if trainer.is_global_zero else None)  # fmt: skip
+        _open_logs(cfg, plan, loggers)
+        set_aside_hpc_checkpoints(Path(trainer.default_root_dir))
         checkpoint = None if plan.checkpoint is None else str(plan.checkpoint)
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
         fit_metrics = _float_metrics(trainer.callback_metrics)  # test() replaces them
@@ -208,12 +224,44 @@ def run(plan: RunPlan) -> dict[str, Any]:
             logger.log_metrics(cost_metrics(results.record))
         if trainer.is_global_zero:
             _look_inside(cfg, run_dir, model, module, datamodule, loggers, results.record)
+    except Interrupted as e:
+        resume = f"python train.py resume={run_dir.path}"
+        results.interrupt(f"{e}; continue with `{resume}` (or re-run the same command)",
+                          wall_time_s=time.perf_counter() - start)  # fmt: skip
+        raise
     except BaseException as e:
         results.fail(e, wall_time_s=time.perf_counter() - start)
         raise
     finally:
         _finish_wandb()
     return results.complete()
+
+
+HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SLURM requeue checkpoints
+
+
+def set_aside_hpc_checkpoints(root: Path) -> list[Path]:
+    """Rename the ``hpc_ckpt_*.ckpt`` files in the trainer's root dir to ``*.unused``: Lightning
+    restores the newest of them unasked, behind the run's start step (``attnexp.runs.prepare``),
+    which alone decides where a run starts. This project never writes them (its SIGUSR1 handler
+    replaces Lightning's); older runs may have."""
+    moved = []
+    for path in sorted(root.glob(HPC_CHECKPOINTS)):
+        moved.append(path.rename(path.with_name(path.name + ".unused")))
+        log.warning("set aside %s: Lightning would restore it behind the run's back", path)
+    return moved
+
+
+def _open_logs(cfg: DictConfig, plan: RunPlan, loggers: list[Any]) -> None:
+    """Log the config to every logger; a continued run first gets the interrupted run's CSV rows
+    from before its checkpoint back (``attnexp.training.history``)."""
+    if plan.start == CONTINUE and plan.step is not None:
+        header, rows = rows_before(plan.run_dir.metrics_csv, plan.step)
+        for logger in loggers:
+            if isinstance(logger, CSVLogger) and Path(logger.log_dir) == plan.run_dir.metrics_csv.parent:
+                continue_csv(logger, header, rows)
+    for logger in loggers:
+        logger.log_hyperparams(as_plain(cfg))
 
 
 def _look_inside(
