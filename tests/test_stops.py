@@ -127,16 +127,41 @@ def uninterrupted(tmp_path_factory, data_dir) -> dict[str, tuple[list[str], Path
         ("lm", signal.SIGUSR1, "train"),
         ("lm", signal.SIGUSR2, "validation"),
     ],
-    ids=["classification-SIGTERM-mid-epoch", "classification-SIGINT-mid-validation",
-         "lm-SIGUSR1-mid-epoch", "lm-SIGUSR2-mid-validation"],  # fmt: skip
+    ids=[
+        "classification-SIGTERM-mid-epoch",
+        "classification-SIGINT-mid-validation",
+        "lm-SIGUSR1-mid-epoch",
+        "lm-SIGUSR2-mid-validation",
+    ],  # fmt: skip
 )
 def test_a_signal_saves_where_the_run_stands_and_it_continues_exactly(
     task, signum, where, uninterrupted, tmp_path
 ):
-    overrides, full = uninterrupted[task]
-    steps, epoch = (CLASSIFIER_STEPS, CLASSIFIER_EPOCH) if task == "classification" else (LM_STEPS, LM_EPOCH)
+    steps, epoch = (
+        (CLASSIFIER_STEPS, CLASSIFIER_EPOCH) if task == "classification" else (LM_STEPS, LM_EPOCH)
+    )
     # A signal in the last validation lets the run finish: no training is left to stop.
-    step = stop_step(steps if where == "train" else steps - epoch)
+    stop_and_continue(
+        uninterrupted[task],
+        signum,
+        where,
+        stop_step(steps if where == "train" else steps - epoch),
+        tmp_path,
+    )
+
+
+def test_a_signal_on_an_epochs_last_batch_stops_after_its_validation(uninterrupted, tmp_path):
+    stop_and_continue(
+        uninterrupted["classification"], signal.SIGTERM, "train", CLASSIFIER_EPOCH - 1, tmp_path
+    )
+
+
+def stop_and_continue(
+    made: tuple[list[str], Path], signum: int, where: str, step: int, tmp_path: Path
+) -> None:
+    """Stop the run ``made`` by ``signum`` at ``step`` (``where``), run the same command again and
+    require the uninterrupted run."""
+    overrides, full = made
     run = tmp_path / "run"
     with pytest.raises(Interrupted) as stopped:
         train(compose_cfg([*overrides, *sender(signum, step, tmp_path / "sent", where)], run))
@@ -200,7 +225,9 @@ def test_the_handler_a_launcher_had_is_handed_on_after_the_run_stopped():
     def launcher(signum, frame):  # stands in for the cluster launcher's requeue
         pass
 
-    trainer = SimpleNamespace(global_step=7, log_every_n_steps=4, checkpoint_callback=None)
+    trainer = SimpleNamespace(
+        global_step=7, log_every_n_steps=4, checkpoint_callback=None, num_training_batches=100
+    )
     before = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGINT)}
     signal.signal(signal.SIGUSR2, launcher)
     try:
@@ -226,3 +253,20 @@ def test_lightning_hpc_checkpoints_are_set_aside_so_nothing_is_restored_unasked(
     (tmp_path / "last.ckpt").write_bytes(b"")
     assert set_aside_hpc_checkpoints(tmp_path) == [tmp_path / "hpc_ckpt_3.ckpt.unused"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hpc_ckpt_3.ckpt.unused", "last.ckpt"]
+
+
+def test_a_step_based_run_killed_after_an_epoch_resumes_from_its_end_exactly(
+    uninterrupted, tmp_path
+):
+    """A language model trains by steps (``max_epochs=-1``); killed with no step checkpoint since
+    its last validation, it continues from the checkpoint taken at that epoch's end, where
+    Lightning's own epoch count is off by one: the windows and the logged steps still match."""
+    overrides, full = uninterrupted["lm"]
+    step = stop_step(LM_STEPS, first=LM_EPOCH + 1)
+    run = tmp_path / "run"
+    killed = train_cli(*overrides, *sender(signal.SIGKILL, step, tmp_path / "sent"),
+                       f"hydra.run.dir={run}")  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = train_cli(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(run, full)

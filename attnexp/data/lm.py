@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from attnexp.data.datamodule import EpochOrder, Resumable, SliceLoader, skipped, trained_batches
+from attnexp.data.datamodule import EpochOrder, Resumable, SliceLoader, trained_batches
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.text import SPLITS, TextSplits
 from attnexp.data.vocab import Vocabulary
@@ -26,8 +26,9 @@ WINDOW_STREAM = 1  # keeps the window seeds apart from EpochSeed's (seed, epoch,
 
 class StepWindows:
     """The start of every training window of one epoch for one rank, a pure function of (seed,
-    global step, rank). Lightning calls ``set_epoch`` (as for a ``DistributedSampler``), also after
-    a resume, so the global step of each batch is known without any state."""
+    global step, rank). A pass starts at the trainer's global step (``first_step``: a run restored
+    mid-epoch starts where it stopped) and ends at the next multiple of ``steps_per_epoch``; without
+    a trainer it covers the epoch Lightning last set with ``set_epoch``."""
 
     def __init__(
         self, num_starts: int, batch_size: int, steps_per_epoch: int, seed: int = 0, rank: int = 0
@@ -35,7 +36,7 @@ class StepWindows:
         self.num_starts, self.batch_size = num_starts, batch_size
         self.steps_per_epoch, self.seed, self.rank = steps_per_epoch, seed, rank
         self.epoch = 0
-        self.resume: tuple[int, int] | None = None  # (epoch, steps to leave out): a restored run
+        self.first_step: Callable[[], int] | None = None  # the trainer's global step
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -47,8 +48,9 @@ class StepWindows:
         return torch.randint(0, self.num_starts, (self.batch_size,), generator=generator)
 
     def __iter__(self) -> Iterator[Tensor]:
-        first = self.epoch * self.steps_per_epoch
-        for step in range(first + skipped(self, self.epoch), first + self.steps_per_epoch):
+        per_epoch = self.steps_per_epoch
+        first = self.first_step() if self.first_step is not None else self.epoch * per_epoch
+        for step in range(first, (first // per_epoch + 1) * per_epoch):
             yield self.starts(step)
 
     def __len__(self) -> int:
@@ -75,6 +77,10 @@ class WindowLoader(Resumable):
     @property
     def source(self) -> StepWindows:
         return self.sampler
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore: the windows follow the trainer's global step, which the checkpoint
+        restores (Lightning's epoch count after a restore of step-based training can be off)."""
 
 
 def eval_windows(tokens: Tensor, context_len: int) -> tuple[Tensor, Tensor]:
@@ -149,6 +155,7 @@ class TokenStreamDataModule(L.LightningDataModule):
         loader = WindowLoader(tokens, self.context_len, order)
         if self.trainer is not None:
             loader.progress = lambda: trained_batches(self.trainer)
+            order.first_step = lambda: self.trainer.global_step
         return loader
 
     def val_dataloader(self) -> SliceLoader:

@@ -151,14 +151,21 @@ class EpochSeed(L.Callback):
             self.restored = None
 
 
-class LoaderPosition(L.Callback):
-    """Carry the training loader's place in its epoch (``attnexp.data.datamodule.Resumable``) in
-    every checkpoint and give it back before the first batch of a restored run. Lightning has a
-    path for this, but skips it when the loader was built before the restore, as it is whenever
-    the scheduler asks for the number of steps (``estimated_stepping_batches``)."""
+class TrainingPosition(L.Callback):
+    """Where a restored run stands, made right before its first batch.
+
+    - The training loader's place in its epoch (``attnexp.data.datamodule.Resumable``) travels in
+      every checkpoint and is given back. Lightning has a path for this, but skips it when the
+      loader was built before the restore, as it is whenever the scheduler asks for the number of
+      steps (``estimated_stepping_batches``).
+    - The loggers' step (Lightning's count of batches that stepped) is set to the global step it
+      equals in every uninterrupted run without gradient accumulation: Lightning adds one on
+      restarts it takes for mid-epoch, and a step-based run (``max_epochs=-1``) restored from a
+      checkpoint taken at the end of an epoch is one, so its rows would be logged a step late."""
 
     def __init__(self) -> None:
         self.restored: dict[str, Any] | None = None
+        self.first_batch = False
 
     def state_dict(self) -> dict[str, Any]:
         loader = self.trainer_loader
@@ -180,6 +187,13 @@ class LoaderPosition(L.Callback):
         if self.restored is not None and isinstance(loader, Resumable):
             loader.load_state_dict(self.restored)
         self.restored = None
+        self.first_batch = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # After Lightning's own adjustment, which it makes when the epoch loop starts.
+        if self.first_batch and trainer.accumulate_grad_batches == 1:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        self.first_batch = False
 
 
 def save_last(trainer: L.Trainer) -> Path | None:
@@ -201,14 +215,21 @@ def logs_flushed(trainer: L.Trainer) -> bool:
     return trainer.global_step % trainer.log_every_n_steps != 0
 
 
+def safe_to_stop(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether a checkpoint taken at the end of training batch ``batch_idx`` lets a run continue
+    exactly: no logged value waits for the loggers (``logs_flushed``), and it is not the epoch's
+    last batch (Lightning restores such a checkpoint as the start of the next epoch, and the
+    validation that ends this one would never run)."""
+    return logs_flushed(trainer) and batch_idx + 1 < trainer.num_training_batches
+
+
 class StepCheckpoint(L.Callback):
     """Write ``last.ckpt`` every ``every_n_steps`` training steps and at least every
     ``every_minutes`` minutes of training (null: not by that measure), so a killed run loses
     minutes, not epochs. The checkpoint holds the loop's position, the training loader's place in
     its epoch and the RNG states: a run continued from it is the uninterrupted run. A checkpoint
-    that is due waits for a batch with no logged value waiting (``logs_flushed``), and is not
-    taken on an epoch's last batch: the checkpoint after its
-    validation follows at once."""
+    that is due waits for a batch where that holds (``safe_to_stop``); after an epoch's last
+    batch the checkpoint taken after its validation follows at once."""
 
     def __init__(self, every_n_steps: int | None = None, every_minutes: float | None = 10.0) -> None:
         if every_n_steps is not None:
@@ -231,14 +252,14 @@ class StepCheckpoint(L.Callback):
         by_steps = self.every_n_steps and trainer.global_step % self.every_n_steps == 0
         by_time = self.every_minutes and time.monotonic() - self.last_saved >= 60 * self.every_minutes
         self.due = self.due or bool(by_steps or by_time)
-        last_batch = batch_idx + 1 >= trainer.num_training_batches
-        if self.due and logs_flushed(trainer) and not last_batch and save_last(trainer):
+        if self.due and safe_to_stop(trainer, batch_idx) and save_last(trainer):
             self.last_saved, self.due = time.monotonic(), False
 
 
 class StopOnSignal(L.Callback):
-    """Stop soon after a stop signal arrives: at the end of the training batch under way (the next
-    one when a logged value waits for the loggers: ``logs_flushed``), save ``last.ckpt`` there, then raise ``Interrupted`` (the pipeline records the run
+    """Stop soon after a stop signal arrives: at the end of the training batch under way, or of the
+    next one where a checkpoint lets the run continue exactly (``safe_to_stop``: after the
+    validation that ends an epoch, at the latest), save ``last.ckpt`` there, then raise ``Interrupted`` (the pipeline records the run
     ``interrupted``). A second Ctrl-C stops at once. Replaces Lightning's own handlers for these
     signals while training runs (its SIGUSR1 handler would write an ``hpc_ckpt`` that Lightning
     restores behind the run's back); they are restored when training ends."""
@@ -261,7 +282,7 @@ class StopOnSignal(L.Callback):
         log.warning("received %s: stopping after this training batch", signal.Signals(signum).name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None and logs_flushed(trainer):
+        if self.received is not None and safe_to_stop(trainer, batch_idx):
             then = self.previous.get(self.received)
             raise Interrupted(self.received, trainer.global_step, save_last(trainer), then)
 

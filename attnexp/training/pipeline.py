@@ -38,10 +38,10 @@ from attnexp.tasks.lm import LanguageModel, heldout_loss
 from attnexp.training.callbacks import (
     EpochSeed,
     FiniteLoss,
-    LoaderPosition,
     MetricsProgressBar,
     RunStats,
     StopOnSignal,
+    TrainingPosition,
 )
 from attnexp.training.generate import record_samples
 from attnexp.training.history import continue_csv, rows_before, wandb_id
@@ -199,7 +199,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
         stats = RunStats()
         loggers = build_loggers(cfg, (plan.previous or {}).get("wandb_id"))
         callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
-        callbacks += [stats, EpochSeed(cfg.seed), LoaderPosition(), FiniteLoss(), ConfigStamp(cfg),
+        callbacks += [stats, EpochSeed(cfg.seed), TrainingPosition(), FiniteLoss(), ConfigStamp(cfg),
                       StopOnSignal()]  # fmt: skip
         trainer = build_trainer(cfg, callbacks, loggers)
         results.update(params=model.trainable_params(), attention_flops=model.attention_flops(),

@@ -1,0 +1,1 @@
+"""attnexp's Hydra launchers (``conf/hydra/launcher/``)."""
