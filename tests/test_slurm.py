@@ -198,3 +198,30 @@ def test_a_cancelled_job_is_reported_and_the_summary_and_report_are_still_writte
     assert read_results(sweep / "1-mha-transformer-text-s0")["status"] == "completed"
     # scancel sends SIGTERM before it kills: the run saved where it stood and can continue.
     assert read_results(first)["status"] == "interrupted"
+
+
+DDP = [
+    "trainer=ddp_cpu", "attention=none", "backbone=cnn", "dataset=digits", "logger=csv",
+    "backbone.depth=1", "backbone.dim=16", "dataset.source.num_samples=600",
+    "dataset.batch_size=32", "trainer.max_epochs=2", "figures=0",
+]  # fmt: skip
+
+
+def test_data_parallel_jobs_get_a_task_per_device_and_one_run_dir(cluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", *DDP, *SLURM, f"hydra.sweep.dir={sweep}")
+    out = proc.stdout.read()
+    assert proc.returncode == 0 and "1 completed, 0 failed" in out, out[-3000:]
+    (script,) = sweep.glob(".submitit/*/*_submission.sh")
+    assert "#SBATCH --ntasks-per-node=2" in script.read_text()  # trainer.devices=2
+    assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 2  # a process per rank
+    assert read_results(sweep / "0-none-cnn-digits-s0")["status"] == "completed"
+
+    # srun starting the ranks itself: they share one run dir (named by the job step).
+    cmd = ["srun", "--ntasks-per-node=2", "--cpus-per-task=1", sys.executable,
+           str(ROOT / "train.py"), *DDP, f"paths.log_dir={tmp_path / 'srun'}"]  # fmt: skip
+    ran = subprocess.run(cmd, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    (run,) = (tmp_path / "srun" / "runs" / "none-cnn-digits-s0").iterdir()
+    assert run.name.startswith("slurm-") and read_results(run)["status"] == "completed"

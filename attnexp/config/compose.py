@@ -7,6 +7,8 @@ Run identity (the config hash) and how a job starts live in ``attnexp.runs``.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,7 +26,8 @@ from attnexp.tasks.spec import check_direction, default_objective
 
 
 def register_resolvers() -> None:
-    """``${project_root:}``, ``${if_set:v,a,b}``, ``${uid:}`` (a short random suffix, cached per
+    """``${project_root:}``, ``${if_set:v,a,b}``, ``${run_stamp:}`` (``run_stamp``),
+    ``${slurm_tasks:devices,gpus}`` (``slurm_tasks``), ``${uid:}`` (a short random suffix, cached per
     config so a sweep's jobs agree on it, as Hydra's ``${now:}`` is), ``${join:list,sep}``,
     ``${run_group:...}`` and ``${optuna_direction:max}``."""
     if not OmegaConf.has_resolver("project_root"):
@@ -36,6 +39,10 @@ def register_resolvers() -> None:
         )
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
+    if not OmegaConf.has_resolver("slurm_tasks"):
+        OmegaConf.register_new_resolver("slurm_tasks", slurm_tasks)
     if not OmegaConf.has_resolver("join"):  # ${join:${attention.kernel_sizes},_} -> "1_3_5"
         OmegaConf.register_new_resolver("join", lambda xs, sep="_": sep.join(map(str, xs)))
     if not OmegaConf.has_resolver("run_group"):
@@ -46,6 +53,25 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("task_objective_mode", lambda t: default_objective(t)[1])
     if not OmegaConf.has_resolver("optuna_direction"):
         OmegaConf.register_new_resolver("optuna_direction", optuna_direction)
+
+
+def run_stamp() -> str:
+    """The last part of a run dir's name: its start time and a random suffix, cached per config;
+    in a SLURM job step of several tasks (``srun --ntasks=2 python train.py trainer=ddp_cpu``),
+    ``slurm-<job>.<step>`` instead, which every rank shares: each would otherwise draw its own
+    time and suffix and write a run dir of its own."""
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if job and step and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return f"slurm-{job}.{step}"
+    return f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S}-{secrets.token_hex(3)}"
+
+
+def slurm_tasks(devices: Any, gpus_per_node: Any) -> int:
+    """SLURM tasks per node for a run on ``trainer.devices`` (one per device under data-parallel
+    training): the count itself, or for ``auto`` (``trainer=ddp``) the GPUs asked of each node."""
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices
+    return gpus_per_node if isinstance(gpus_per_node, int) and gpus_per_node > 0 else 1
 
 
 def optuna_direction(objective_mode: str) -> str:
