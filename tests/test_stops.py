@@ -140,14 +140,11 @@ def test_a_signal_saves_where_the_run_stands_and_it_continues_exactly(
     steps, epoch = (
         (CLASSIFIER_STEPS, CLASSIFIER_EPOCH) if task == "classification" else (LM_STEPS, LM_EPOCH)
     )
-    # A signal in the last validation lets the run finish: no training is left to stop.
-    stop_and_continue(
-        uninterrupted[task],
-        signum,
-        where,
-        stop_step(steps if where == "train" else steps - epoch),
-        tmp_path,
-    )
+    # A run stops at the first batch where that is exact (not one whose logs wait to be handed
+    # over, nor an epoch's last): a signal in the final few batches or the final validation lets
+    # it finish, with no training left to stop. Of any 4 batches in a row, one is such a batch.
+    last = steps - 4 if where == "train" else steps - epoch
+    stop_and_continue(uninterrupted[task], signum, where, stop_step(last), tmp_path)
 
 
 def test_a_signal_on_an_epochs_last_batch_stops_after_its_validation(uninterrupted, tmp_path):
