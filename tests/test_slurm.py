@@ -103,7 +103,8 @@ def release_when_held(job: str) -> bool:
     return False
 
 
-def trained_steps(run: Path) -> int:
+def logged_rows(run: Path) -> int:
+    """Rows in the run's ``metrics.csv`` so far: a sign it is training."""
     csv_log = run / "csv" / "metrics.csv"
     if not csv_log.is_file():
         return 0
@@ -139,7 +140,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_a_run_never_stopped(
     sweep = tmp_path / "sweep"
     proc = train("-m", *lm(text, 600), *SLURM, f"hydra.sweep.dir={sweep}", wait=False)
     run = sweep / "0-mha-transformer-text-s0"
-    until(lambda: trained_steps(run) >= 10, 300, "the job to train")
+    until(lambda: logged_rows(run) >= 10, 300, "the job to train")
     (job,) = jobs(sweep)
     if how == "USR2":  # what submitit asks SLURM to send before a time limit; a pre-emption
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
@@ -188,7 +189,7 @@ def test_a_cancelled_job_is_reported_and_the_summary_and_report_are_still_writte
     proc = train("-m", *lm(text, "3000,60"), *SLURM,
                  "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}", wait=False)  # fmt: skip
     first = sweep / "0-mha-transformer-text-s0"
-    until(lambda: trained_steps(first) >= 2, 300, "the first job to train")
+    until(lambda: logged_rows(first) >= 2, 300, "the first job to train")
     (array,) = {j.split("_")[0] for j in jobs(sweep)}
     subprocess.run(["scancel", f"{array}_0"], check=True)
     out = proc.communicate(timeout=900)[0]

@@ -164,23 +164,19 @@ class TrainingPosition(L.Callback):
       checkpoint taken at the end of an epoch is one, so its rows would be logged a step late."""
 
     def __init__(self) -> None:
+        self.trainer: L.Trainer | None = None  # Lightning asks state_dict() without it
         self.restored: dict[str, Any] | None = None
         self.first_batch = False
-
-    def state_dict(self) -> dict[str, Any]:
-        loader = self.trainer_loader
-        return {"loader": loader.state_dict() if isinstance(loader, Resumable) else None}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.restored = state_dict.get("loader")
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self.trainer = trainer
 
-    @property
-    def trainer_loader(self) -> Any:
-        trainer = getattr(self, "trainer", None)
-        return None if trainer is None else trainer.train_dataloader
+    def state_dict(self) -> dict[str, Any]:
+        loader = None if self.trainer is None else self.trainer.train_dataloader
+        return {"loader": loader.state_dict() if isinstance(loader, Resumable) else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict.get("loader")
 
     def on_train_start(self, trainer, pl_module) -> None:
         loader = trainer.train_dataloader
