@@ -21,10 +21,11 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from attnexp.config.compose import register_resolvers, resolve_run
 from attnexp.config.paths import CONFIG_DIR
+from attnexp.runs.claim import Holder, claim, is_rank_zero
 from attnexp.runs.layout import SAMPLES_FILE, RunDir
 from attnexp.runs.prepare import SKIP, load_run_config, prepare
 from attnexp.runs.record import Interrupted
@@ -54,6 +55,33 @@ def train_main(cfg: DictConfig) -> float | None:
         cores = available_cores()
         torch.set_num_threads(threads_per_job(n_jobs, cores))
         log.info("%d torch threads per job (n_jobs=%d on %d cores)", torch.get_num_threads(), n_jobs, cores)  # fmt: skip
+    run_dir = RunDir(Path(cfg.paths.output_dir))
+    held = claim(run_dir.path) if is_rank_zero() else None
+    if isinstance(held, Holder):  # another live process trains this job: leave it be
+        log.warning("%s is running elsewhere, in %s: not started here", run_dir.path, held)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return math.nan  # the summary lists it as running elsewhere
+        raise SystemExit(1)
+    try:
+        if held is not None and not cfg.get("resume"):  # resume= keeps the run's saved files
+            save_job_files(run_dir, cfg, hydra_cfg)
+        return _train_job(cfg, overrides, hydra_cfg.mode)
+    finally:
+        if held is not None:
+            held.release()
+
+
+def save_job_files(run_dir: RunDir, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """The job's ``.hydra/`` files (config, Hydra's config, overrides), written as Hydra would,
+    but only once this process holds the run dir: Hydra writes them before the job can claim it
+    (``hydra.output_subdir`` is null in ``conf/hydra/default.yaml`` so it does not), and a second
+    sweep into the same dir would rewrite them under the running job and a reader of them."""
+    atomic_write_text(run_dir.config_file, OmegaConf.to_yaml(cfg))
+    atomic_write_text(run_dir.hydra_file, OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write_text(run_dir.overrides_file, OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def _train_job(cfg: DictConfig, overrides: list[str], mode: RunMode) -> float | None:
     try:
         # resume=, a job completed before (skipped) or interrupted (continued): attnexp.runs.prepare
         plan = prepare(cfg, overrides)
@@ -71,7 +99,7 @@ def train_main(cfg: DictConfig) -> float | None:
             e.then(e.signum, None)
         raise SystemExit(e.exit_code) from None
     except Exception:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if mode != RunMode.MULTIRUN:
             raise
         log.exception("job failed; recorded in %s", RunDir(Path(cfg.paths.output_dir)).results_file)
         return math.nan

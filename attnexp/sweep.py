@@ -9,7 +9,9 @@ them all from scratch.
   writes the comparison report into the sweep dir (rows split by the config keys ``report_by``,
   each the best over ``report_best_over``: ``attnexp.report.best_over``; each compared with the row
   ``report_baseline`` selects, e.g. ``attention=none``), logs the table to W&B when
-  the sweep used it, and exits non-zero when any job failed.
+  the sweep used it, and exits non-zero when any job failed. A job another live process holds (a
+  second sweep into the same dir: ``attnexp.runs.claim``) is listed as running elsewhere, which
+  is not a failure.
 
 Jobs never raise into Hydra in a multirun (``attnexp.cli`` records the failure instead): Hydra's
 sweepers re-raise the first failed job before ``on_multirun_end``, which would skip this summary.
@@ -28,6 +30,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from attnexp.runs.claim import LOCK_FILE, Holder, exclusively, live_holder
 from attnexp.runs.layout import HYDRA_DIR, RESULTS_FILE
 from attnexp.runs.record import COMPLETED, FAILED, INTERRUPTED, UnreadableRecord, load_record
 
@@ -44,6 +47,7 @@ class Outcome:
     completed: list[Path] = field(default_factory=list)  # run dirs
     reused: list[Path] = field(default_factory=list)  # completed before this sweep started
     failed: list[tuple[Path, str]] = field(default_factory=list)  # run dir, error
+    elsewhere: list[tuple[Path, Holder]] = field(default_factory=list)  # running in another process
 
     @property
     def ok(self) -> bool:
@@ -53,14 +57,19 @@ class Outcome:
 def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcome:
     """Every job dir of ``sweep_dir`` (a dir holding Hydra's ``.hydra/``) and how it ended.
 
-    A job dir without a usable ``results.json`` (``attnexp.runs.record.load_record``, the report's
-    reader too), or one still ``running``, counts as failed: the job died before recording. An
+    A job dir a live process holds (``attnexp.runs.claim``: another sweep into the same dir) is
+    running elsewhere, whatever its record says so far. Otherwise a job dir without a usable
+    ``results.json`` (``attnexp.runs.record.load_record``, the report's reader too), or one still
+    ``running``, counts as failed: the job died before recording. An
     ``interrupted`` one counts as failed too, with its reason: re-running the sweep continues it.
     Runs started before ``started`` count as reused.
     """
     out = Outcome()
-    for hydra_dir in sorted(sweep_dir.glob(f"*/{HYDRA_DIR}")):
-        run_dir = hydra_dir.parent
+    for run_dir in job_dirs(sweep_dir):
+        holder = live_holder(run_dir)
+        if holder is not None:
+            out.elsewhere.append((run_dir, holder))
+            continue
         try:
             record = load_record(run_dir / RESULTS_FILE)
         except UnreadableRecord as e:
@@ -80,6 +89,12 @@ def sweep_outcome(sweep_dir: Path, started: dt.datetime | None = None) -> Outcom
     return out
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job dirs of a sweep: those with Hydra's files, or a claim (a job just started)."""
+    marked = [*sweep_dir.glob(f"*/{HYDRA_DIR}"), *sweep_dir.glob(f"*/{LOCK_FILE}")]
+    return sorted({p.parent for p in marked})
+
+
 def _started_before(started_at: Any, t: dt.datetime) -> bool:
     try:
         return dt.datetime.fromisoformat(str(started_at)) < t
@@ -93,9 +108,13 @@ def print_outcome(sweep_dir: Path, outcome: Outcome) -> None:
     console = Console(stderr=True, highlight=False)
     done = len(outcome.completed)
     reused = f" ({len(outcome.reused)} skipped: completed before)" if outcome.reused else ""
+    elsewhere = f", {len(outcome.elsewhere)} running elsewhere" if outcome.elsewhere else ""
     console.print(
-        f"sweep {sweep_dir}: {done} completed{reused}, {len(outcome.failed)} failed", soft_wrap=True
+        f"sweep {sweep_dir}: {done} completed{reused}{elsewhere}, {len(outcome.failed)} failed",
+        soft_wrap=True,
     )
+    for run_dir, holder in outcome.elsewhere:
+        console.print(f"[yellow]running elsewhere[/yellow] {run_dir.name}: {holder}", soft_wrap=True)
     for run_dir, error in outcome.failed:
         console.print(
             f"[red]failed[/red] {run_dir.name}: {' '.join(error.split())}", soft_wrap=True
@@ -122,12 +141,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        outcome = sweep_outcome(sweep_dir, self.started)
-        if self.report and outcome.completed + outcome.failed:
-            try:
-                self._write_report(sweep_dir, config)
-            except Exception:  # a broken report must not hide the jobs' outcome and exit status
-                log.exception("the comparison report of %s failed", sweep_dir)
+        # Another sweep into this dir may write the report too: one at a time, each from the
+        # records as they are then, so the last report written is from the latest records.
+        with exclusively(sweep_dir / LOCK_FILE):
+            outcome = sweep_outcome(sweep_dir, self.started)
+            if self.report and outcome.completed + outcome.failed + outcome.elsewhere:
+                try:
+                    self._write_report(sweep_dir, config)
+                except Exception:  # a broken report must not hide the outcome and exit status
+                    log.exception("the comparison report of %s failed", sweep_dir)
         print_outcome(sweep_dir, outcome)
         if not outcome.ok:
             # Hydra turns a callback's Exception into a warning; SystemExit passes through it.

@@ -18,7 +18,7 @@ and printed as a table.
 Standard deviation is the sample one (n - 1); over a single seed it and the interval are undefined
 and shown as "–" (empty in the CSV), never as a misleading 0. Failed runs count in ``failed`` and are listed with
 their error; a ``results.json`` that cannot be read is listed as unreadable, without stopping the
-report.
+report; ``attnexp-compare`` then exits 1 (``--skip-unreadable``: 0).
 """
 
 from __future__ import annotations
@@ -177,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="within each row keep only the runs of the value of this swept config key with the "
         "best validation objective, and name it (e.g. optim.optimizer.lr)",
     )  # fmt: skip
+    parser.add_argument(
+        "--skip-unreadable", action="store_true",
+        help="write the report even when a results.json cannot be read (it is listed as "
+        "unreadable); without it, such a file ends the command with exit status 1",
+    )  # fmt: skip
     parser.add_argument("--wandb-project", help="also log the table to this W&B project")
     parser.add_argument("--wandb-group", help="W&B group of that run")
     parser.add_argument("--wandb-mode", default="offline", choices=["offline", "online"])
@@ -198,6 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {', '.join(str(p) for p in report.files)}")
     if args.wandb_project:
         log_to_wandb(report.rows, args.wandb_project, args.wandb_group, mode=args.wandb_mode)
+    if report.unreadable and not args.skip_unreadable:
+        for bad in report.unreadable:
+            print(f"attnexp-compare: error: cannot read {bad.path}: {bad.reason}", file=sys.stderr)
+        print("attnexp-compare: the report leaves these runs out; --skip-unreadable accepts that",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

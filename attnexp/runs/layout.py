@@ -1,8 +1,8 @@
 """The run directory: every file name inside one, spelled once, and how to find and read it.
 
 A run dir is ``paths.output_dir`` of one job (``outputs/runs/<run name>/<time>`` or a sweep's
-``<sweep dir>/<job number>``). Hydra writes ``.hydra/`` before the job starts; the job writes the
-rest. The checkpoint dir and the CSV log's place are also set in yaml
+``<sweep dir>/<job number>``). The job writes ``.hydra/`` once it holds the dir
+(``attnexp.runs.claim``), then the rest. The checkpoint dir and the CSV log's place are also set in yaml
 (``conf/callbacks/default.yaml``, ``conf/logger/csv.yaml``), which these names match.
 """
 
@@ -50,6 +50,14 @@ class RunDir:
         return self.path / CONFIG_FILE
 
     @property
+    def hydra_file(self) -> Path:
+        return self.path / HYDRA_FILE
+
+    @property
+    def overrides_file(self) -> Path:
+        return self.path / OVERRIDES_FILE
+
+    @property
     def results_file(self) -> Path:
         return self.path / RESULTS_FILE
 
@@ -72,11 +80,11 @@ class RunDir:
 
     def runtime_choices(self) -> DictConfig:
         """The group options Hydra picked for the run (``hydra.runtime.choices``)."""
-        return OmegaConf.load(self.path / HYDRA_FILE).hydra.runtime.choices
+        return OmegaConf.load(self.hydra_file).hydra.runtime.choices
 
     def overrides(self) -> list[str]:
         """The run's command-line overrides; none when Hydra saved none."""
-        path = self.path / OVERRIDES_FILE
+        path = self.overrides_file
         return list(OmegaConf.load(path)) if path.is_file() else []
 
     def results(self) -> dict[str, Any]:

@@ -142,12 +142,19 @@ def resumed_config(resume: str, other_overrides: list[str]) -> tuple[DictConfig,
 
 
 def _results(run_dir: RunDir) -> dict[str, Any]:
-    """The results.json in ``run_dir``; empty when none is there or it is unreadable."""
+    """The results.json in ``run_dir``; empty when none is there or it is unreadable (said in the
+    log: the job runs again)."""
+    if not run_dir.results_file.exists():
+        return {}
     try:
         results = run_dir.results()
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        results = f"{type(e).__name__}: {e}"
+    if not isinstance(results, dict):
+        log.warning("running %s again: its %s is unreadable (%s)", run_dir.path,
+                    run_dir.results_file.name, results if isinstance(results, str) else "not an object")  # fmt: skip
         return {}
-    return results if isinstance(results, dict) else {}
+    return results
 
 
 def _interrupted(
