@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -29,7 +31,8 @@ from attnexp.runs.claim import Holder, claim, is_rank_zero
 from attnexp.runs.layout import SAMPLES_FILE, RunDir
 from attnexp.runs.prepare import SKIP, load_run_config, prepare
 from attnexp.runs.record import Interrupted
-from attnexp.util.files import atomic_write_text
+from attnexp.util.checks import ConfigError
+from attnexp.util.files import DiskFull, atomic_write_text, check_writable_dir
 from attnexp.util.terminal import quiet_dependencies
 
 register_resolvers()
@@ -85,10 +88,13 @@ def _train_job(cfg: DictConfig, overrides: list[str], mode: RunMode) -> float | 
     try:
         # resume=, a job completed before (skipped) or interrupted (continued): attnexp.runs.prepare
         plan = prepare(cfg, overrides)
-        if plan.start == SKIP:
-            log.info("skipped %s: completed before with the same config (force=true re-runs it)",
-                     plan.run_dir.path)  # fmt: skip
-            return plan.done["metrics"].get(plan.cfg.get("objective"))
+    except (ConfigError, FileNotFoundError) as e:  # a refused value; a resume= without its run
+        return _refused(e, mode)
+    if plan.start == SKIP:
+        log.info("skipped %s: completed before with the same config (force=true re-runs it)",
+                 plan.run_dir.path)  # fmt: skip
+        return plan.done["metrics"].get(plan.cfg.get("objective"))
+    try:
         # After Hydra parsed the command line, and the config passed: --help and refusals are fast.
         from attnexp.training.pipeline import run
 
@@ -98,13 +104,47 @@ def _train_job(cfg: DictConfig, overrides: list[str], mode: RunMode) -> float | 
         if e.then is not None:  # e.g. a cluster launcher requeueing the job
             e.then(e.signum, None)
         raise SystemExit(e.exit_code) from None
+    except DiskFull as e:
+        return _refused(e, mode)
     except Exception:
         if mode != RunMode.MULTIRUN:
             raise
-        log.exception("job failed; recorded in %s", RunDir(Path(cfg.paths.output_dir)).results_file)
+        log.exception("job failed; recorded in %s", plan.run_dir.results_file)
         return math.nan
     log.info("results: %s", plan.run_dir.results_file)
     return results["metrics"].get(plan.cfg.get("objective"))
+
+
+def _refused(error: Exception, mode: RunMode) -> float:
+    """A user's mistake or a full disk (recorded where a record could be written): one line, exit
+    status 1; in a multirun NaN, so the sweep goes on and its summary names the job."""
+    log.error("%s", error)
+    if mode != RunMode.MULTIRUN:
+        raise SystemExit(1) from None
+    return math.nan
+
+
+class CheckOutputDirs(Callback):
+    """Before Hydra creates the run or sweep dir (``hydra.callbacks`` in
+    ``conf/hydra/default.yaml``): a dir that cannot be created or written is refused in one line
+    naming the key, not by a traceback from inside Hydra."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        try:
+            for name in ("paths.log_dir", key):
+                value = OmegaConf.select(config, name)
+                if value is not None:
+                    check_writable_dir(name, Path(str(value)))
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

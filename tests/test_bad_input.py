@@ -195,11 +195,11 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_the_command_line_exits_non_zero_with_the_message(tmp_path, data_dir):
     proc = run_cli(*base(data_dir), "backbone.depth=0", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode != 0
-    assert "backbone.depth must be a positive integer, got 0" in proc.stderr
+    assert "backbone.depth must be a positive integer, got 0" in proc.stdout + proc.stderr
     assert read_results(tmp_path / "run")["status"] == "failed"
 
     proc = run_cli(f"resume={tmp_path / 'missing'}", f"hydra.run.dir={tmp_path / 'r2'}")
-    assert proc.returncode != 0 and "no such directory" in proc.stderr
+    assert proc.returncode != 0 and "no such directory" in proc.stdout + proc.stderr
 
 
 def test_an_oversized_batch_is_refused_by_validate_without_importing_lightning(tmp_path, data_dir):

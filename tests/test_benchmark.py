@@ -230,7 +230,7 @@ def test_timed_peak_memory_times_the_profiled_step():
 FRAGMENTING_STEP = """
 import re, sys, torch
 from attnexp.attention.design import attend
-from attnexp.bench.measure import mmap_large_allocations
+from attnexp.util.memory import mmap_large_allocations
 
 def mib(key):  # VmRSS: resident now; VmHWM: the peak since the last reset
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
@@ -257,6 +257,41 @@ def test_mmapped_large_allocations_keep_the_process_near_its_tensors():
         grown[mode] = float(run.stdout.split()[-1])  # MiB the process grew by
     # The scores total 128 MiB; the heap kept about 2.7x that, mmapped blocks a fraction of it.
     assert grown["mmap"] < 0.5 * grown["heap"], grown
+
+
+# A training step at N = 8,192 of dot + sigmoid (the chunked path, 16 blocks of 16 MiB), as training
+# runs it: nothing set by hand. "heap" turns the chunked path's own setting off.
+CHUNKED_STEP = """
+import re, sys, torch
+from attnexp.attention.design import attend
+from attnexp.util import memory
+
+def mib(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
+
+memory.AUTO_MMAP = sys.argv[1] == "auto"
+q, k, v = (torch.randn(1, 1, 8192, 16, requires_grad=True) for _ in range(3))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = mib("VmRSS")
+out, _ = attend(q, k, v, normalize="sigmoid")
+out.sum().backward()
+print(memory.mmapped(), mib("VmHWM") - before)
+"""
+
+
+def test_the_chunked_path_keeps_the_process_near_its_tensors_by_itself():
+    grown, mmapped = {}, {}
+    for mode in ("heap", "auto"):
+        run = subprocess.run(
+            [sys.executable, "-c", CHUNKED_STEP, mode], capture_output=True, text=True,
+            env=SUBPROCESS_ENV, cwd=Path(__file__).resolve().parents[1], check=True,
+        )  # fmt: skip
+        flag, mib = run.stdout.split()[-2:]
+        grown[mode], mmapped[mode] = float(mib), flag == "True"
+    assert mmapped == {"heap": False, "auto": True}
+    # The scores total 256 MiB; the heap keeps a multiple of that, the mapped blocks a fraction.
+    assert grown["auto"] < 0.5 * grown["heap"] and grown["auto"] < 256, grown
 
 
 def test_design_scaling_saves_each_length_and_says_how_it_timed(monkeypatch):

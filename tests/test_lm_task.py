@@ -284,7 +284,7 @@ def test_the_default_objective_is_the_tasks_own_and_a_wrong_one_is_refused():
 def test_training_by_steps_needs_max_steps():
     with pytest.raises(ValueError, match="trainer.max_epochs=-1 trains until trainer.max_steps"):
         validate(compose_cfg(["trainer.max_epochs=-1"]))
-    with pytest.raises(ValueError, match="trainer.max_steps must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="trainer.max_steps must be a positive integer or -1 \\(no limit\\), got 0"):
         validate(compose_cfg(["+trainer.max_steps=0"]))
 
 

@@ -108,6 +108,7 @@ from torch.utils.checkpoint import checkpoint
 from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.masking import nonempty, zero_padding
 from attnexp.util.checks import check_int
+from attnexp.util.memory import LARGE_ALLOCATION_BYTES, mmap_large_blocks
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 FUSED_SCORES = ("dot", "cosine", "l2", "pearson")  # with softmax: the fused kernel (``fast_path``)
@@ -118,6 +119,11 @@ QK_CONV_PADDINGS = ("same", "valid")
 # Entries of one query block's scores, B * h * b * M (times the additive hidden width), on the
 # chunked and masked-fused paths: 2^22 float32 entries = 16 MiB a tensor.
 BLOCK_ELEMENTS = 2**22
+# A chunked call of this many blocks or more, each of at least ``LARGE_ALLOCATION_BYTES``, on CPU
+# has large allocations mmapped from then on
+# (``attnexp.util.memory``): freed blocks kept in glibc's heap would grow the process by about a
+# block per block. Fewer blocks grow it by little and keep the heap's speed.
+MMAP_AFTER_BLOCKS = 8
 
 # Rough per-entry costs of the elementwise work, for analytic FLOP counts (one op = 1 FLOP).
 _NORMALIZE_FLOPS_PER_ENTRY = {"softmax": 4, "sigmoid": 4, "max": 4}  # e.g. sub, exp, sum, div
@@ -712,6 +718,9 @@ def _chunked(
 
     if n <= b:
         return block(q, k, v, 0)
+    block_bytes = q.shape[0] * q.shape[1] * b * m * width * q.element_size()
+    if q.device.type == "cpu" and n >= MMAP_AFTER_BLOCKS * b and block_bytes >= LARGE_ALLOCATION_BYTES:  # fmt: skip
+        mmap_large_blocks()  # the process stays linear in N
     recompute = torch.is_grad_enabled()
     outs = []
     for i in range(0, n, b):

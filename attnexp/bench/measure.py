@@ -10,7 +10,6 @@ tensor but not scratch space a kernel allocates and frees inside one op.
 
 from __future__ import annotations
 
-import ctypes
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -115,29 +114,6 @@ def allocation_peak(prof: profile) -> int:
             level -= live.pop(ptr)
         peak = max(peak, level)
     return peak
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-
-
-def mmap_large_allocations(min_bytes: int) -> bool:
-    """Have glibc serve every allocation of at least ``min_bytes`` by its own mmap, unmapped on
-    free; False where the C library is not glibc (nothing changed).
-
-    By default glibc raises its mmap threshold after the first such free, so the blocks of scores
-    a chunked attention step allocates and frees come from the heap, and the small long-lived
-    allocations between them (autograd nodes, block outputs) split the freed blocks: the process
-    grows by about a block per block even though the tensors alive at once stay linear in N (at
-    N = 16,384 one dot+sigmoid step of a 2-head layer grew the process by 8 GB; an additive one
-    ran a 24 GiB machine out of memory). A fixed threshold keeps the process at its tensors' size, at
-    the price of fresh zeroed pages for every block (about 2x the step time of a chunked cell at
-    N = 4,096 on CPU)."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, ctypes.c_int(min_bytes)))
 
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {

@@ -30,11 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from attnexp.attention import AttentionModule, Kind
-from attnexp.bench import ablation
+from attnexp.bench import ablation, process_memory
 from attnexp.bench.augment import bench_pipeline
 from attnexp.bench.measure import (
     median_times,
-    mmap_large_allocations,
     peak_memory_bytes,
     training_step,
 )
@@ -63,6 +62,7 @@ from attnexp.bench.tables import (
 )
 from attnexp.config.attention import available, create, searchpath_override, variant_kind
 from attnexp.util.cores import available_cores
+from attnexp.util.memory import LARGE_ALLOCATION_BYTES, mmap_large_allocations
 from attnexp.util.terminal import quiet_dependencies
 
 OURS = "attnexp"
@@ -359,8 +359,6 @@ def run_scaling(settings: Settings, variants: list[str], device: torch.device) -
     )
 
 
-LARGE_ALLOCATION_BYTES = 4 * 2**20  # long design lengths: blocks this big are mmapped on CPU
-
 
 def run_design_scaling(
     settings: Settings,
@@ -547,6 +545,11 @@ SECTIONS = (
             lambda job: bench_pipeline(job.device, warmup=job.settings.warmup,
                                        repeats=job.settings.repeats),
             pipeline_report, in_suite=False),
+    Section("process_memory", "only: how much the process grows in one training step of mha at "
+            "N = 8,192 over N = 256, per score x normalisation, with the chunked path's mmap and "
+            "without, and the step time of each (a fresh process per figure)",
+            lambda job: process_memory.measure(threads=torch.get_num_threads(), progress=progress),
+            process_memory.to_markdown, in_suite=False),
     Section("ablation_timing", "only: run the full MNIST-1D ablation (train.py -m, joblib "
             "launcher) and time it", measure_ablation, ablation_report, in_suite=False,
             passed=lambda result: result["returncode"] == 0),

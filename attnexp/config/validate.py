@@ -1,9 +1,9 @@
 """``validate(cfg)``: refuse a bad config in seconds, before any data is generated or Lightning
-is imported. Runs once per run, in the start step (``attnexp.runs.prepare.prepare``), which the
+is imported, with one line (``ConfigError``) naming the key and what is allowed. Runs once per run, in the start step (``attnexp.runs.prepare.prepare``), which the
 command line and Python callers of ``attnexp.training.pipeline.train`` both go through.
 
-Checks what the modules cannot see alone (full dotted key names, epochs, batch and sample sizes),
-then builds the model once, so every constructor check of the attention and backbone modules (an
+First every leaf against its rule (``attnexp.config.values``: counts, rates, paths, choices), then
+what the modules cannot see alone, then builds the model once, so every constructor check of the attention and backbone modules (an
 unknown ``score``, an even MUSE kernel, ``num_heads`` not dividing ``dim``, ...) also fires here.
 Last it loads the dataset's source (cached or generated in about a second; no Lightning) to check
 what needs the data: a batch larger than the training split, an unreadable cached file.
@@ -12,43 +12,40 @@ what needs the data: a batch larger than the training split, an unreadable cache
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from attnexp.config.values import check_values, leaves
 from attnexp.tasks.spec import MAX, check_direction, task_of
+from attnexp.util.checks import ConfigError
 
-# A key whose name ends like this is a count or a size: it must be positive when set (null means
-# "derive it", e.g. head_dim). ``_ratio`` keys are positive floats (mlp_ratio may be 0: no MLP).
-POSITIVE_SUFFIXES = (
-    "size", "sizes", "dim", "width", "depth", "heads", "samples", "classes", "pairs", "queries",
-    "len", "stride",
-)  # fmt: skip
 ODD_KEYS = ("kernel_size", "kernel_sizes")
 CHECKED_GROUPS = ("attention", "backbone", "dataset")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ``ValueError`` naming the key and what is allowed for the first bad value found."""
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    """Raise ``ConfigError`` naming the key and what is allowed for the first bad value found."""
+    try:
+        _validate(cfg)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a module's or the data's own check: its message names the key
+        raise ConfigError(" ".join(str(e).split())) from e
+
+
+def _validate(cfg: DictConfig) -> None:
+    check_values(cfg)  # every leaf by its rule: nothing built or read yet
+    _check_files(cfg)  # a bad file is said before the keys it would have answered
     _check_missing(cfg)
-    for key, value in _leaves(cfg, CHECKED_GROUPS):
-        name = key.rsplit(".", 1)[-1]
-        if name.endswith(POSITIVE_SUFFIXES):
-            _check_positive(key, value)
-        elif name.endswith("ratio") and not (name == "mlp_ratio" and value == 0):  # 0: no MLP
-            _check_positive(key, value, integer=False)
-        if name in ODD_KEYS:
+    for key, value in leaves(cfg):
+        if key.split(".")[0] in CHECKED_GROUPS and key.rsplit(".", 1)[-1] in ODD_KEYS:
             for k in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(k, int) and k % 2 == 0:
                     raise ValueError(
                         f"{key} must be odd (same padding keeps the grid), got {value!r}"
                     )
-    _check_positive("trainer.max_epochs", cfg.trainer.get("max_epochs"), allow_minus_one=True)
-    _check_positive("trainer.max_steps", cfg.trainer.get("max_steps"), allow_minus_one=True)
     if cfg.trainer.get("max_epochs") == -1 and cfg.trainer.get("max_steps") in (None, -1):
         # Training by steps (the LM experiments) ends at max_steps; without it, never.
         raise ValueError(
@@ -59,9 +56,25 @@ def validate(cfg: DictConfig) -> None:
     _check_shape(cfg)
     _check_objective(cfg)  # after the shape: the task depends on it
     _check_stop_at(cfg)
-    _check_model(cfg)
+    _check_checkpoint_monitor(cfg)
+    model = _check_model(cfg)
+    _check_optim(cfg, model)
     _check_augment(cfg)
     _check_data(cfg)
+
+
+def _check_files(cfg: DictConfig) -> None:
+    """The text file of a language model: a directory, a binary or an empty file is refused before
+    ``dataset.shape.vocab_size`` is asked for (``attnexp.data.text.check_text_file``)."""
+    dataset = cfg.dataset
+    source = dataset.get("source") or {}
+    if source.get("_target_") != "attnexp.data.text.load_text" or OmegaConf.is_missing(dataset, "path"):  # fmt: skip
+        return
+    from pathlib import Path
+
+    from attnexp.data.text import check_text_file
+
+    check_text_file(Path(str(dataset.path)), bool(dataset.get("download")), source.get("url"))
 
 
 def _check_missing(cfg: DictConfig) -> None:
@@ -72,21 +85,6 @@ def _check_missing(cfg: DictConfig) -> None:
     own = sorted(k for k in missing if k.startswith("dataset.")) or sorted(missing)
     if own:
         raise ValueError(f"{own[0]} must be set: it has no default (??? in the config)")
-
-
-def _check_positive(
-    key: str, value: Any, integer: bool = True, allow_minus_one: bool = False
-) -> None:
-    if value is None or (allow_minus_one and value == -1):
-        return
-    values = value if isinstance(value, (list, tuple)) else [value]
-    for v in values:
-        if isinstance(v, str):  # e.g. an interpolated grid entry; its own key is checked
-            continue
-        number = not isinstance(v, bool) and isinstance(v, (int, float))
-        if not number or (integer and not isinstance(v, int)) or v <= 0:
-            what = "a positive integer" if integer else "a positive number"
-            raise ValueError(f"{key} must be {what}, got {value!r}")
 
 
 def _check_compile(cfg: DictConfig) -> None:
@@ -164,16 +162,54 @@ def _check_stop_at(cfg: DictConfig) -> None:
         raise ValueError(f"callbacks.stop_at.threshold must be a number, got {threshold!r}")
 
 
-def _check_model(cfg: DictConfig) -> None:
+def _check_checkpoint_monitor(cfg: DictConfig) -> None:
+    """``callbacks.model_checkpoint.monitor`` picks the best checkpoint, which the run tests: a
+    metric the task does not log would fail after the first validation."""
+    callback = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    monitor = callback.get("monitor") if callback else None
+    if monitor is None:  # Lightning then keeps the last checkpoint as the best
+        return
+    task = task_of(cfg)
+    if task.direction_of(str(monitor)) is None or not str(monitor).startswith("val/"):
+        allowed = ", ".join(k for k in task.keys() if k.startswith("val/"))
+        raise ValueError(
+            f"callbacks.model_checkpoint.monitor must be a validation metric the {task.name} task "
+            f"logs ({allowed}), got {monitor!r}"
+        )
+
+
+def _check_model(cfg: DictConfig) -> Any:
     from attnexp.models import build_model  # the one way a model is built; no Lightning
 
     try:
-        build_model(cfg)
+        return build_model(cfg)
     except (ValueError, TypeError, InstantiationException) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
         choices = cfg.get("choices") or {}
         where = f"attention={choices.get('attention')}, backbone={choices.get('backbone')}"
         raise ValueError(f"bad model config ({where}): {_unknown_key(cfg, cause) or cause}") from e
+
+
+def _check_optim(cfg: DictConfig, model: Any) -> None:
+    """The optimiser and schedule built on the model as the run will (an unknown key, torch's own
+    range checks), over a stand-in number of steps."""
+    from hydra.utils import instantiate
+
+    from attnexp.tasks.optim import param_groups
+
+    optim = cfg.get("optim") or {}
+    for key in ("optimizer", "scheduler"):
+        if optim.get(key) is not None and not optim[key].get("_partial_"):
+            raise ValueError(f"optim.{key} needs `_partial_: true`: the run gives it the parameters")
+    try:
+        optimizer = instantiate(optim.optimizer)(
+            params=param_groups(model.parameters(), bool(optim.get("decay_matrices_only")))
+        )
+        if optim.get("scheduler") is not None:
+            instantiate(optim.scheduler)(optimizer=optimizer, total_steps=1000)
+    except (ValueError, TypeError, InstantiationException) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        raise ValueError(f"bad optim config: {cause}") from e
 
 
 def _unknown_key(cfg: DictConfig, cause: BaseException) -> str | None:
@@ -251,17 +287,3 @@ DATA_CHECKS = {
     "attnexp.data.datamodule.ArrayDataModule": _check_arrays,
     "attnexp.data.lm.TokenStreamDataModule": _check_token_stream,
 }
-
-
-def _leaves(
-    cfg: Any, keys: tuple[str, ...] | None = None, prefix: str = ""
-) -> Iterator[tuple[str, Any]]:
-    """``(dotted key, value)`` for every non-dict leaf under ``keys`` (all keys when None)."""
-    for k, v in cfg.items():
-        if keys is not None and k not in keys:
-            continue
-        key = f"{prefix}{k}"
-        if isinstance(v, (dict, DictConfig)):
-            yield from _leaves(v, None, f"{key}.")
-        else:
-            yield key, list(v) if isinstance(v, ListConfig) else v

@@ -323,6 +323,11 @@ def load_image_folder(
             root, "image folders: <class>/<image> for each class, or train/<class>/<image> and "
             f"test/<class>/<image> (images: {', '.join(IMAGE_SUFFIXES)})", downloadable=False,
         )  # fmt: skip
+    if len(classes) < 2:
+        raise ValueError(
+            f"{KEY}={root} has {len(classes)} class folder ({', '.join(classes)}): a classifier "
+            "needs at least two, one folder of images per class"
+        )
     if len(classes) != num_classes:
         raise ValueError(
             f"dataset.shape.num_classes={num_classes}, but {KEY}={root} has {len(classes)} class "

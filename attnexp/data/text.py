@@ -14,6 +14,7 @@ Lightning-free, so ``validate`` can check a config against the real split sizes 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import shutil
@@ -100,6 +101,39 @@ def split_text(text: str, train_fraction: float, val_fraction: float) -> tuple[s
     return text[:a], text[a:b], text[b:]
 
 
+SNIFF_BYTES = 1 << 20  # how much of a text file the check before training decodes
+
+
+def check_text_file(path: Path, download: bool = False, url: str | None = None) -> bool:
+    """Refuse, naming ``dataset.path``, what cannot be a text to model: a directory, a missing file
+    (unless ``download`` from ``url``: then True), a file that does not start as UTF-8 text (a binary),
+    or one with fewer than two distinct characters (an empty file). Reads at most a megabyte."""
+    if path.is_dir():
+        raise ValueError(f"dataset.path={path} is a directory: set it to a UTF-8 text file")
+    if not path.is_file():
+        if download and url:
+            return True
+        why = "dataset.download is false" if url else "no download URL is known for it"
+        raise ValueError(
+            f"dataset.path={path} does not exist ({why}): put a UTF-8 text file there or set "
+            "dataset.path to one"
+        )
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < SNIFF_BYTES)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"dataset.path={path} is not UTF-8 text (byte {e.start}): is it a binary?") from None  # fmt: skip
+    if "\x00" in text:
+        raise ValueError(f"dataset.path={path} holds NUL bytes: it is a binary, not a text")
+    if len(set(text)) < 2:
+        raise ValueError(
+            f"dataset.path={path} holds {len(head)} bytes and {len(set(text))} distinct "
+            "characters: a language model needs a text with at least two"
+        )
+    return False
+
+
 def load_text(
     path: str,
     data_dir: str,
@@ -114,13 +148,7 @@ def load_text(
     if vocab not in KINDS:  # refused before any work (a download, hashing the file)
         raise ValueError(f"dataset.source.vocab must be one of {', '.join(KINDS)}, got {vocab!r}")
     path = Path(path)
-    if not path.is_file():
-        if not (download and url):
-            why = "dataset.download is false" if url else "no download URL is known for it"
-            raise ValueError(
-                f"dataset.path={path} does not exist ({why}): put a UTF-8 text file there or "
-                "set dataset.path to one"
-            )
+    if check_text_file(path, download, url):
         fetch(url, path, sha256)
     digest = sha256_of(path)
     key = json.dumps([CACHE_FORMAT, digest, vocab, train_fraction, val_fraction])

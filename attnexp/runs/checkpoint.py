@@ -8,6 +8,7 @@ accepts tensors and plain data (``torch.load(..., weights_only=True)``) whatever
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -74,8 +75,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
+        # Serialised in memory first: a write error is then the OS's, with its errno (a full
+        # disk is ``DiskFull``), not torch's "enforce fail at inline_container.cc".
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+            f.write(buffer.getbuffer())
 
     def load_checkpoint(
         self, path, map_location: Callable | Any = "cpu", weights_only: bool | None = None

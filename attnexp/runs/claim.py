@@ -18,8 +18,6 @@ heartbeat when it was on another host.
 
 The processes of one data-parallel job (SLURM tasks or Lightning's ranks of one run) share the dir:
 only rank 0 claims it (``is_rank_zero``).
-
-May import: attnexp.util (through the package).
 """
 
 from __future__ import annotations

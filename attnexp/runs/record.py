@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import signal
@@ -37,7 +38,9 @@ from attnexp.config.cell import CELL_GROUPS, Cell, InCell
 from attnexp.runs.layout import RESULTS_FILE, RunDir
 from attnexp.runs.provenance import git_commit, versions
 from attnexp.tasks.spec import Task, recorded_task, task_of
-from attnexp.util.files import atomic_write_text
+from attnexp.util.files import DiskFull, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 # Status values a results file may carry.
 COMPLETED = "completed"
@@ -165,7 +168,10 @@ class RunLog:
 
     def fail(self, error: BaseException, **fields: Any) -> None:
         """Mark the run failed by ``error`` (its type and message), with ``fields``, and write."""
-        self.update(**fields, status=FAILED, error=f"{type(error).__name__}: {error}")
+        try:
+            self.update(**fields, status=FAILED, error=f"{type(error).__name__}: {error}")
+        except DiskFull as e:  # the failure itself may be the full disk: it is raised, not this
+            log.error("could not record the failure in %s: %s", self.run_dir.results_file, e)
 
     def interrupt(self, reason: str, **fields: Any) -> None:
         """Mark the run interrupted (it saved where it stood), saying why, with ``fields``."""

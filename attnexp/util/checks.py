@@ -4,6 +4,11 @@ value with a ValueError that names the key; no torch, so ``validate`` can use th
 from __future__ import annotations
 
 
+class ConfigError(ValueError):
+    """A value of the config refused before the run starts: its message is one line that names the
+    key and what is allowed, so the command line prints it without a traceback."""
+
+
 def is_int_at_least(value: object, minimum: int) -> bool:
     """Whether ``value`` is an int (not a bool) of at least ``minimum``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum

@@ -1,0 +1,124 @@
+"""Process memory of one training step of ``mha``, per score x normalisation, each in a fresh
+process: how much the process grows (peak RSS) at a long N over a short one, with large
+allocations mmapped as the chunked path arranges (``attnexp.util.memory``) and without, and the
+step time of each, side by side.
+
+The tensors an attention step holds are linear in N on every path (``docs/design_space.md``); the
+process need not be: glibc may keep freed score blocks in its heap, split by the small allocations
+autograd makes between them. This measures the process, as the out-of-memory killer sees it.
+
+``python -m attnexp.bench.process_memory`` prints the table; ``scripts/benchmark.py
+--process-memory`` records it. A child (``--child``) measures one cell and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+DIM, HEADS, BATCH = 64, 4, 1
+SHORT, LONG = 256, 8192
+TIMED_STEPS = 2
+
+
+def child(score: str, normalize: str, n: int, mmap: bool) -> dict[str, Any]:
+    """One forward and backward at ``n`` (peak RSS after it), then ``TIMED_STEPS`` timed steps."""
+    import torch
+
+    from attnexp.config.attention import create
+    from attnexp.util import memory
+
+    torch.manual_seed(0)
+    if not mmap:
+        memory.AUTO_MMAP = False
+    module = create("mha", DIM, num_heads=HEADS, score=score, normalize=normalize)
+    x = torch.randn(BATCH, n, DIM, requires_grad=True)
+
+    def step() -> None:
+        module(x).square().mean().backward()
+
+    step()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    start = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        step()
+    return {
+        "score": score, "normalize": normalize, "n": n, "mmap": memory.mmapped(),
+        "peak_rss_mb": peak_mb, "step_s": (time.perf_counter() - start) / TIMED_STEPS,
+    }  # fmt: skip
+
+
+def run_cell(score: str, normalize: str, n: int, mmap: bool, threads: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    args = [sys.executable, "-m", "attnexp.bench.process_memory", "--child", score, normalize,
+            str(n), "mmap" if mmap else "heap"]  # fmt: skip
+    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(
+    cells: Sequence[tuple[str, str]] | None = None, short: int = SHORT, long: int = LONG,
+    threads: int = 1, progress: Any = print,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Per cell: the growth at ``long`` over ``short`` (MB) and the step time at ``long``, with
+    the chunked path's automatic mmap and without; each figure from its own fresh process."""
+    from attnexp.attention.design import NORMALIZATIONS, SCORES
+
+    cells = cells or [(s, n) for s in SCORES for n in NORMALIZATIONS]
+    rows = []
+    for score, normalize in cells:
+        row: dict[str, Any] = {"score": score, "normalize": normalize}
+        for mmap in (True, False):
+            base = run_cell(score, normalize, short, mmap, threads)
+            at = run_cell(score, normalize, long, mmap, threads)
+            tag = "mmap" if mmap else "heap"
+            row[f"growth_mb_{tag}"] = at["peak_rss_mb"] - base["peak_rss_mb"]
+            row[f"step_s_{tag}"] = at["step_s"]
+            row[f"mmapped_{tag}"] = at["mmap"]
+        rows.append(row)
+        progress(f"{score:>8} {normalize:>7}: +{row['growth_mb_mmap']:7.0f} MB (auto mmap), "
+                 f"+{row['growth_mb_heap']:7.0f} MB (heap); step {row['step_s_mmap']:.3f} s vs "
+                 f"{row['step_s_heap']:.3f} s")  # fmt: skip
+    return rows
+
+
+def to_markdown(rows: list[dict[str, Any]], short: int = SHORT, long: int = LONG) -> str:
+    from attnexp.util.markdown import md_table
+
+    header = ["score", "normalize", f"growth at N={long:,} (MB)", "the same without mmap (MB)",
+              "step time ratio (mmap / heap)", "mmapped"]  # fmt: skip
+    lines = [
+        [r["score"], r["normalize"], f"{r['growth_mb_mmap']:.0f}", f"{r['growth_mb_heap']:.0f}",
+         f"{r['step_s_mmap'] / r['step_s_heap']:.2f}×", "yes" if r["mmapped_mmap"] else "no"]
+        for r in rows
+    ]  # fmt: skip
+    return (
+        f"Peak RSS of one forward and backward of `mha` (batch {BATCH}, dim {DIM}, {HEADS} heads) "
+        f"at N = {long:,} minus that at N = {short}, each in a fresh process.\n\n"
+        + md_table(header, lines)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m attnexp.bench.process_memory")
+    parser.add_argument("--child", nargs=4, metavar=("SCORE", "NORMALIZE", "N", "MODE"))
+    parser.add_argument("--long", type=int, default=LONG)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.child:
+        score, normalize, n, mode = args.child
+        print(json.dumps(child(score, normalize, int(n), mode == "mmap")))
+        return 0
+    print(to_markdown(measure(long=args.long, threads=args.threads), long=args.long))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
