@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import http.server
 import os
+import re
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -85,44 +85,25 @@ def compose_cfg(overrides: list[str], output_dir: Path | None = None) -> DictCon
     return compose_train_config(overrides, output_dir if output_dir is not None else "unused")
 
 
-# A throwaway variant, its module and its yaml written to a temporary config root by ``toy_root``:
-# the contract tests, a sweep, the report, the figures and the benchmark take it with no edit
-# elsewhere (tests/test_attention.py, tests/test_new_variant.py).
+# The example variant of docs/extending.md, its module and its yaml exactly as the page gives them,
+# written to a temporary config root by ``toy_root``: the contract tests, a sweep, the report, the
+# figures and the benchmark take it with no edit elsewhere (tests/test_attention.py,
+# tests/test_new_variant.py, tests/test_extending.py).
 TOY = "toy"
-TOY_MODULE = textwrap.dedent('''
-    """A throwaway mixer: every position attends to every other by softmax(scale x.x / sqrt(C))."""
-
-    import math
-
-    from torch import nn
-
-    from attnexp.attention.base import (
-        AttentionModule, Kind, WeightKind, flatten_grid, unflatten_grid,
-    )
 
 
-    class ToyMixer(AttentionModule):
-        kind = Kind.MIXER
-        weight_kinds = {"affinity": WeightKind.ATTENTION_MAP}
+def example_variant() -> tuple[str, str]:
+    """``(module source, yaml)`` of the example under "Add an attention variant" in
+    docs/extending.md: its first Python and first YAML block."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    section = page[page.index("## Add an attention variant") :]
+    python = re.search(r"```python\n(.*?)```", section, re.S)
+    yaml = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert python and yaml, "docs/extending.md lost its example variant"
+    return python.group(1), yaml.group(1)
 
-        def __init__(self, dim, grid_ndim=1, scale=1.0):
-            super().__init__(dim, grid_ndim)
-            self.scale = scale
-            self.proj = nn.Linear(dim, dim)
 
-        def forward(self, x, return_weights=False):
-            self.check_input(x)
-            tokens, grid = flatten_grid(x)
-            scores = self.scale * tokens @ tokens.transpose(1, 2) / math.sqrt(self.dim)
-            affinity = scores.softmax(-1)
-            y = unflatten_grid(self.proj(affinity @ tokens), grid)
-            return (y, {"affinity": affinity.unsqueeze(1)}) if return_weights else y
-
-        def flops(self, grid):
-            n, c = self.num_positions(grid), self.dim
-            return 4 * n * n * c + 4 * n * n + 2 * n * c * c
-''')
-TOY_YAML = "_target_: toy_mixer.ToyMixer\n_partial_: true\nscale: 1.0\n"
+TOY_MODULE, TOY_YAML = example_variant()
 
 
 @pytest.fixture(scope="session")

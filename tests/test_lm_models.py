@@ -32,6 +32,8 @@ BUILDERS = {"transformer": Transformer, "cnn": CNN}
 
 
 class StandIn(AttentionModule):
+    weight_kinds = {}  # none returned
+
     def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
         super().__init__(dim, grid_ndim, causal)
         self.proj = nn.Linear(dim, dim)

@@ -293,7 +293,10 @@ def test_training_by_steps_needs_max_steps():
 
 def test_lm_ablation_sweeps_every_variant_that_can_be_causal():
     params = OmegaConf.load(CONFIG_DIR / "experiment" / "lm_ablation.yaml").hydra.sweeper.params
-    assert sorted(params.attention.split(",")) == [a for a in available() if a != "pool"]
+    assert sorted(params.attention.split(",")) == [a for a in available() if a != "pool"], (
+        "conf/experiment/lm_ablation.yaml sweeps every variant that can be causal: add a new one "
+        "to its attention list (docs/extending.md)"
+    )
     assert params.lm_backbone.split(",") == ["transformer", "cnn"] and params.seed == "0,1,2"
     presets = sorted(p.stem for p in (CONFIG_DIR / "lm_backbone").glob("*.yaml"))
     backbones = {p.stem for p in (CONFIG_DIR / "backbone").glob("*.yaml")}

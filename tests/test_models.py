@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from attnexp.attention.base import AttentionModule, Kind, flatten_grid
+from attnexp.attention.base import AttentionModule, Kind, WeightKind, flatten_grid
 from attnexp.attention.none import Identity
 from attnexp.data.shape import DataShape
 from attnexp.models.cnn import CNN
@@ -20,8 +20,10 @@ from tests.conftest import example_input
 class Probe(AttentionModule):
     """Records what it sees; flops = 7 * positions * dim (any formula the test can recompute)."""
 
-    def __init__(self, dim: int, grid_ndim: int = 1) -> None:
-        super().__init__(dim, grid_ndim)
+    weight_kinds = {"probe": WeightKind.SPATIAL_GATE}  # x.mean(-1): (B, *grid)
+
+    def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
+        super().__init__(dim, grid_ndim, causal)
         self.seen: list[tuple[int, ...]] = []
         self.weight_calls = 0
 

@@ -32,6 +32,7 @@ explicit opt-in because producing them forces the slow explicit path. Each modul
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
@@ -43,6 +44,13 @@ from torch.nn import functional as F
 from attnexp.util.checks import check_positive
 
 GRID_NDIMS = (1, 2)  # sequences (L,) and images (H, W)
+CONSTRUCTOR_KEYWORDS = ("dim", "grid_ndim", "causal")  # what a backbone may pass every module
+CONTRACT_PAGE = "see 'The attention contract' in docs/extending.md"
+
+
+class ContractError(TypeError):
+    """An attention class that breaks the contract (a missing ``kind``, ``weight_kinds`` or
+    constructor keyword): refused when it is defined or built, citing the page."""
 
 
 class Kind(str, enum.Enum):
@@ -101,8 +109,24 @@ class AttentionModule(nn.Module):
     # name -> kind of each tensor ``forward(x, return_weights=True)`` returns.
     weight_kinds: ClassVar[Mapping[str, WeightKind]]
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A subclass whose constructor cannot take what every backbone passes is refused when
+        it is defined, not when a language model first builds it."""
+        super().__init_subclass__(**kwargs)
+        params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        missing = [name for name in CONSTRUCTOR_KEYWORDS if name not in params]
+        if missing:
+            raise ContractError(
+                f"{cls.__qualname__}.__init__ must take {', '.join(missing)} (every backbone "
+                f"passes dim= and grid_ndim=, a language model causal=True) and hand them to "
+                f"super().__init__: {CONTRACT_PAGE}"
+            )
+
     def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
         super().__init__()
+        check_contract(type(self))
         check_positive("dim", dim)
         if not isinstance(causal, bool):
             raise ValueError(f"causal must be true or false, got {causal!r}")
@@ -164,6 +188,25 @@ class AttentionModule(nn.Module):
         normalisation layers are not counted.
         """
         raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
+
+
+def check_contract(cls: type) -> None:
+    """Refuse, when a module is built, a class without its ``kind`` (a ``Kind``) or its
+    ``weight_kinds`` (names to ``WeightKind``), citing the page that gives the contract."""
+    if not isinstance(getattr(cls, "kind", None), Kind):
+        raise ContractError(
+            f"{cls.__qualname__} must set the class attribute kind to a Kind (MIXER, GATE, POOL or "
+            f"IDENTITY): {CONTRACT_PAGE}"
+        )
+    kinds = getattr(cls, "weight_kinds", None)
+    if not isinstance(kinds, Mapping) or not all(
+        isinstance(name, str) and isinstance(kind, WeightKind) for name, kind in kinds.items()
+    ):
+        raise ContractError(
+            f"{cls.__qualname__} must set the class attribute weight_kinds to a dict of the names "
+            f"forward(x, return_weights=True) returns to their WeightKind ({{}} for none), got "
+            f"{kinds!r}: {CONTRACT_PAGE}"
+        )
 
 
 def check_mask(mask: Tensor, shape: Sequence[int]) -> None:
