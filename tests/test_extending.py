@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from attnexp.attention.base import AttentionModule, ContractError, Kind, WeightKind
 from attnexp.attention import factory
+from attnexp.attention.base import AttentionModule, ContractError, Kind, WeightKind
 from attnexp.config.attention import attention_config, searchpath_override
 from attnexp.runs.record import read_results
 from tests.conftest import SUBPROCESS_ENV, TOY, tiny
