@@ -55,48 +55,61 @@ def child(score: str, normalize: str, n: int, mmap: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_cell(score: str, normalize: str, n: int, mmap: bool, threads: int) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+# How a child runs: the chunked path's own setting (``mmap``), glibc left as it is (``heap``), or
+# the setting with transparent huge pages for the mapped blocks (``mmap-thp``: a glibc tunable,
+# read only when a process starts, so the command must be started with it).
+MODES = {
+    "mmap": {},
+    "heap": {},
+    "mmap-thp": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"},
+}
+
+
+def run_cell(score: str, normalize: str, n: int, mode: str, threads: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **MODES[mode]}
     args = [sys.executable, "-m", "attnexp.bench.process_memory", "--child", score, normalize,
-            str(n), "mmap" if mmap else "heap"]  # fmt: skip
+            str(n), mode]  # fmt: skip
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure(
     cells: Sequence[tuple[str, str]] | None = None, short: int = SHORT, long: int = LONG,
-    threads: int = 1, progress: Any = print,
+    threads: int = 1, progress: Any = print, modes: Sequence[str] = ("mmap", "heap"),
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Per cell: the growth at ``long`` over ``short`` (MB) and the step time at ``long``, with
-    the chunked path's automatic mmap and without; each figure from its own fresh process."""
+    """Per cell and mode (``MODES``): the growth at ``long`` over ``short`` (MB) and the step time
+    at ``long``; each figure from its own fresh process."""
     from attnexp.attention.design import NORMALIZATIONS, SCORES
 
     cells = cells or [(s, n) for s in SCORES for n in NORMALIZATIONS]
     rows = []
     for score, normalize in cells:
         row: dict[str, Any] = {"score": score, "normalize": normalize}
-        for mmap in (True, False):
-            base = run_cell(score, normalize, short, mmap, threads)
-            at = run_cell(score, normalize, long, mmap, threads)
-            tag = "mmap" if mmap else "heap"
-            row[f"growth_mb_{tag}"] = at["peak_rss_mb"] - base["peak_rss_mb"]
-            row[f"step_s_{tag}"] = at["step_s"]
-            row[f"mmapped_{tag}"] = at["mmap"]
+        for mode in modes:
+            base = run_cell(score, normalize, short, mode, threads)
+            at = run_cell(score, normalize, long, mode, threads)
+            row[f"growth_mb_{mode}"] = at["peak_rss_mb"] - base["peak_rss_mb"]
+            row[f"step_s_{mode}"] = at["step_s"]
+            row[f"mmapped_{mode}"] = at["mmap"]
         rows.append(row)
-        progress(f"{score:>8} {normalize:>7}: +{row['growth_mb_mmap']:7.0f} MB (auto mmap), "
-                 f"+{row['growth_mb_heap']:7.0f} MB (heap); step {row['step_s_mmap']:.3f} s vs "
-                 f"{row['step_s_heap']:.3f} s")  # fmt: skip
+        progress(f"{score:>8} {normalize:>7}: " + "; ".join(
+            f"{mode} +{row[f'growth_mb_{mode}']:.0f} MB, {row[f'step_s_{mode}']:.3f} s" for mode in modes
+        ))  # fmt: skip
     return rows
 
 
 def to_markdown(rows: list[dict[str, Any]], short: int = SHORT, long: int = LONG) -> str:
+    """One row per cell: the growth of each mode measured and the step time of each mode over
+    the step time of ``heap`` (glibc left alone)."""
     from attnexp.util.markdown import md_table
 
-    header = ["score", "normalize", f"growth at N={long:,} (MB)", "the same without mmap (MB)",
-              "step time ratio (mmap / heap)", "mmapped"]  # fmt: skip
+    modes = [m for m in MODES if f"step_s_{m}" in rows[0]]
+    header = ["score", "normalize", *(f"growth, {m} (MB)" for m in modes),
+              *(f"step time, {m} / heap" for m in modes if m != "heap"), "mmapped"]  # fmt: skip
     lines = [
-        [r["score"], r["normalize"], f"{r['growth_mb_mmap']:.0f}", f"{r['growth_mb_heap']:.0f}",
-         f"{r['step_s_mmap'] / r['step_s_heap']:.2f}×", "yes" if r["mmapped_mmap"] else "no"]
+        [r["score"], r["normalize"], *(f"{r[f'growth_mb_{m}']:.0f}" for m in modes),
+         *(f"{r[f'step_s_{m}'] / r['step_s_heap']:.2f}×" for m in modes if m != "heap"),
+         "yes" if r.get("mmapped_mmap") else "no"]
         for r in rows
     ]  # fmt: skip
     return (
@@ -111,12 +124,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", nargs=4, metavar=("SCORE", "NORMALIZE", "N", "MODE"))
     parser.add_argument("--long", type=int, default=LONG)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--modes", default="mmap,heap", help=f"of {', '.join(MODES)}")
+    parser.add_argument("--cells", help="score:normalize,... (default: every one)")
     args = parser.parse_args(argv)
     if args.child:
         score, normalize, n, mode = args.child
-        print(json.dumps(child(score, normalize, int(n), mode == "mmap")))
+        print(json.dumps(child(score, normalize, int(n), mode != "heap")))
         return 0
-    print(to_markdown(measure(long=args.long, threads=args.threads), long=args.long))
+    cells = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else None
+    rows = measure(cells, long=args.long, threads=args.threads, modes=args.modes.split(","))
+    print(json.dumps(rows))
+    print(to_markdown(rows, long=args.long))
     return 0
 
 
