@@ -135,3 +135,17 @@ def test_two_sweeps_into_one_dir_train_each_job_exactly_once(data_dir, tmp_path)
     report = (sweep / "comparison.md").read_text()  # written last from the final records
     assert "| digits | cnn | mha |" in report and "| digits | cnn | se |" in report
     assert "## Failures (0)" in report and "Not finished" not in report
+
+
+def test_a_liveness_check_holding_the_lock_for_an_instant_does_not_turn_a_job_away(tmp_path):
+    import fcntl
+    import threading
+
+    job = tmp_path / "job"
+    job.mkdir()
+    fd = os.open(job / claims.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as live_holder does, with no claim file: nobody runs it
+    threading.Timer(0.2, os.close, [fd]).start()
+    mine = claim(job)
+    assert isinstance(mine, Claim)
+    mine.release()

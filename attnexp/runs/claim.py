@@ -43,6 +43,9 @@ CLAIM_FILE = ".claim"  # O_EXCL: who holds it, and its heartbeat (mtime)
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 120.0  # a claim from another host without a heartbeat this long is dead
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID")  # set by torchrun, Lightning, srun
+# A flock held without a claim file is a liveness check (held for an instant) or a job between its
+# flock and its claim file: looked at again this often before it counts as a holder.
+BUSY_TRIES, BUSY_WAIT_S = 40, 0.05
 
 
 @dataclass(frozen=True)
@@ -132,19 +135,22 @@ def claim(path: str | os.PathLike) -> Claim | Holder:
     the job ends, or the live ``Holder`` that has it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lock_fd = _flock(path)
-    if lock_fd is None:  # another live process holds the flock
-        return read_holder(path) or Holder("?", 0, "", time.time())
-    me = Holder.me()
-    for _ in range(3):  # a stale claim is taken over, then the create is tried again
+    for _ in range(BUSY_TRIES):
+        lock_fd = _flock(path)
+        if lock_fd is None:  # a live process holds the flock: a job, or a liveness check
+            held = read_holder(path)
+            if held is not None:
+                return held
+            time.sleep(BUSY_WAIT_S)  # a check lets go at once; a job writes its claim file
+            continue
+        me = Holder.me()
         if _create(path, me):
             return Claim(path, lock_fd, me)
         held = read_holder(path)
+        _close(lock_fd)
         if held is not None and held.alive():
-            _close(lock_fd)
             return held
-        _take_over(path, held)
-    _close(lock_fd)
+        _take_over(path, held)  # then try again
     return read_holder(path) or Holder("?", 0, "", time.time())
 
 
@@ -153,12 +159,17 @@ def live_holder(path: str | os.PathLike) -> Holder | None:
     path = Path(path)
     if not path.is_dir():
         return None
-    lock_fd = _flock(path)
-    if lock_fd is None:
-        return read_holder(path) or Holder("?", 0, "", time.time())
-    _close(lock_fd)
-    held = read_holder(path)
-    return held if held is not None and held.alive() else None
+    for _ in range(BUSY_TRIES):
+        lock_fd = _flock(path)
+        if lock_fd is not None:
+            _close(lock_fd)
+            held = read_holder(path)
+            return held if held is not None and held.alive() else None
+        held = read_holder(path)
+        if held is not None:
+            return held
+        time.sleep(BUSY_WAIT_S)
+    return Holder("?", 0, "", time.time())  # the flock stays held: someone is there
 
 
 @contextlib.contextmanager
