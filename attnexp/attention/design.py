@@ -108,7 +108,7 @@ from torch.utils.checkpoint import checkpoint
 from attnexp.attention.causal import causal_conv1d
 from attnexp.attention.masking import nonempty, zero_padding
 from attnexp.util.checks import check_int
-from attnexp.util.memory import LARGE_ALLOCATION_BYTES, mmap_large_blocks
+from attnexp.util.memory import SMALLEST_THRESHOLD_BYTES, mmap_large_blocks
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 FUSED_SCORES = ("dot", "cosine", "l2", "pearson")  # with softmax: the fused kernel (``fast_path``)
@@ -119,8 +119,8 @@ QK_CONV_PADDINGS = ("same", "valid")
 # Entries of one query block's scores, B * h * b * M (times the additive hidden width), on the
 # chunked and masked-fused paths: 2^22 float32 entries = 16 MiB a tensor.
 BLOCK_ELEMENTS = 2**22
-# A chunked call of this many blocks or more, each of at least ``LARGE_ALLOCATION_BYTES``, on CPU
-# has large allocations mmapped from then on
+# A chunked call of this many blocks or more, each with scores of at least
+# ``SMALLEST_THRESHOLD_BYTES``, on CPU has allocations of a block's size mmapped from then on
 # (``attnexp.util.memory``): freed blocks kept in glibc's heap would grow the process by about a
 # block per block. Fewer blocks grow it by little and keep the heap's speed.
 MMAP_AFTER_BLOCKS = 8
@@ -287,23 +287,38 @@ class Scorer(nn.Module):
         raise ValueError(f"score {self.kind} has no fused form; fused: {', '.join(FUSED_SCORES)}")
 
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
-        if self.kind == "dot":
-            return (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        return self.score(q, self.keys(k))
+
+    def keys(self, k: Tensor) -> Tensor:
+        """The key side of the scores: unit keys (``cosine``; centred first for ``pearson``),
+        ``W_k k + b`` (``additive``), the keys themselves otherwise. The chunked path computes it
+        once per call and shares it between its blocks of query rows."""
         if self.kind == "cosine":
-            return self.temperature() * (_unit(q) @ _unit(k).transpose(-2, -1))
+            return _unit(k)
         if self.kind == "pearson":
-            qc, kc = q - q.mean(-1, keepdim=True), k - k.mean(-1, keepdim=True)
-            return self.temperature() * (_unit(qc) @ _unit(kc).transpose(-2, -1))
+            return _unit(k - k.mean(-1, keepdim=True))
+        if self.kind == "additive":
+            return self.w_k(k)
+        return k
+
+    def score(self, q: Tensor, keys: Tensor) -> Tensor:
+        """``(B, h, N, M)`` scores of queries ``q`` against ``keys(k)``."""
+        if self.kind == "dot":
+            return (q @ keys.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if self.kind == "cosine":
+            return self.temperature() * (_unit(q) @ keys.transpose(-2, -1))
+        if self.kind == "pearson":
+            return self.temperature() * (_unit(q - q.mean(-1, keepdim=True)) @ keys.transpose(-2, -1))  # fmt: skip
         if self.kind == "l2":
             # |q - k|^2 = |q|^2 - 2 q.k + |k|^2, without the (N, M, d) difference tensor.
             sq = (
                 q.pow(2).sum(-1, keepdim=True)
-                - 2 * (q @ k.transpose(-2, -1))
-                + k.pow(2).sum(-1).unsqueeze(-2)
+                - 2 * (q @ keys.transpose(-2, -1))
+                + keys.pow(2).sum(-1).unsqueeze(-2)
             )
             return -sq.clamp(min=0) / math.sqrt(self.head_dim)
         # additive
-        hidden = torch.tanh(self.w_q(q).unsqueeze(-2) + self.w_k(k).unsqueeze(-3))
+        hidden = torch.tanh(self.w_q(q).unsqueeze(-2) + keys.unsqueeze(-3))
         return self.w(hidden).squeeze(-1)
 
     def flops(self, n: int, m: int, num_heads: int) -> int:
@@ -711,24 +726,25 @@ def _chunked(
     width = scorer.width if scorer is not None else 1
     b = block_rows(q.shape[0] * q.shape[1] * m * width, block_elements)
 
-    def block(q_rows: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
+    def block(q_rows: Tensor, keys: Tensor, v: Tensor, start: int) -> Tensor:
         mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
-        weights = normalize_scores(_scores(scorer, q_rows, k), normalize, mask)
-        return F.dropout(weights, p) @ v
+        scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
+        return F.dropout(normalize_scores(scores, normalize, mask), p) @ v
 
+    keys = k if scorer is None else scorer.keys(k)  # once, not once per block
     if n <= b:
-        return block(q, k, v, 0)
-    block_bytes = q.shape[0] * q.shape[1] * b * m * width * q.element_size()
-    if q.device.type == "cpu" and n >= MMAP_AFTER_BLOCKS * b and block_bytes >= LARGE_ALLOCATION_BYTES:  # fmt: skip
-        mmap_large_blocks()  # the process stays linear in N
+        return block(q, keys, v, 0)
+    score_bytes = q.shape[0] * q.shape[1] * b * m * q.element_size()  # one block's scores
+    if q.device.type == "cpu" and n >= MMAP_AFTER_BLOCKS * b and score_bytes >= SMALLEST_THRESHOLD_BYTES:  # fmt: skip
+        mmap_large_blocks(score_bytes)  # the process stays linear in N
     recompute = torch.is_grad_enabled()
     outs = []
     for i in range(0, n, b):
         if recompute:  # the RNG state (5 KB a block on CPU) is kept only if dropout draws
-            outs.append(checkpoint(block, q[..., i : i + b, :], k, v, i, use_reentrant=False,
+            outs.append(checkpoint(block, q[..., i : i + b, :], keys, v, i, use_reentrant=False,
                                    preserve_rng_state=p > 0))  # fmt: skip
         else:
-            outs.append(block(q[..., i : i + b, :], k, v, i))
+            outs.append(block(q[..., i : i + b, :], keys, v, i))
     return torch.cat(outs, dim=-2)
 
 
