@@ -24,6 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from attnexp.config.compose import register_resolvers, resolve_run
 from attnexp.config.paths import CONFIG_DIR
@@ -139,7 +140,10 @@ class CheckOutputDirs(Callback):
     def _check(config: DictConfig, key: str) -> None:
         try:
             for name in ("paths.log_dir", key):
-                value = OmegaConf.select(config, name)
+                try:
+                    value = OmegaConf.select(config, name)
+                except OmegaConfBaseException:  # needs the job's Hydra config: checked there
+                    continue
                 if value is not None:
                     check_writable_dir(name, Path(str(value)))
         except ConfigError as e:

@@ -4,12 +4,14 @@ no traceback, exit status 1, before any data is touched (the disk: at the write)
 from __future__ import annotations
 
 import errno
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from attnexp.util.checks import ConfigError
 from attnexp.util.files import DiskFull, atomic_write_text
 from tests.conftest import SUBPROCESS_ENV, tiny
 
@@ -80,3 +82,25 @@ def test_an_atomic_write_out_of_space_names_the_file_and_keeps_the_old_one(tmp_p
     with pytest.raises(DiskFull, match=rf"writing {target} \(.* free of .*\)"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "make", "says"),
+    [
+        ("text", lambda p: p.write_text(""), "holds 0 bytes and 0 distinct characters"),
+        ("text", lambda p: p.write_text("a"), "holds 1 bytes and 1 distinct characters"),
+        ("text", lambda p: p.mkdir(), "is a directory: set it to a UTF-8 text file"),
+        ("text", lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe"), "is not UTF-8 text"),
+        ("image_folder", lambda p: (p / "cat").mkdir(parents=True) or (p / "cat" / "0.png").touch(),
+         "has 1 class folder (cat): a classifier needs at least two"),
+    ],
+)  # fmt: skip
+def test_a_bad_data_file_is_named_before_the_keys_it_would_answer(dataset, make, says, tmp_path):
+    from attnexp.config.validate import validate
+    from tests.conftest import compose_cfg
+
+    make(tmp_path / "data")
+    backbone = ["backbone=transformer"] if dataset == "text" else []
+    cfg = compose_cfg([f"dataset={dataset}", *backbone, f"dataset.path={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match=rf"dataset.path=\S+ {re.escape(says)}"):
+        validate(cfg)  # vocab_size and num_classes are still ??? here

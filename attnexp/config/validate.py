@@ -64,17 +64,24 @@ def _validate(cfg: DictConfig) -> None:
 
 
 def _check_files(cfg: DictConfig) -> None:
-    """The text file of a language model: a directory, a binary or an empty file is refused before
-    ``dataset.shape.vocab_size`` is asked for (``attnexp.data.text.check_text_file``)."""
-    dataset = cfg.dataset
-    source = dataset.get("source") or {}
-    if source.get("_target_") != "attnexp.data.text.load_text" or OmegaConf.is_missing(dataset, "path"):  # fmt: skip
-        return
+    """Files a dataset reads whose faults are said before the keys they would have answered: the
+    text file of a language model (a directory, a binary, an empty file) before
+    ``dataset.shape.vocab_size``, an image folder's classes before ``dataset.shape.num_classes``."""
     from pathlib import Path
 
-    from attnexp.data.text import check_text_file
+    dataset = cfg.dataset
+    source = dataset.get("source") or {}
+    if "path" not in dataset or OmegaConf.is_missing(dataset, "path"):
+        return
+    path = Path(str(dataset.path))
+    if source.get("_target_") == "attnexp.data.text.load_text":
+        from attnexp.data.text import check_text_file
 
-    check_text_file(Path(str(dataset.path)), bool(dataset.get("download")), source.get("url"))
+        check_text_file(path, bool(dataset.get("download")), source.get("url"))
+    elif source.get("_target_") == "attnexp.data.images.load_image_folder":
+        from attnexp.data.images import image_folder_classes
+
+        image_folder_classes(path)
 
 
 def _check_missing(cfg: DictConfig) -> None:

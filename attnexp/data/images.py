@@ -299,17 +299,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".web
 MODES = {1: "L", 3: "RGB"}  # dataset.shape.in_channels -> Pillow's mode
 
 
-def load_image_folder(
-    path: str, grid: Sequence[int], in_channels: int, num_classes: int, data_dir: str,
-    test_fraction: float = 0.2, seed: int = 0,
-) -> Splits:  # fmt: skip
-    """One sub-folder per class (their sorted names are the labels 0, 1, ...): ``<path>/train/``
-    and ``<path>/test/`` each holding the class folders, or the class folders directly under
-    ``<path>`` (a stratified ``test_fraction`` is then held out). Each image is converted to
-    ``in_channels`` (1: grey, 3: RGB) and resized to ``grid``; the decoded arrays are cached in
-    ``data_dir`` under a key of every file's name, size and modification time."""
-    check_channels(in_channels)
-    root = Path(path)
+def image_folder_classes(root: Path) -> tuple[dict[str, dict[str, list[Path]]], bool]:
+    """``({split: {class: files}}, whether train/ and test/ split it)`` of an image folder,
+    refusing (naming ``dataset.path``) one that is not laid out as ``load_image_folder`` reads it
+    or has fewer than two classes. Lists files, decodes nothing."""
     split_dirs = {s: root / s for s in ("train", "test")}
     has_splits = all(d.is_dir() for d in split_dirs.values())
     files = (
@@ -328,6 +321,22 @@ def load_image_folder(
             f"{KEY}={root} has {len(classes)} class folder ({', '.join(classes)}): a classifier "
             "needs at least two, one folder of images per class"
         )
+    return files, has_splits
+
+
+def load_image_folder(
+    path: str, grid: Sequence[int], in_channels: int, num_classes: int, data_dir: str,
+    test_fraction: float = 0.2, seed: int = 0,
+) -> Splits:  # fmt: skip
+    """One sub-folder per class (their sorted names are the labels 0, 1, ...): ``<path>/train/``
+    and ``<path>/test/`` each holding the class folders, or the class folders directly under
+    ``<path>`` (a stratified ``test_fraction`` is then held out). Each image is converted to
+    ``in_channels`` (1: grey, 3: RGB) and resized to ``grid``; the decoded arrays are cached in
+    ``data_dir`` under a key of every file's name, size and modification time."""
+    check_channels(in_channels)
+    root = Path(path)
+    files, has_splits = image_folder_classes(root)
+    classes = sorted(files["train" if has_splits else "all"])
     if len(classes) != num_classes:
         raise ValueError(
             f"dataset.shape.num_classes={num_classes}, but {KEY}={root} has {len(classes)} class "
