@@ -109,7 +109,7 @@ def to_markdown(rows: list[dict[str, Any]], short: int = SHORT, long: int = LONG
     lines = [
         [r["score"], r["normalize"], *(f"{r[f'growth_mb_{m}']:.0f}" for m in modes),
          *(f"{r[f'step_s_{m}'] / r['step_s_heap']:.2f}×" for m in modes if m != "heap"),
-         "yes" if r.get("mmapped_mmap") else "no"]
+         "yes" if any(r[f"mmapped_{m}"] for m in modes if m != "heap") else "no"]
         for r in rows
     ]  # fmt: skip
     return (
