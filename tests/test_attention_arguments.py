@@ -69,8 +69,12 @@ def test_wrong_input_is_refused_with_the_shape():
 
 
 def test_causal_must_be_a_boolean():
-    from attnexp.attention.base import AttentionModule
+    from attnexp.attention.base import AttentionModule, Kind
+
+    class Plain(AttentionModule):  # the least a module declares (the base class alone is refused)
+        kind = Kind.MIXER
+        weight_kinds = {}
 
     with pytest.raises(ValueError, match="causal must be true or false, got 'yes'"):
-        AttentionModule(dim=8, causal="yes")
-    assert AttentionModule(dim=8, causal=True).causal is True
+        Plain(dim=8, causal="yes")
+    assert Plain(dim=8, causal=True).causal is True

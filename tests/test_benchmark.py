@@ -230,11 +230,13 @@ def test_timed_peak_memory_times_the_profiled_step():
 FRAGMENTING_STEP = """
 import re, sys, torch
 from attnexp.attention.design import attend
+from attnexp.util import memory
 from attnexp.util.memory import mmap_large_allocations
 
 def mib(key):  # VmRSS: resident now; VmHWM: the peak since the last reset
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
 
+memory.AUTO_MMAP = False  # only what this script sets: the chunked path would set its own
 if sys.argv[1] == "mmap":
     assert mmap_large_allocations(2**18)
 q, k, v = (torch.randn(1, 2, 4096, 16, requires_grad=True) for _ in range(3))
@@ -259,8 +261,9 @@ def test_mmapped_large_allocations_keep_the_process_near_its_tensors():
     assert grown["mmap"] < 0.5 * grown["heap"], grown
 
 
-# A training step at N = 8,192 of dot + sigmoid (the chunked path, 16 blocks of 16 MiB), as training
-# runs it: nothing set by hand. "heap" turns the chunked path's own setting off.
+# A training step at N = 8,192 of dot + sigmoid (the chunked path, 64 blocks of 4 MiB), as training
+# runs it: nothing set by hand. "heap" turns the chunked path's own setting off. (How much the heap
+# keeps varies from process to process: 0.13 to 0.62 GB here.)
 CHUNKED_STEP = """
 import re, sys, torch
 from attnexp.attention.design import attend
@@ -274,7 +277,7 @@ q, k, v = (torch.randn(1, 1, 8192, 16, requires_grad=True) for _ in range(3))
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = mib("VmRSS")
-out, _ = attend(q, k, v, normalize="sigmoid")
+out, _ = attend(q, k, v, normalize="sigmoid", block_elements=2**20)
 out.sum().backward()
 print(memory.mmapped(), mib("VmHWM") - before)
 """
@@ -290,8 +293,9 @@ def test_the_chunked_path_keeps_the_process_near_its_tensors_by_itself():
         flag, mib = run.stdout.split()[-2:]
         grown[mode], mmapped[mode] = float(mib), flag == "True"
     assert mmapped == {"heap": False, "auto": True}
-    # The scores total 256 MiB; the heap keeps a multiple of that, the mapped blocks a fraction.
-    assert grown["auto"] < 0.5 * grown["heap"] and grown["auto"] < 256, grown
+    # The scores total 256 MiB, a block 4 MiB: mapped, the process holds about the live tensors
+    # (~100 MB here). What the heap keeps varies too much between processes to compare with.
+    assert grown["auto"] < 160, grown
 
 
 def test_design_scaling_saves_each_length_and_says_how_it_timed(monkeypatch):

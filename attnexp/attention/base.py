@@ -126,7 +126,6 @@ class AttentionModule(nn.Module):
 
     def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
         super().__init__()
-        check_contract(type(self))
         check_positive("dim", dim)
         if not isinstance(causal, bool):
             raise ValueError(f"causal must be true or false, got {causal!r}")
@@ -144,6 +143,7 @@ class AttentionModule(nn.Module):
         self.dim = dim
         self.grid_ndim = grid_ndim
         self.causal = causal
+        check_contract(type(self))
 
     def check_grid(self, grid: tuple[int, ...]) -> None:
         """Refuse a grid whose rank is not the ``grid_ndim`` the module was built for."""
