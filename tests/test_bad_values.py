@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 import time
 from fnmatch import fnmatchcase
-from pathlib import Path
 from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
+from attnexp.bench.overhead import synthetic_text
 from attnexp.config.validate import validate
 from attnexp.config.values import leaves
 from attnexp.util.checks import ConfigError
@@ -71,7 +71,6 @@ EXPERIMENTS = {
     "zoology": ["experiment=zoology_mqar", "trainer=cpu"],
     "cifar": ["experiment=cifar10_resnet20", "trainer=cpu"],
 }
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"  # fmt: skip
 
 
 def free(key: str, value: Any) -> bool:
@@ -99,8 +98,9 @@ def test_every_bad_value_is_refused_by_name_before_the_data(experiment, data_dir
     if experiment == "cifar":
         write_cifar10(tmp_path)
         overrides += [f"dataset.source.path={tmp_path}", "dataset.batch_size=8"]
-    if experiment == "lm":
-        overrides.append(f"dataset.path={SHAKESPEARE}")
+    if experiment == "lm":  # a text made up here, read as bytes: nothing to download
+        text = synthetic_text(tmp_path / "corpus.txt")
+        overrides += [f"dataset.path={text}", "dataset.source.vocab=bytes", "dataset.shape.vocab_size=256"]  # fmt: skip
     base = OmegaConf.to_container(compose_cfg(overrides, tmp_path / "run"))
     validate(OmegaConf.create(base))  # the config as it is passes
     missed, slow = [], []

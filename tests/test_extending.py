@@ -14,6 +14,7 @@ from torch import nn
 
 from attnexp.attention import factory
 from attnexp.attention.base import AttentionModule, ContractError, Kind, WeightKind
+from attnexp.bench.overhead import synthetic_text
 from attnexp.config.attention import attention_config, searchpath_override
 from attnexp.runs.record import read_results
 from tests.conftest import SUBPROCESS_ENV, TOY, tiny
@@ -45,10 +46,10 @@ def test_the_pages_example_trains_a_classifier_and_a_language_model(toy_root, da
     assert done["status"] == "completed" and done["choices"]["attention"] == TOY
     assert 0 <= done["metrics"]["test/acc"] <= 1
 
-    text = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-    lm = train_with_the_example(
-        toy_root, tmp_path / "lm", [*LM, f"dataset.path={text}", f"paths.data_dir={data_dir}"]
-    )
+    text = synthetic_text(tmp_path / "corpus.txt")  # read as bytes: runs anywhere
+    lm = train_with_the_example(toy_root, tmp_path / "lm", [
+        *LM, f"dataset.path={text}", "dataset.source.vocab=bytes", "dataset.shape.vocab_size=256",
+        f"paths.data_dir={data_dir}"])  # fmt: skip
     assert lm["status"] == "completed" and lm["task"]["name"] == "lm"
     assert lm["metrics"]["test/loss"] > 0
 
