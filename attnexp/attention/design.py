@@ -116,9 +116,11 @@ NORMALIZATIONS = ("softmax", "sigmoid", "max")
 KV_SELECTS = ("stride", "random")
 QK_CONV_TARGETS = ("k", "q", "qk")
 QK_CONV_PADDINGS = ("same", "valid")
+QK_NORMS = ("rms", "layer")  # qk_norm: RMSNorm or LayerNorm of each head's q and k (null: off)
 # Entries of one query block's scores, B * h * b * M (times the additive hidden width), on the
 # chunked and masked-fused paths: 2^22 float32 entries = 16 MiB a tensor.
 BLOCK_ELEMENTS = 2**22
+QK_NORM_EPS = 1e-6
 # A chunked call of this many blocks or more, each with scores of at least
 # ``SMALLEST_THRESHOLD_BYTES``, on CPU has allocations of a block's size mmapped from then on
 # (``attnexp.util.memory``): freed blocks kept in glibc's heap would grow the process by about a
@@ -154,6 +156,7 @@ class AttentionDesign:
     qk_conv_target: str = "k"
     additive_dim: int | None = None
     rope: bool = False
+    qk_norm: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice("score", self.score, SCORES)
@@ -175,6 +178,8 @@ class AttentionDesign:
             check_int("additive_dim", self.additive_dim, 1)
         if not isinstance(self.rope, bool):
             raise ValueError(f"rope must be true or false, got {self.rope!r}")
+        if self.qk_norm is not None:
+            _check_choice("qk_norm", self.qk_norm, QK_NORMS)
         if self.global_tokens and self.window is None:
             raise ValueError(
                 "global_tokens only restricts attention together with window (without a window "
@@ -831,6 +836,11 @@ class AttentionCore(nn.Module):
         self.scorer = Scorer(
             design.score, num_heads=num_heads, head_dim=head_dim, additive_dim=design.additive_dim
         )
+        # qk_norm: one learned gain (and, for layer, bias) over head_dim, shared by the heads, for
+        # q and one for k (as OLMo 2 and Gemma 3 normalise per head).
+        norm = {"rms": nn.RMSNorm, "layer": nn.LayerNorm}.get(design.qk_norm)
+        self.q_norm = norm(head_dim, eps=QK_NORM_EPS) if norm else None
+        self.k_norm = norm(head_dim, eps=QK_NORM_EPS) if norm else None
         channels, width = num_heads * head_dim, design.qk_conv
         target = design.qk_conv_target if width else ""
         self.q_conv = (
@@ -867,6 +877,8 @@ class AttentionCore(nn.Module):
         first_key = 0  # the position of key 0 (a valid conv's keys start at its first centre)
         key_padding = padding
         heads_mask = None if padding is None else padding[:, None]  # (B, 1, N) vs (B, h, N, d)
+        if self.q_norm is not None:  # each head's q and k as the projection gives them
+            q, k = self.q_norm(q), self.k_norm(k)
         # The convolutions read zeros at padding, as at their own border.
         if self.q_conv is not None:
             q, _ = self.q_conv(zero_padding(q, heads_mask), grid)
@@ -919,6 +931,7 @@ class AttentionCore(nn.Module):
         conv = sum(c.flops(grid) for c in (self.q_conv, self.k_conv) if c is not None)
         # rope: two multiplies and an add per feature of every query and (pre-selection) key.
         rope = 3 * (n + self.conv_key_count(grid)) * self.head_dim * h if self.design.rope else 0
+        # qk_norm is a normalisation layer: not counted (base.AttentionModule.flops)
         normalize = _NORMALIZE_FLOPS_PER_ENTRY[self.design.normalize] * n * m * h
         weighted_sum = 2 * n * m * self.head_dim * h
         return conv + rope + self.scorer.flops(n, m, h) + normalize + weighted_sum

@@ -45,6 +45,19 @@ def resolve_head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
     return head_dim
 
 
+def resolve_kv_heads(num_heads: int, num_kv_heads: int | None) -> int:
+    """``num_kv_heads`` (``None``: ``num_heads``), refusing one that does not divide the heads."""
+    if num_kv_heads is None:
+        return num_heads
+    check_positive("num_kv_heads", num_kv_heads)
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"num_kv_heads={num_kv_heads} must divide num_heads={num_heads}: each key/value head "
+            "serves an equal group of query heads"
+        )
+    return num_kv_heads
+
+
 class MultiHeadAttention(AttentionModule):
     """Fused qkv projection -> ``design.AttentionCore`` per head -> output projection.
 
@@ -55,6 +68,11 @@ class MultiHeadAttention(AttentionModule):
     ``scaled_dot_product_attention``. ``attn_drop`` acts on the attention weights in training only.
     ``causal=True`` (sequences): position i attends to positions <= i under every knob (causal
     dot + softmax with no other mask runs the fused kernel with ``is_causal``).
+
+    ``num_kv_heads`` (``None``: ``num_heads``): grouped-query attention (Ainslie et al., 2023);
+    each key/value head serves ``num_heads / num_kv_heads`` consecutive query heads; 1 is
+    multi-query attention (Shazeer, 2019). The k and v projections shrink; the attention step sees
+    every query head with its group's key and value.
 
     ``weights`` (with ``return_weights=True``): ``{"attn": (B, heads, N, M)}``, N = prod(grid) and
     M the number of keys (N unless ``kv_stride`` or a ``valid`` ``qk_conv`` drops positions).
@@ -73,16 +91,19 @@ class MultiHeadAttention(AttentionModule):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         qkv_bias: bool = True,
+        num_kv_heads: int | None = None,
         **design: Any,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
         self.head_dim = resolve_head_dim(dim, num_heads, head_dim)
         check_probability("attn_drop", attn_drop)
         check_probability("proj_drop", proj_drop)
+        self.num_kv_heads = resolve_kv_heads(num_heads, num_kv_heads)
         design = AttentionDesign.from_knobs(**design)
         self.num_heads = num_heads
         self.inner_dim = num_heads * self.head_dim
-        self.qkv = nn.Linear(dim, 3 * self.inner_dim, bias=qkv_bias)
+        self.kv_dim = self.num_kv_heads * self.head_dim
+        self.qkv = nn.Linear(dim, self.inner_dim + 2 * self.kv_dim, bias=qkv_bias)
         self.core = AttentionCore(
             design,
             num_heads=num_heads,
@@ -100,11 +121,19 @@ class MultiHeadAttention(AttentionModule):
         ``mask`` ``(B, *grid)``: padded positions are no keys (``AttentionCore``)."""
         self.check_input(x, mask)
         tokens, grid = flatten_grid(x)
-        q, k, v = self.qkv(tokens).chunk(3, dim=-1)
-        heads = (split_heads(t, self.num_heads) for t in (q, k, v))
+        q, k, v = self.qkv(tokens).split([self.inner_dim, self.kv_dim, self.kv_dim], dim=-1)
+        q = split_heads(q, self.num_heads)
+        # Grouped-query attention: query head h reads key/value head h // (heads / kv heads).
+        k, v = (self.query_groups(split_heads(t, self.num_kv_heads)) for t in (k, v))
         padding = None if mask is None else mask.flatten(1)
-        out, weights = self.core(*heads, grid, need_weights, padding)
-        return merge_heads(out), v, weights, grid
+        out, weights = self.core(q, k, v, grid, need_weights, padding)
+        return merge_heads(out), merge_heads(v), weights, grid
+
+    def query_groups(self, kv: Tensor) -> Tensor:
+        """``(B, kv heads, N, d)`` -> ``(B, heads, N, d)``: each key/value head repeated for its
+        group of query heads (a no-op without grouping)."""
+        group = self.num_heads // self.num_kv_heads
+        return kv if group == 1 else kv.repeat_interleave(group, dim=1)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
         out, _, weights, grid = self.attention_heads(x, mask, return_weights)
@@ -112,9 +141,11 @@ class MultiHeadAttention(AttentionModule):
         return (y, {"attn": weights}) if return_weights else y
 
     def flops(self, grid: tuple[int, ...]) -> int:
-        """With N = prod(grid), C = dim, D = heads * head_dim: qkv 2*N*C*3D + output projection
+        """With N = prod(grid), C = dim, D = heads * head_dim, K = kv heads * head_dim: qkv
+        2*N*C*(D + 2K) + output projection
         2*N*D*C + the attention step (``AttentionCore.flops``: qk conv, scores, normalisation,
         weighted values over its M keys). For the defaults that step is 2*N*N*D + 4*N*N*heads +
         2*N*N*D."""
         n, c, d = self.num_positions(grid), self.dim, self.inner_dim
-        return 2 * n * 4 * c * d + self.core.flops(grid)
+        projections = 2 * n * c * (d + 2 * self.kv_dim) + 2 * n * d * c
+        return projections + self.core.flops(grid)

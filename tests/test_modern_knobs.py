@@ -1,0 +1,150 @@
+"""Knobs of current language models' attention (docs/design_space.md): grouped-query attention
+(``num_kv_heads``) and ``qk_norm``. Each is checked against its formula written out in float64,
+at its limiting case against plain ``mha``, on every path (fused, chunked, explicit), causal and
+with padding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from attnexp.attention import factory
+from attnexp.config.attention import attention_config, create
+
+DIM, HEADS = 16, 4
+
+
+def build(causal: bool = False, **knobs):
+    """``mha`` as the backbone builds it (its yaml's defaults, then ``knobs``), in float64."""
+    torch.manual_seed(0)
+    return factory(attention_config("mha"))(dim=DIM, causal=causal, **knobs).double()
+
+
+def explicit(module, x: torch.Tensor, norm=None, causal: bool = False) -> torch.Tensor:
+    """mha written out: projections, each query head h with key/value head h // group, optional
+    per-head norm of q and k, softmax(q.k / sqrt(d)) v, output projection."""
+    d, kv = module.head_dim, module.num_kv_heads
+    q, k, v = F.linear(x, module.qkv.weight, module.qkv.bias).split(
+        [HEADS * d, kv * d, kv * d], dim=-1
+    )
+    q = q.unflatten(-1, (HEADS, d)).transpose(1, 2)
+    k, v = (t.unflatten(-1, (kv, d)).transpose(1, 2) for t in (k, v))
+    group = HEADS // kv
+    k, v = k[:, [h // group for h in range(HEADS)]], v[:, [h // group for h in range(HEADS)]]
+    if norm is not None:
+        q, k = norm(q, module.core.q_norm), norm(k, module.core.k_norm)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+    if causal:
+        n = x.shape[1]
+        scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -math.inf)
+    out = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
+    return F.linear(out, module.proj.weight, module.proj.bias)
+
+
+def rms(t, layer):
+    return t / torch.sqrt(t.pow(2).mean(-1, keepdim=True) + layer.eps) * layer.weight
+
+
+def layer_norm(t, layer):
+    mean, var = t.mean(-1, keepdim=True), t.var(-1, unbiased=False, keepdim=True)
+    return (t - mean) / torch.sqrt(var + layer.eps) * layer.weight + layer.bias
+
+
+# --------------------------------------------------------------------------- grouped-query
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_query_attention_is_its_formula(kv_heads, causal):
+    module = build(causal, num_kv_heads=kv_heads)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    torch.testing.assert_close(module(x), explicit(module, x, causal=causal), rtol=0, atol=1e-10)
+    assert module.qkv.out_features == DIM + 2 * kv_heads * module.head_dim
+
+
+def test_as_many_kv_heads_as_heads_is_plain_mha_with_the_same_weights():
+    plain, grouped = build(), build(num_kv_heads=HEADS)
+    grouped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    torch.testing.assert_close(grouped(x), plain(x), rtol=0, atol=0)
+
+
+def test_kv_heads_must_divide_the_heads_naming_both():
+    with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads=4"):
+        create("mha", DIM, num_kv_heads=3)
+    with pytest.raises(ValueError, match="num_kv_heads must be a positive integer"):
+        create("mha", DIM, num_kv_heads=0)
+
+
+def test_grouped_query_attention_runs_in_muse_and_counts_fewer_projection_flops():
+    plain, grouped = create("mha", DIM), create("mha", DIM, num_kv_heads=1)
+    n, d = 10, DIM // HEADS
+    assert plain.flops((n,)) - grouped.flops((n,)) == 2 * n * DIM * 2 * (DIM - d)
+    muse = create("muse", DIM, num_kv_heads=2)
+    assert muse(torch.randn(2, n, DIM)).shape == (2, n, DIM)
+
+
+# --------------------------------------------------------------------------- qk_norm
+
+
+@pytest.mark.parametrize(("kind", "norm"), [("rms", rms), ("layer", layer_norm)])
+@pytest.mark.parametrize("kv_heads", [None, 2])
+def test_qk_norm_is_its_formula(kind, norm, kv_heads):
+    module = build(qk_norm=kind, num_kv_heads=kv_heads)
+    with torch.no_grad():  # gains (and biases) away from their initial 1 (and 0)
+        for layer in (module.core.q_norm, module.core.k_norm):
+            layer.weight.uniform_(0.5, 2.0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    torch.testing.assert_close(module(x), explicit(module, x, norm), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "sigmoid", "max"])
+def test_qk_norm_paths_agree_with_the_explicit_one(normalize):
+    module = build(qk_norm="rms", normalize=normalize, window=2)
+    x = torch.randn(2, 11, DIM, dtype=torch.float64, requires_grad=True)
+    fast = module(x)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
+    slow, _ = module(x, return_weights=True)  # the explicit path
+    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=0, atol=1e-10)
+
+
+def test_rms_qk_norm_bounds_every_logit_by_the_head_width():
+    """|q'.k'| / sqrt(d) <= |q'||k'| / sqrt(d) = sqrt(d) with unit gains, however large x is."""
+    module = build(qk_norm="rms")
+    x = 1e4 * torch.randn(1, 12, DIM, dtype=torch.float64)
+    _, weights = module(x, return_weights=True)
+    d = module.head_dim
+    # the largest logit shows as the ratio of the largest to the smallest weight of a row
+    spread = (weights["attn"].log().amax(-1) - weights["attn"].log().amin(-1)).max()
+    assert spread <= 2 * math.sqrt(d) + 1e-9
+    plain = build()
+    _, plain_weights = plain(x, return_weights=True)
+    assert (plain_weights["attn"].amax(-1) > 0.999).any()  # without it: one-hot rows
+
+
+@pytest.mark.parametrize("knobs", [{"qk_norm": "rms"}, {"qk_norm": "layer", "num_kv_heads": 2},
+                                   {"num_kv_heads": 1, "rope": True}])  # fmt: skip
+def test_causal_and_padding_hold_with_the_knobs(knobs):
+    causal = build(True, **knobs).eval()
+    x = torch.randn(2, 8, DIM, dtype=torch.float64)
+    later = x.clone()
+    later[:, 5:] = torch.randn(2, 3, DIM, dtype=torch.float64)
+    torch.testing.assert_close(causal(x)[:, :5], causal(later)[:, :5], rtol=0, atol=1e-12)
+
+    module = build(**knobs).eval()
+    padded = torch.cat([x, torch.randn(2, 3, DIM, dtype=torch.float64)], dim=1)
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[:, 8:] = False
+    torch.testing.assert_close(module(padded, mask)[:, :8], module(x), rtol=0, atol=1e-10)
+
+
+def test_a_bad_qk_norm_is_refused_by_name():
+    with pytest.raises(ValueError, match="qk_norm must be one of rms, layer; got 'l2'"):
+        create("mha", DIM, qk_norm="l2")
