@@ -1,5 +1,5 @@
 """Knobs of current language models' attention (docs/design_space.md): grouped-query attention
-(``num_kv_heads``) and ``qk_norm``. Each is checked against its formula written out in float64,
+(``num_kv_heads``), ``qk_norm`` and ``softcap``. Each is checked against its formula written out in float64,
 at its limiting case against plain ``mha``, on every path (fused, chunked, explicit), causal and
 with padding."""
 
@@ -23,9 +23,11 @@ def build(causal: bool = False, **knobs):
     return factory(attention_config("mha"))(dim=DIM, causal=causal, **knobs).double()
 
 
-def explicit(module, x: torch.Tensor, norm=None, causal: bool = False) -> torch.Tensor:
+def explicit(
+    module, x: torch.Tensor, norm=None, causal: bool = False, softcap: float | None = None
+) -> torch.Tensor:
     """mha written out: projections, each query head h with key/value head h // group, optional
-    per-head norm of q and k, softmax(q.k / sqrt(d)) v, output projection."""
+    per-head norm of q and k, softmax(q.k / sqrt(d), capped: c tanh(s / c)) v, output projection."""
     d, kv = module.head_dim, module.num_kv_heads
     q, k, v = F.linear(x, module.qkv.weight, module.qkv.bias).split(
         [HEADS * d, kv * d, kv * d], dim=-1
@@ -37,6 +39,8 @@ def explicit(module, x: torch.Tensor, norm=None, causal: bool = False) -> torch.
     if norm is not None:
         q, k = norm(q, module.core.q_norm), norm(k, module.core.k_norm)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     if causal:
         n = x.shape[1]
         scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -math.inf)
@@ -130,7 +134,8 @@ def test_rms_qk_norm_bounds_every_logit_by_the_head_width():
 
 
 @pytest.mark.parametrize("knobs", [{"qk_norm": "rms"}, {"qk_norm": "layer", "num_kv_heads": 2},
-                                   {"num_kv_heads": 1, "rope": True}])  # fmt: skip
+                                   {"num_kv_heads": 1, "rope": True},
+                                   {"softcap": 2.0, "window": 3}, {"softcap": 5.0, "qk_norm": "rms"}])  # fmt: skip
 def test_causal_and_padding_hold_with_the_knobs(knobs):
     causal = build(True, **knobs).eval()
     x = torch.randn(2, 8, DIM, dtype=torch.float64)
@@ -145,6 +150,47 @@ def test_causal_and_padding_hold_with_the_knobs(knobs):
     torch.testing.assert_close(module(padded, mask)[:, :8], module(x), rtol=0, atol=1e-10)
 
 
-def test_a_bad_qk_norm_is_refused_by_name():
+def test_a_bad_qk_norm_or_softcap_is_refused_by_name():
     with pytest.raises(ValueError, match="qk_norm must be one of rms, layer; got 'l2'"):
         create("mha", DIM, qk_norm="l2")
+    for bad in (0, -1.0, "abc", math.inf):
+        with pytest.raises(ValueError, match="softcap must be null"):
+            create("mha", DIM, softcap=bad)
+
+
+# --------------------------------------------------------------------------- softcap
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softcap_is_its_formula(causal):
+    module = build(causal, softcap=0.5)  # small: most scores are bent
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    torch.testing.assert_close(
+        module(x), explicit(module, x, causal=causal, softcap=0.5), rtol=0, atol=1e-10
+    )
+
+
+def test_an_unbounded_softcap_is_plain_mha():
+    plain, capped = build(), build(softcap=1e12)
+    capped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    torch.testing.assert_close(capped(x), plain(x), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "sigmoid", "max"])
+def test_softcap_paths_agree_with_the_explicit_one(normalize):
+    module = build(softcap=1.5, normalize=normalize, window=2, global_tokens=1)
+    x = torch.randn(2, 11, DIM, dtype=torch.float64, requires_grad=True)
+    fast = module(x)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
+    slow, _ = module(x, return_weights=True)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=0, atol=1e-10)
+
+
+def test_softcap_bounds_every_logit():
+    module = build(softcap=3.0)
+    _, weights = module(1e4 * torch.randn(1, 12, DIM, dtype=torch.float64), return_weights=True)
+    spread = (weights["attn"].log().amax(-1) - weights["attn"].log().amin(-1)).max()
+    assert spread <= 2 * 3.0 + 1e-9

@@ -157,6 +157,7 @@ class AttentionDesign:
     additive_dim: int | None = None
     rope: bool = False
     qk_norm: str | None = None
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("score", self.score, SCORES)
@@ -180,6 +181,11 @@ class AttentionDesign:
             raise ValueError(f"rope must be true or false, got {self.rope!r}")
         if self.qk_norm is not None:
             _check_choice("qk_norm", self.qk_norm, QK_NORMS)
+        if self.softcap is not None and (
+            isinstance(self.softcap, bool) or not isinstance(self.softcap, (int, float))
+            or not 0 < self.softcap < math.inf
+        ):  # fmt: skip
+            raise ValueError(f"softcap must be null (off) or a positive number, got {self.softcap!r}")
         if self.global_tokens and self.window is None:
             raise ValueError(
                 "global_tokens only restricts attention together with window (without a window "
@@ -217,7 +223,7 @@ class AttentionDesign:
     def fast_path(self) -> bool:
         """Whether attention runs through ``scaled_dot_product_attention`` (when the weights are
         not asked for); otherwise it runs the chunked path. Both hold O(N) memory."""
-        return self.score in FUSED_SCORES and self.normalize == "softmax"
+        return self.score in FUSED_SCORES and self.normalize == "softmax" and self.softcap is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,9 +726,15 @@ def _fused_softmax(
     return torch.cat(outs, dim=-2)[..., :width]
 
 
+def cap(scores: Tensor, softcap: float | None) -> Tensor:
+    """``softcap · tanh(scores / softcap)`` (Gemma 2): every score within ``(−softcap, softcap)``,
+    nearly unchanged where ``|s| ≪ softcap``; ``None``: the scores as they are."""
+    return scores if softcap is None else softcap * torch.tanh(scores / softcap)
+
+
 def _chunked(
     q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, normalize: str, allowed: KeyMask,
-    p: float, block_elements: int,
+    p: float, block_elements: int, softcap: float | None = None,
 ) -> Tensor:  # fmt: skip
     """Attention over blocks of query rows, each computing only its rows of scores and weights;
     with several blocks and gradients on, each block is recomputed in backward (checkpoint, which
@@ -734,7 +746,7 @@ def _chunked(
     def block(q_rows: Tensor, keys: Tensor, v: Tensor, start: int) -> Tensor:
         mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
         scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
-        return F.dropout(normalize_scores(scores, normalize, mask), p) @ v
+        return F.dropout(normalize_scores(cap(scores, softcap), normalize, mask), p) @ v
 
     keys = k if scorer is None else scorer.keys(k)  # once, not once per block
     if n <= b:
@@ -767,6 +779,7 @@ def attend(
     training: bool = False,
     need_weights: bool = False,
     block_elements: int | None = None,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
@@ -789,12 +802,12 @@ def attend(
     block_elements = BLOCK_ELEMENTS if block_elements is None else block_elements
     if need_weights:
         full = allowed.rows(0, q.shape[-2], k.shape[-2], q.device)
-        weights = normalize_scores(_scores(scorer, q, k), normalize, full)
+        weights = normalize_scores(cap(_scores(scorer, q, k), softcap), normalize, full)
         return F.dropout(weights, p) @ v, weights
     score = "dot" if scorer is None else scorer.kind
-    if normalize == "softmax" and score in FUSED_SCORES:
+    if normalize == "softmax" and score in FUSED_SCORES and softcap is None:
         return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
-    return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements), None
+    return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, softcap), None
 
 
 class AttentionCore(nn.Module):
@@ -922,6 +935,7 @@ class AttentionCore(nn.Module):
             training=self.training,
             need_weights=need_weights,
             key_padding=key_padding,
+            softcap=design.softcap,
         )
 
     def flops(self, grid: tuple[int, ...]) -> int:
@@ -933,5 +947,6 @@ class AttentionCore(nn.Module):
         rope = 3 * (n + self.conv_key_count(grid)) * self.head_dim * h if self.design.rope else 0
         # qk_norm is a normalisation layer: not counted (base.AttentionModule.flops)
         normalize = _NORMALIZE_FLOPS_PER_ENTRY[self.design.normalize] * n * m * h
+        normalize += 3 * n * m * h if self.design.softcap is not None else 0  # divide, tanh, scale
         weighted_sum = 2 * n * m * self.head_dim * h
         return conv + rope + self.scorer.flops(n, m, h) + normalize + weighted_sum
