@@ -1,5 +1,5 @@
 """Knobs of current language models' attention (docs/design_space.md): grouped-query attention
-(``num_kv_heads``), ``qk_norm`` and ``softcap``. Each is checked against its formula written out in float64,
+(``num_kv_heads``), ``qk_norm``, ``softcap``, ``sink`` and ``alibi``. Each is checked against its formula written out in float64,
 at its limiting case against plain ``mha``, on every path (fused, chunked, explicit), causal and
 with padding."""
 
@@ -24,8 +24,9 @@ def build(causal: bool = False, **knobs):
 
 
 def explicit(
-    module, x: torch.Tensor, norm=None, causal: bool = False, softcap: float | None = None
-) -> torch.Tensor:
+    module, x: torch.Tensor, norm=None, causal: bool = False, softcap: float | None = None,
+    sink: torch.Tensor | None = None, slopes: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
     """mha written out: projections, each query head h with key/value head h // group, optional
     per-head norm of q and k, softmax(q.k / sqrt(d), capped: c tanh(s / c)) v, output projection."""
     d, kv = module.head_dim, module.num_kv_heads
@@ -39,13 +40,32 @@ def explicit(
     if norm is not None:
         q, k = norm(q, module.core.q_norm), norm(k, module.core.k_norm)
     scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+    n = x.shape[1]
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
+    if slopes is not None:
+        distance = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs()
+        scores = scores - slopes.view(-1, 1, 1) * distance
     if causal:
-        n = x.shape[1]
         scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -math.inf)
-    out = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
+    if sink is None:
+        weights = scores.softmax(-1)
+    else:  # written out: e^s / (e^b + sum e^s)
+        weights = scores.exp() / (sink.exp().view(-1, 1, 1) + scores.exp().sum(-1, keepdim=True))
+    out = (weights @ v).transpose(1, 2).flatten(2)
     return F.linear(out, module.proj.weight, module.proj.bias)
+
+
+def assert_paths_agree(module) -> None:
+    """The module's own path (fused or chunked) equals the explicit one (``return_weights``), in
+    outputs and input gradients."""
+    x = torch.randn(2, 11, DIM, dtype=torch.float64, requires_grad=True)
+    fast = module(x)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
+    slow, _ = module(x, return_weights=True)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
+    torch.testing.assert_close(grad_fast, grad_slow, rtol=0, atol=1e-10)
 
 
 def rms(t, layer):
@@ -110,13 +130,7 @@ def test_qk_norm_is_its_formula(kind, norm, kv_heads):
 @pytest.mark.parametrize("normalize", ["softmax", "sigmoid", "max"])
 def test_qk_norm_paths_agree_with_the_explicit_one(normalize):
     module = build(qk_norm="rms", normalize=normalize, window=2)
-    x = torch.randn(2, 11, DIM, dtype=torch.float64, requires_grad=True)
-    fast = module(x)
-    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
-    slow, _ = module(x, return_weights=True)  # the explicit path
-    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
-    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    torch.testing.assert_close(grad_fast, grad_slow, rtol=0, atol=1e-10)
+    assert_paths_agree(module)
 
 
 def test_rms_qk_norm_bounds_every_logit_by_the_head_width():
@@ -135,7 +149,10 @@ def test_rms_qk_norm_bounds_every_logit_by_the_head_width():
 
 @pytest.mark.parametrize("knobs", [{"qk_norm": "rms"}, {"qk_norm": "layer", "num_kv_heads": 2},
                                    {"num_kv_heads": 1, "rope": True},
-                                   {"softcap": 2.0, "window": 3}, {"softcap": 5.0, "qk_norm": "rms"}])  # fmt: skip
+                                   {"softcap": 2.0, "window": 3}, {"softcap": 5.0, "qk_norm": "rms"},
+                                   {"sink": True, "window": 2}, {"alibi": True, "num_kv_heads": 2},
+                                   {"alibi": True, "sink": True, "normalize": "softmax"},
+                                   {"alibi": True, "normalize": "sigmoid"}])  # fmt: skip
 def test_causal_and_padding_hold_with_the_knobs(knobs):
     causal = build(True, **knobs).eval()
     x = torch.randn(2, 8, DIM, dtype=torch.float64)
@@ -180,13 +197,7 @@ def test_an_unbounded_softcap_is_plain_mha():
 @pytest.mark.parametrize("normalize", ["softmax", "sigmoid", "max"])
 def test_softcap_paths_agree_with_the_explicit_one(normalize):
     module = build(softcap=1.5, normalize=normalize, window=2, global_tokens=1)
-    x = torch.randn(2, 11, DIM, dtype=torch.float64, requires_grad=True)
-    fast = module(x)
-    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
-    slow, _ = module(x, return_weights=True)
-    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
-    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-10)
-    torch.testing.assert_close(grad_fast, grad_slow, rtol=0, atol=1e-10)
+    assert_paths_agree(module)
 
 
 def test_softcap_bounds_every_logit():
@@ -194,3 +205,93 @@ def test_softcap_bounds_every_logit():
     _, weights = module(1e4 * torch.randn(1, 12, DIM, dtype=torch.float64), return_weights=True)
     spread = (weights["attn"].log().amax(-1) - weights["attn"].log().amin(-1)).max()
     assert spread <= 2 * 3.0 + 1e-9
+
+
+# --------------------------------------------------------------------------- sink
+
+
+def with_sink(module, values):
+    with torch.no_grad():
+        module.core.sink.copy_(torch.as_tensor(values, dtype=torch.float64))
+    return module
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sink_is_its_formula(causal):
+    module = with_sink(build(causal, sink=True), [-1.0, 0.0, 1.0, 2.5])
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    expected = explicit(module, x, causal=causal, sink=module.core.sink.detach())
+    torch.testing.assert_close(module(x), expected, rtol=0, atol=1e-10)
+
+
+def test_a_sink_at_minus_infinity_is_plain_mha_and_a_high_one_takes_weight_from_the_keys():
+    plain, sunk = build(), with_sink(build(sink=True), [-1e4] * HEADS)
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    torch.testing.assert_close(sunk(x), plain(x), rtol=0, atol=1e-10)
+    _, weights = with_sink(sunk, [0.0, 1.0, 2.0, 3.0])(x, return_weights=True)
+    totals = weights["attn"].sum(-1)  # (B, h, N): below 1, less the higher the sink
+    assert (totals < 1).all() and (totals[:, 1:] < totals[:, :-1]).all()
+
+
+def test_a_sink_needs_softmax_naming_both_keys():
+    with pytest.raises(ValueError, match="sink .* needs normalize=softmax, got normalize=sigmoid"):
+        create("mha", DIM, sink=True, normalize="sigmoid")
+
+
+# --------------------------------------------------------------------------- alibi
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_alibi_is_its_formula(causal):
+    module = build(causal, alibi=True)
+    slopes = torch.tensor([2.0 ** (-8 * h / HEADS) for h in range(1, HEADS + 1)], dtype=torch.float64)
+    torch.testing.assert_close(module.core.alibi_slopes, slopes, rtol=0, atol=0)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    expected = explicit(module, x, causal=causal, slopes=slopes)
+    torch.testing.assert_close(module(x), expected, rtol=0, atol=1e-10)
+
+
+def test_alibi_with_zero_slopes_is_plain_mha():
+    plain, biased = build(), build(alibi=True)
+    biased.core.alibi_slopes.zero_()
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    torch.testing.assert_close(biased(x), plain(x), rtol=0, atol=1e-10)
+
+
+def test_alibi_is_refused_without_aligned_keys_or_on_images():
+    with pytest.raises(ValueError, match="alibi .* kv_stride=2"):
+        create("mha", DIM, alibi=True, kv_stride=2)
+    with pytest.raises(ValueError, match="alibi .* needs grid_ndim=1, got 2"):
+        create("mha", DIM, 2, alibi=True)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"sink": True}, {"alibi": True}, {"alibi": True, "normalize": "max"},
+     {"alibi": True, "sink": True, "softcap": 2.0, "score": "cosine"}],
+)  # fmt: skip
+def test_sink_and_alibi_paths_agree_with_the_explicit_one(knobs):
+    module = build(window=3, global_tokens=1, **knobs)
+    if module.core.sink is not None:
+        with_sink(module, [0.5, -0.5, 1.0, 0.0])
+    assert_paths_agree(module)
+
+
+@pytest.mark.parametrize("normalize", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_score_changes_hold_across_blocks_of_query_rows(normalize, causal):
+    """The chunked path in blocks of 2 query rows: each block's ALiBi distances start at its own
+    first row (a wrong offset would shift them)."""
+    from attnexp.attention.design import alibi_slopes, attend
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, HEADS, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    sink = torch.randn(HEADS, dtype=torch.float64) if normalize == "softmax" else None
+    knobs = {"normalize": normalize, "is_causal": causal, "softcap": 2.0, "sink": sink,
+             "alibi": alibi_slopes(HEADS).double()}  # fmt: skip
+    blocked, _ = attend(q, k, v, block_elements=2 * HEADS * 2 * 9, **knobs)
+    whole, _ = attend(q, k, v, need_weights=True, **knobs)
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-10)
+    grads = [torch.autograd.grad(out.sum(), (q, k, v)) for out in (blocked, whole)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)

@@ -158,6 +158,8 @@ class AttentionDesign:
     rope: bool = False
     qk_norm: str | None = None
     softcap: float | None = None
+    sink: bool = False
+    alibi: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("score", self.score, SCORES)
@@ -186,6 +188,20 @@ class AttentionDesign:
             or not 0 < self.softcap < math.inf
         ):  # fmt: skip
             raise ValueError(f"softcap must be null (off) or a positive number, got {self.softcap!r}")
+        for key in ("sink", "alibi"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        if self.sink and self.normalize != "softmax":
+            raise ValueError(
+                "sink adds a learned logit to the softmax's denominator: it needs "
+                f"normalize=softmax, got normalize={self.normalize}"
+            )
+        if self.alibi and self.shortens_keys:
+            raise ValueError(
+                "alibi biases each score by the distance from the query to key j at position j, "
+                f"but kv_stride={self.kv_stride} / qk_conv_padding={self.qk_conv_padding} drops "
+                "positions; use kv_stride=1 and qk_conv_padding=same with alibi"
+            )
         if self.global_tokens and self.window is None:
             raise ValueError(
                 "global_tokens only restricts attention together with window (without a window "
@@ -223,7 +239,8 @@ class AttentionDesign:
     def fast_path(self) -> bool:
         """Whether attention runs through ``scaled_dot_product_attention`` (when the weights are
         not asked for); otherwise it runs the chunked path. Both hold O(N) memory."""
-        return self.score in FUSED_SCORES and self.normalize == "softmax" and self.softcap is None
+        plain_scores = self.softcap is None and not self.sink and not self.alibi
+        return self.score in FUSED_SCORES and self.normalize == "softmax" and plain_scores
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,17 +369,25 @@ class Scorer(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def normalize_scores(scores: Tensor, kind: str = "softmax", mask: Tensor | None = None) -> Tensor:
+def normalize_scores(
+    scores: Tensor, kind: str = "softmax", mask: Tensor | None = None, sink: Tensor | None = None
+) -> Tensor:
     """Scores ``(..., N, M)`` -> weights over the key axis; formulas in the module docstring.
 
     ``mask`` is boolean, broadcastable to ``scores``, True where a key may be attended; masked
-    entries get exactly zero weight under every normalisation.
+    entries get exactly zero weight under every normalisation. ``sink`` (softmax only): one
+    logit per head ``(h,)`` for ``(B, h, N, M)`` scores, added to every row's denominator, so a
+    row may give less than all of its weight to the keys.
     """
     _check_choice("normalize", kind, NORMALIZATIONS)
     if kind == "softmax":
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(dim=-1)
+        if sink is None:
+            weights = scores.softmax(dim=-1)
+        else:  # e^s / (e^b + sum e^s), computed from the log of the denominator
+            total = torch.logaddexp(scores.logsumexp(-1, keepdim=True), sink.view(-1, 1, 1))
+            weights = (scores - total).exp()
     elif kind == "sigmoid":
         if mask is None:
             offset = math.log(scores.shape[-1])
@@ -726,15 +751,41 @@ def _fused_softmax(
     return torch.cat(outs, dim=-2)[..., :width]
 
 
-def cap(scores: Tensor, softcap: float | None) -> Tensor:
-    """``softcap · tanh(scores / softcap)`` (Gemma 2): every score within ``(−softcap, softcap)``,
-    nearly unchanged where ``|s| ≪ softcap``; ``None``: the scores as they are."""
-    return scores if softcap is None else softcap * torch.tanh(scores / softcap)
+class ScoreChanges:
+    """What happens to a block of scores between the score and the weights, in this order:
+    ``softcap`` (``c·tanh(s/c)``), ``alibi`` (slopes ``(h,)``: ``− m_h·|i − j|`` for query
+    position i and key j at position j), then the normalisation, with ``sink`` (``(h,)``
+    logits in the softmax's denominator). Every path applies it the same way, block by block."""
+
+    def __init__(
+        self, softcap: float | None = None, sink: Tensor | None = None, alibi: Tensor | None = None
+    ) -> None:
+        self.softcap, self.sink, self.alibi = softcap, sink, alibi
+
+    @property
+    def none(self) -> bool:
+        return self.softcap is None and self.sink is None and self.alibi is None
+
+    def normalize(self, scores: Tensor, start: int, kind: str, mask: Tensor | None) -> Tensor:
+        """The weights of ``scores`` ``(B, h, rows, M)``, rows from query ``start`` on."""
+        if self.softcap is not None:
+            scores = self.softcap * torch.tanh(scores / self.softcap)
+        if self.alibi is not None:
+            rows, m = scores.shape[-2], scores.shape[-1]
+            i = torch.arange(start, start + rows, device=scores.device)[:, None]
+            j = torch.arange(m, device=scores.device)[None, :]
+            scores = scores - self.alibi.view(-1, 1, 1) * (i - j).abs().to(scores.dtype)
+        return normalize_scores(scores, kind, mask, self.sink)
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's slopes ``m_h = 2^(−8h/H)`` for heads ``h = 1..H`` (Press et al., 2022)."""
+    return torch.pow(2.0, -8.0 * torch.arange(1, num_heads + 1) / num_heads)
 
 
 def _chunked(
     q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, normalize: str, allowed: KeyMask,
-    p: float, block_elements: int, softcap: float | None = None,
+    p: float, block_elements: int, modify: ScoreChanges | None = None,
 ) -> Tensor:  # fmt: skip
     """Attention over blocks of query rows, each computing only its rows of scores and weights;
     with several blocks and gradients on, each block is recomputed in backward (checkpoint, which
@@ -746,7 +797,8 @@ def _chunked(
     def block(q_rows: Tensor, keys: Tensor, v: Tensor, start: int) -> Tensor:
         mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
         scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
-        return F.dropout(normalize_scores(cap(scores, softcap), normalize, mask), p) @ v
+        weights = (modify or ScoreChanges()).normalize(scores, start, normalize, mask)
+        return F.dropout(weights, p) @ v
 
     keys = k if scorer is None else scorer.keys(k)  # once, not once per block
     if n <= b:
@@ -780,6 +832,8 @@ def attend(
     need_weights: bool = False,
     block_elements: int | None = None,
     softcap: float | None = None,
+    sink: Tensor | None = None,
+    alibi: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
@@ -800,14 +854,15 @@ def attend(
         allowed = allowed.with_key_padding(key_padding)
     p = dropout_p if training else 0.0
     block_elements = BLOCK_ELEMENTS if block_elements is None else block_elements
+    modify = ScoreChanges(softcap, sink, alibi)
     if need_weights:
         full = allowed.rows(0, q.shape[-2], k.shape[-2], q.device)
-        weights = normalize_scores(cap(_scores(scorer, q, k), softcap), normalize, full)
+        weights = modify.normalize(_scores(scorer, q, k), 0, normalize, full)
         return F.dropout(weights, p) @ v, weights
     score = "dot" if scorer is None else scorer.kind
-    if normalize == "softmax" and score in FUSED_SCORES and softcap is None:
+    if normalize == "softmax" and score in FUSED_SCORES and modify.none:
         return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
-    return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, softcap), None
+    return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, modify), None
 
 
 class AttentionCore(nn.Module):
@@ -851,6 +906,16 @@ class AttentionCore(nn.Module):
         )
         # qk_norm: one learned gain (and, for layer, bias) over head_dim, shared by the heads, for
         # q and one for k (as OLMo 2 and Gemma 3 normalise per head).
+        if design.alibi and grid_ndim != 1:
+            raise ValueError(
+                f"alibi biases by distance along a sequence: it needs grid_ndim=1, got {grid_ndim}"
+            )
+        # sink: one logit per head in the softmax's denominator, learned from 0 (a row may then
+        # give up to half its weight to no key at the start).
+        self.sink = nn.Parameter(torch.zeros(num_heads)) if design.sink else None
+        self.register_buffer(
+            "alibi_slopes", alibi_slopes(num_heads) if design.alibi else None, persistent=False
+        )
         norm = {"rms": nn.RMSNorm, "layer": nn.LayerNorm}.get(design.qk_norm)
         self.q_norm = norm(head_dim, eps=QK_NORM_EPS) if norm else None
         self.k_norm = norm(head_dim, eps=QK_NORM_EPS) if norm else None
@@ -936,6 +1001,8 @@ class AttentionCore(nn.Module):
             need_weights=need_weights,
             key_padding=key_padding,
             softcap=design.softcap,
+            sink=self.sink,
+            alibi=self.alibi_slopes,
         )
 
     def flops(self, grid: tuple[int, ...]) -> int:
@@ -948,5 +1015,6 @@ class AttentionCore(nn.Module):
         # qk_norm is a normalisation layer: not counted (base.AttentionModule.flops)
         normalize = _NORMALIZE_FLOPS_PER_ENTRY[self.design.normalize] * n * m * h
         normalize += 3 * n * m * h if self.design.softcap is not None else 0  # divide, tanh, scale
+        normalize += n * m * h if self.design.alibi else 0  # the bias's add
         weighted_sum = 2 * n * m * self.head_dim * h
         return conv + rope + self.scorer.flops(n, m, h) + normalize + weighted_sum
