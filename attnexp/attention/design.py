@@ -40,6 +40,17 @@ knob here, so ``mha`` (and ``muse``'s attention branch) expose them as config:
     feature pair (f, f + d/2) by the angle p * 10000^(-2f/d), so q_i . k_j depends on i - j
     only. Keys keep their own positions (kept keys of ``kv_stride``, centres of a valid conv).
     Sequences only.
+``qk_norm``    ``rms`` or ``layer``: each head's q and k normalised over their d features as the
+    projection gives them (RMSNorm or LayerNorm, one learned gain for q and one for k shared by the
+    heads), before any qk convolution, rope and the score (Dehghani et al. 2023; OLMo 2, Gemma 3).
+``softcap``    c: s_ij <- c * tanh(s_ij / c) (Gemma 2), after the score.
+``alibi``      s_ij <- s_ij - m_h * |i - j|, slopes m_h = 2^(-8h/H) (Press et al. 2022), after
+    ``softcap``. Sequences with keys aligned with positions only.
+``sink``       softmax only: a_ij = exp(s_ij) / (exp(b_h) + sum_{l in A_i} exp(s_il)), a learned
+    logit b_h per head (attention sinks, Xiao et al. 2023; gpt-oss), so a row may give less than
+    all its weight to the keys.
+    ``softcap``, ``alibi`` and ``sink`` are one step between the score and the weights
+    (``ScoreChanges``), which the explicit and chunked paths apply block by block.
 
 Causal attention (``AttentionCore(..., causal=True)``, sequences only): query i may see key j only
 if j's position <= i, on top of every other rule, so the output at i depends on inputs <= i:
@@ -82,7 +93,7 @@ fused      every score but ``additive`` with ``softmax``: ``scaled_dot_product_a
            (``is_causal``) in one call; window, global tokens or causal over selected keys in
            blocks of query rows, each with its rows of the mask only. Dropout: the kernel's
            ``dropout_p``.
-chunked    ``sigmoid`` and ``max``, and the ``additive`` scorer: blocks of ``b`` query rows, each
+chunked    ``sigmoid`` and ``max``, the ``additive`` scorer, and ``softcap``, ``alibi``, ``sink``: blocks of ``b`` query rows, each
            computing its ``(B, h, b, M)`` scores (``(B, h, b, M, a)`` hidden for additive; ``b``
            keeps that under ``BLOCK_ELEMENTS``), its mask rows, normalisation, dropout and
            weights @ v. Every normalisation is row-wise, so blocks are exact. With several blocks
