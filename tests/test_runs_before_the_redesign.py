@@ -91,3 +91,24 @@ def test_a_killed_run_continues_when_its_sweep_reruns_and_resumes_to_an_uninterr
     assert resumed["config_hash"] == uninterrupted["config_hash"]
     for key in COMPARED:
         assert resumed["metrics"][key] == uninterrupted["metrics"][key], key
+
+
+def test_a_knob_added_later_leaves_old_hashes_alone_until_it_is_set(data_dir):
+    from omegaconf import OmegaConf
+
+    from attnexp.runs.identity import ADDED_KEYS, computed_config, config_hash
+    from tests.conftest import compose_cfg, tiny
+
+    cfg = compose_cfg(tiny("mha", "cnn", "digits", data_dir))
+    old = OmegaConf.to_container(cfg)  # as a run recorded before the keys existed
+    for group, key in ADDED_KEYS:
+        assert key in old[group]
+        del old[group][key]
+    old = OmegaConf.create(old)
+    assert config_hash(old) == config_hash(cfg)
+    assert computed_config(old) == computed_config(cfg)
+    changed = {"num_kv_heads": 2, "qk_norm": "rms", "softcap": 2.0, "sink": True, "alibi": True}
+    assert set(changed) == {key for _, key in ADDED_KEYS}  # a new one: add a value that sets it
+    for group, key in ADDED_KEYS:
+        other = compose_cfg([*tiny("mha", "cnn", "digits", data_dir), f"{group}.{key}={changed[key]}"])  # fmt: skip
+        assert config_hash(other) != config_hash(cfg), key

@@ -34,6 +34,17 @@ UNHASHED_DATASET_KEYS = ("loader", "num_workers", "pin_memory")
 # to train, not what is trained.
 RESUMABLE_KEYS = (*UNHASHED_KEYS, "trainer")
 
+# Keys added after runs were recorded, with the value that keeps a run as it was: left out of the
+# hash and the checkpoint stamp while they hold it, so a finished sweep's jobs stay the same jobs
+# (and are skipped, or continued) when a new knob arrives. A new knob goes here with its default.
+ADDED_KEYS = {
+    ("attention", "num_kv_heads"): None,
+    ("attention", "qk_norm"): None,
+    ("attention", "softcap"): None,
+    ("attention", "sink"): False,
+    ("attention", "alibi"): False,
+}
+
 # Modules that moved: their name now, and the name runs were first recorded with. A config's
 # ``_target_`` is hashed under the second, and built under the first.
 CANONICAL_TARGETS = {
@@ -61,12 +72,16 @@ def computed_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def without(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    """The resolved config ``data`` without the top-level ``keys`` and the dataset's loader keys,
-    its targets in their canonical form."""
+    """The resolved config ``data`` without the top-level ``keys``, the dataset's loader keys and
+    the ``ADDED_KEYS`` that hold their unchanged value, its targets in their canonical form."""
     data = {k: v for k, v in data.items() if k not in keys}
     if isinstance(data.get("dataset"), dict):
         dataset = data["dataset"]
         data["dataset"] = {k: v for k, v in dataset.items() if k not in UNHASHED_DATASET_KEYS}
+    for (group, key), unchanged in ADDED_KEYS.items():
+        node = data.get(group)
+        if isinstance(node, dict) and key in node and node[key] == unchanged:
+            data[group] = {k: v for k, v in node.items() if k != key}
     return _rename_targets(data, CANONICAL_TARGETS)
 
 
