@@ -1,5 +1,5 @@
 """Knobs of current language models' attention (docs/design_space.md): grouped-query attention
-(``num_kv_heads``), ``qk_norm``, ``softcap``, ``sink`` and ``alibi``. Each is checked against its formula written out in float64,
+(``num_kv_heads``), ``qk_norm``, ``softcap``, ``sink``, ``alibi`` and the output ``gate``. Each is checked against its formula written out in float64,
 at its limiting case against plain ``mha``, on every path (fused, chunked, explicit), causal and
 with padding."""
 
@@ -52,8 +52,11 @@ def explicit(
         weights = scores.softmax(-1)
     else:  # written out: e^s / (e^b + sum e^s)
         weights = scores.exp() / (sink.exp().view(-1, 1, 1) + scores.exp().sum(-1, keepdim=True))
-    out = (weights @ v).transpose(1, 2).flatten(2)
-    return F.linear(out, module.proj.weight, module.proj.bias)
+    out = weights @ v  # (B, h, N, d)
+    if module.gate is not None:  # sigmoid(x W_g), per head (B, N, h) or per feature (B, N, h d)
+        gates = torch.sigmoid(x @ module.gate.weight.T)
+        out = out * gates.unflatten(-1, (HEADS, -1)).transpose(1, 2)
+    return F.linear(out.transpose(1, 2).flatten(2), module.proj.weight, module.proj.bias)
 
 
 def assert_paths_agree(module) -> None:
@@ -152,7 +155,8 @@ def test_rms_qk_norm_bounds_every_logit_by_the_head_width():
                                    {"softcap": 2.0, "window": 3}, {"softcap": 5.0, "qk_norm": "rms"},
                                    {"sink": True, "window": 2}, {"alibi": True, "num_kv_heads": 2},
                                    {"alibi": True, "sink": True, "normalize": "softmax"},
-                                   {"alibi": True, "normalize": "sigmoid"}])  # fmt: skip
+                                   {"alibi": True, "normalize": "sigmoid"},
+                                   {"gate": "headwise"}, {"gate": "elementwise", "num_kv_heads": 2}])  # fmt: skip
 def test_causal_and_padding_hold_with_the_knobs(knobs):
     causal = build(True, **knobs).eval()
     x = torch.randn(2, 8, DIM, dtype=torch.float64)
@@ -295,3 +299,29 @@ def test_score_changes_hold_across_blocks_of_query_rows(normalize, causal):
     grads = [torch.autograd.grad(out.sum(), (q, k, v)) for out in (blocked, whole)]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------- gate
+
+
+@pytest.mark.parametrize("gate", ["headwise", "elementwise"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_output_gate_is_its_formula(gate, causal):
+    module = build(causal, gate=gate)
+    assert module.gate.out_features == (HEADS if gate == "headwise" else DIM)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    torch.testing.assert_close(module(x), explicit(module, x, causal=causal), rtol=0, atol=1e-10)
+
+
+def test_a_gate_at_one_half_halves_the_attention_output_and_muse_takes_it():
+    module = build(gate="headwise")
+    with torch.no_grad():
+        module.gate.weight.zero_()  # sigmoid(0) = 1/2 for every head
+    plain = build()
+    plain.load_state_dict({k: v for k, v in module.state_dict().items() if not k.startswith("gate")})
+    x = torch.randn(2, 5, DIM, dtype=torch.float64)
+    bias = module.proj.bias  # the gate halves what goes into the output projection
+    torch.testing.assert_close(2 * (module(x) - bias), plain(x) - bias, rtol=0, atol=1e-12)
+    assert create("muse", DIM, gate="elementwise")(torch.randn(2, 5, DIM)).shape == (2, 5, DIM)
+    with pytest.raises(ValueError, match="gate must be null .* headwise, elementwise, got 'yes'"):
+        create("mha", DIM, gate="yes")

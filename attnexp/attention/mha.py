@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from attnexp.attention.base import (
@@ -45,6 +46,9 @@ def resolve_head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
     return head_dim
 
 
+GATES = ("headwise", "elementwise")
+
+
 def resolve_kv_heads(num_heads: int, num_kv_heads: int | None) -> int:
     """``num_kv_heads`` (``None``: ``num_heads``), refusing one that does not divide the heads."""
     if num_kv_heads is None:
@@ -74,6 +78,10 @@ class MultiHeadAttention(AttentionModule):
     multi-query attention (Shazeer, 2019). The k and v projections shrink; the attention step sees
     every query head with its group's key and value.
 
+    ``gate`` (``None``: off): gated attention (Qiu et al., 2025): the attention output of head h
+    is multiplied by ``sigmoid(x W_g)``, one value per head (``headwise``) or per feature
+    (``elementwise``), before the output projection (so in ``muse`` before its branches mix).
+
     ``weights`` (with ``return_weights=True``): ``{"attn": (B, heads, N, M)}``, N = prod(grid) and
     M the number of keys (N unless ``kv_stride`` or a ``valid`` ``qk_conv`` drops positions).
     """
@@ -92,6 +100,7 @@ class MultiHeadAttention(AttentionModule):
         proj_drop: float = 0.0,
         qkv_bias: bool = True,
         num_kv_heads: int | None = None,
+        gate: str | None = None,
         **design: Any,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
@@ -104,6 +113,13 @@ class MultiHeadAttention(AttentionModule):
         self.inner_dim = num_heads * self.head_dim
         self.kv_dim = self.num_kv_heads * self.head_dim
         self.qkv = nn.Linear(dim, self.inner_dim + 2 * self.kv_dim, bias=qkv_bias)
+        if gate is not None and gate not in GATES:
+            raise ValueError(f"gate must be null (off) or one of {', '.join(GATES)}, got {gate!r}")
+        # gate: sigma(x W_g) scales each head's output (headwise) or each of its features
+        # (elementwise) before the output projection (Qiu et al. 2025).
+        self.gate = None if gate is None else nn.Linear(
+            dim, num_heads if gate == "headwise" else self.inner_dim, bias=False
+        )  # fmt: skip
         self.core = AttentionCore(
             design,
             num_heads=num_heads,
@@ -127,7 +143,11 @@ class MultiHeadAttention(AttentionModule):
         k, v = (self.query_groups(split_heads(t, self.num_kv_heads)) for t in (k, v))
         padding = None if mask is None else mask.flatten(1)
         out, weights = self.core(q, k, v, grid, need_weights, padding)
-        return merge_heads(out), merge_heads(v), weights, grid
+        out = merge_heads(out)
+        if self.gate is not None:  # (B, N, heads or D): one gate per head, or per feature
+            gates = torch.sigmoid(self.gate(tokens))
+            out = (out.unflatten(-1, (self.num_heads, -1)) * gates.unflatten(-1, (self.num_heads, -1))).flatten(2)  # fmt: skip
+        return out, merge_heads(v), weights, grid
 
     def query_groups(self, kv: Tensor) -> Tensor:
         """``(B, kv heads, N, d)`` -> ``(B, heads, N, d)``: each key/value head repeated for its
@@ -148,4 +168,6 @@ class MultiHeadAttention(AttentionModule):
         2*N*N*D."""
         n, c, d = self.num_positions(grid), self.dim, self.inner_dim
         projections = 2 * n * c * (d + 2 * self.kv_dim) + 2 * n * d * c
+        if self.gate is not None:  # its projection, and the product with the output
+            projections += 2 * n * c * self.gate.out_features + n * d
         return projections + self.core.flops(grid)

@@ -43,6 +43,7 @@ ADDED_KEYS = {
     ("attention", "softcap"): None,
     ("attention", "sink"): False,
     ("attention", "alibi"): False,
+    ("attention", "gate"): None,
 }
 
 # Modules that moved: their name now, and the name runs were first recorded with. A config's
