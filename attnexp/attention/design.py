@@ -796,7 +796,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
 
 def _chunked(
     q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, normalize: str, allowed: KeyMask,
-    p: float, block_elements: int, modify: ScoreChanges | None = None,
+    p: float, block_elements: int, modify: ScoreChanges,
 ) -> Tensor:  # fmt: skip
     """Attention over blocks of query rows, each computing only its rows of scores and weights;
     with several blocks and gradients on, each block is recomputed in backward (checkpoint, which
@@ -808,7 +808,7 @@ def _chunked(
     def block(q_rows: Tensor, keys: Tensor, v: Tensor, start: int) -> Tensor:
         mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
         scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
-        weights = (modify or ScoreChanges()).normalize(scores, start, normalize, mask)
+        weights = modify.normalize(scores, start, normalize, mask)
         return F.dropout(weights, p) @ v
 
     keys = k if scorer is None else scorer.keys(k)  # once, not once per block

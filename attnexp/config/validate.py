@@ -12,6 +12,7 @@ what needs the data: a batch larger than the training split, an unreadable cache
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -67,8 +68,6 @@ def _check_files(cfg: DictConfig) -> None:
     """Files a dataset reads whose faults are said before the keys they would have answered: the
     text file of a language model (a directory, a binary, an empty file) before
     ``dataset.shape.vocab_size``, an image folder's classes before ``dataset.shape.num_classes``."""
-    from pathlib import Path
-
     dataset = cfg.dataset
     source = dataset.get("source") or {}
     if "path" not in dataset or OmegaConf.is_missing(dataset, "path"):
