@@ -104,6 +104,7 @@ def test_yaml_states_every_hyper_parameter_with_the_code_default(name, toy_root)
     defaults = constructor_defaults(target)
     defaults.pop("grid_ndim")  # the backbone's to give, like dim
     defaults.pop("causal", None)  # likewise (True in a language model)
+    defaults.pop("layer", None)  # likewise (the block's index)
     normalise = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
     assert cfg == normalise
 

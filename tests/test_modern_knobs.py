@@ -1,5 +1,6 @@
 """Knobs of current language models' attention (docs/design_space.md): grouped-query attention
-(``num_kv_heads``), ``qk_norm``, ``softcap``, ``sink``, ``alibi`` and the output ``gate``. Each is checked against its formula written out in float64,
+(``num_kv_heads``), ``qk_norm``, ``softcap``, ``sink``, ``alibi``, the output ``gate``,
+``forget_gate``, ``softpick``, ``stick_breaking``, ``differential`` and ``kv_latent_dim``. Each is checked against its formula written out in float64,
 at its limiting case against plain ``mha``, on every path (fused, chunked, explicit), causal and
 with padding."""
 
@@ -158,13 +159,21 @@ def test_rms_qk_norm_bounds_every_logit_by_the_head_width():
                                    {"alibi": True, "normalize": "sigmoid"},
                                    {"gate": "headwise"}, {"gate": "elementwise", "num_kv_heads": 2}])  # fmt: skip
 def test_causal_and_padding_hold_with_the_knobs(knobs):
-    causal = build(True, **knobs).eval()
+    assert_causal(build(True, **knobs).eval())
+    assert_padding_invariant(build(**knobs).eval())
+
+
+def assert_causal(module) -> None:
+    """Inputs after position 5 leave the outputs up to it unchanged."""
     x = torch.randn(2, 8, DIM, dtype=torch.float64)
     later = x.clone()
     later[:, 5:] = torch.randn(2, 3, DIM, dtype=torch.float64)
-    torch.testing.assert_close(causal(x)[:, :5], causal(later)[:, :5], rtol=0, atol=1e-12)
+    torch.testing.assert_close(module(x)[:, :5], module(later)[:, :5], rtol=0, atol=1e-12)
 
-    module = build(**knobs).eval()
+
+def assert_padding_invariant(module) -> None:
+    """Three padded positions appended leave the real ones' outputs unchanged."""
+    x = torch.randn(2, 8, DIM, dtype=torch.float64)
     padded = torch.cat([x, torch.randn(2, 3, DIM, dtype=torch.float64)], dim=1)
     mask = torch.ones(2, 11, dtype=torch.bool)
     mask[:, 8:] = False
@@ -286,13 +295,19 @@ def test_sink_and_alibi_paths_agree_with_the_explicit_one(knobs):
 def test_score_changes_hold_across_blocks_of_query_rows(normalize, causal):
     """The chunked path in blocks of 2 query rows: each block's ALiBi distances start at its own
     first row (a wrong offset would shift them)."""
-    from attnexp.attention.design import alibi_slopes, attend
+    from attnexp.attention.design import alibi_slopes
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, HEADS, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     sink = torch.randn(HEADS, dtype=torch.float64) if normalize == "softmax" else None
-    knobs = {"normalize": normalize, "is_causal": causal, "softcap": 2.0, "sink": sink,
-             "alibi": alibi_slopes(HEADS).double()}  # fmt: skip
+    assert_blocks_agree(normalize=normalize, is_causal=causal, softcap=2.0, sink=sink,
+                        alibi=alibi_slopes(HEADS).double())  # fmt: skip
+
+
+def assert_blocks_agree(**knobs) -> None:
+    """``attend`` in blocks of 2 query rows equals the whole matrix, outputs and gradients."""
+    from attnexp.attention.design import attend
+
+    q, k, v = (torch.randn(2, HEADS, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     blocked, _ = attend(q, k, v, block_elements=2 * HEADS * 2 * 9, **knobs)
     whole, _ = attend(q, k, v, need_weights=True, **knobs)
     torch.testing.assert_close(blocked, whole, rtol=0, atol=1e-10)
@@ -325,3 +340,253 @@ def test_a_gate_at_one_half_halves_the_attention_output_and_muse_takes_it():
     assert create("muse", DIM, gate="elementwise")(torch.randn(2, 5, DIM)).shape == (2, 5, DIM)
     with pytest.raises(ValueError, match="gate must be null .* headwise, elementwise, got 'yes'"):
         create("mha", DIM, gate="yes")
+
+
+# --------------------------------------------------------------------------- forget_gate
+
+
+def log_forget_written_out(module, x):
+    """log sigmoid(w_h . x_l + b_h), (B, h, N)."""
+    return torch.log(torch.sigmoid(x @ module.forget.weight.T + module.forget.bias)).transpose(1, 2)
+
+
+def forgetting_scores(scores, log_f):
+    """s_ij + sum_{l = j+1..i} log f_l, summed term by term (no cumulative trick)."""
+    n = scores.shape[-1]
+    bias = torch.zeros_like(scores)
+    for i in range(n):
+        for j in range(i + 1):
+            bias[..., i, j] = log_f[..., j + 1 : i + 1].sum(-1)
+    return scores + bias
+
+
+def heads_of(module, x):
+    """q, k, v (B, h, N, d) of a module without grouping, straight from its projection."""
+    d = module.head_dim
+    q, k, v = F.linear(x, module.qkv.weight, module.qkv.bias).split([HEADS * d] * 3, dim=-1)
+    return (t.unflatten(-1, (HEADS, d)).transpose(1, 2) for t in (q, k, v))
+
+
+def project(module, out):
+    return F.linear(out.transpose(1, 2).flatten(2), module.proj.weight, module.proj.bias)
+
+
+def test_the_forget_gate_is_its_formula():
+    module = build(True, forget_gate=True)
+    with torch.no_grad():
+        module.forget.bias.uniform_(-2.0, 2.0)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    q, k, v = heads_of(module, x)
+    scores = forgetting_scores(q @ k.transpose(-2, -1) / math.sqrt(module.head_dim), log_forget_written_out(module, x))
+    n = x.shape[1]
+    weights = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -math.inf).softmax(-1)
+    torch.testing.assert_close(module(x), project(module, weights @ v), rtol=0, atol=1e-10)
+
+
+def test_a_forget_gate_that_always_keeps_is_causal_mha():
+    plain, forgetting = build(True), build(True, forget_gate=True)
+    forgetting.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():  # f = sigmoid(40) = 1 - 4e-18: log f rounds to 0 in float64
+        forgetting.forget.weight.zero_()
+        forgetting.forget.bias.fill_(40.0)
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    torch.testing.assert_close(forgetting(x), plain(x), rtol=0, atol=1e-12)
+
+
+def test_the_forget_gate_and_stick_breaking_are_refused_where_they_cannot_be():
+    for knobs, key in (({"forget_gate": True}, "forget_gate"),
+                       ({"normalize": "stick_breaking"}, "normalize=stick_breaking")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{key} is causal by nature .* needs causal=True"):
+            create("mha", DIM, **knobs)
+        with pytest.raises(ValueError, match=f"{key} .* kv_stride=2 .* use kv_stride=1"):
+            build(True, kv_stride=2, **knobs)
+    with pytest.raises(ValueError, match="sink .* needs normalize=softmax, got normalize=stick_breaking"):
+        build(True, sink=True, normalize="stick_breaking")
+
+
+# --------------------------------------------------------------------------- softpick
+
+
+def softpick_written_out(scores, allowed):
+    """ReLU(e^s - 1) / (sum over the allowed keys of |e^s - 1| + eps), straight from the paper."""
+    from attnexp.attention.design import SOFTPICK_EPS
+
+    e = torch.where(allowed, scores.exp() - 1, torch.zeros_like(scores))
+    return e.clamp(min=0) / (e.abs().sum(-1, keepdim=True) + SOFTPICK_EPS)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softpick_is_its_formula_over_the_allowed_keys_only(causal):
+    module = build(causal, normalize="softpick", window=3)
+    x = 3 * torch.randn(2, 9, DIM, dtype=torch.float64)  # scores of both signs and some large
+    q, k, v = heads_of(module, x)
+    n = x.shape[1]
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    allowed = ((i - j).abs() <= 3) & ((j <= i) if causal else True)
+    weights = softpick_written_out(q @ k.transpose(-2, -1) / math.sqrt(module.head_dim), allowed)
+    out, maps = module(x, return_weights=True)
+    torch.testing.assert_close(maps["attn"], weights, rtol=0, atol=1e-12)
+    torch.testing.assert_close(module(x), project(module, weights @ v), rtol=0, atol=1e-10)
+    assert (maps["attn"].sum(-1) <= 1 + 1e-12).all() and (maps["attn"] == 0).any()  # rows may give up weight
+
+
+def test_softpick_stays_finite_where_its_exponentials_would_overflow():
+    from attnexp.attention.design import normalize_scores
+
+    scores = torch.tensor([[800.0, 799.0, -5.0, 0.0]], dtype=torch.float32, requires_grad=True)
+    weights = normalize_scores(scores, "softpick")
+    expected = torch.tensor([[1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1)), 0.0, 0.0]])
+    torch.testing.assert_close(weights.detach(), expected, rtol=1e-6, atol=0)
+    weights.sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
+# --------------------------------------------------------------------------- stick_breaking
+
+
+def stick_breaking_written_out(scores):
+    """a_ij = sigmoid(z_ij) prod_{j<k<i} (1 - sigmoid(z_ik)) for j < i, a product term by term."""
+    weights = torch.zeros_like(scores)
+    n = scores.shape[-1]
+    p = torch.sigmoid(scores)
+    for i in range(n):
+        for j in range(i):
+            weights[..., i, j] = p[..., i, j] * torch.prod(1 - p[..., i, j + 1 : i], dim=-1)
+    return weights
+
+
+def test_stick_breaking_is_its_formula_and_a_query_never_attends_to_itself():
+    module = build(True, normalize="stick_breaking")
+    x = 2 * torch.randn(2, 8, DIM, dtype=torch.float64)
+    q, k, v = heads_of(module, x)
+    weights = stick_breaking_written_out(q @ k.transpose(-2, -1) / math.sqrt(module.head_dim))
+    _, maps = module(x, return_weights=True)
+    torch.testing.assert_close(maps["attn"], weights, rtol=0, atol=1e-12)
+    torch.testing.assert_close(module(x), project(module, weights @ v), rtol=0, atol=1e-10)
+    assert (maps["attn"].diagonal(dim1=-2, dim2=-1) == 0).all()
+    assert (maps["attn"][..., 0, :] == 0).all()  # the first query has no key before it
+    assert (maps["attn"].sum(-1) <= 1 + 1e-12).all()
+
+
+# --------------------------------------------------------------------------- differential
+
+
+def test_differential_attention_is_its_formula():
+    module = build(True, differential=True, layer=2)
+    assert module.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.6))
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    q, k, v = heads_of(module, x)
+    half, n = module.head_dim // 2, x.shape[1]
+    future = ~torch.ones(n, n, dtype=torch.bool).tril()
+
+    def softmax_map(a, b):
+        return (a @ b.transpose(-2, -1) / math.sqrt(half)).masked_fill(future, -math.inf).softmax(-1)
+
+    first, second = softmax_map(q[..., :half], k[..., :half]), softmax_map(q[..., half:], k[..., half:])
+    p = {name: t.detach() for name, t in module.lambdas.items()}
+    lam = torch.exp(p["q1"] @ p["k1"]) - torch.exp(p["q2"] @ p["k2"]) + module.lambda_init
+    out = (first - lam * second) @ v
+    out = rms(out, module.head_norm) * (1 - module.lambda_init)
+    torch.testing.assert_close(module(x), project(module, out), rtol=0, atol=1e-10)
+    _, maps = module(x, return_weights=True)
+    torch.testing.assert_close(maps["attn"], first - lam * second, rtol=0, atol=1e-12)
+
+
+def test_differential_with_lambda_zero_gives_its_first_softmax_map():
+    module = build(differential=True)
+    with torch.no_grad():  # exp(q1.k1) - exp(q2.k2) = 0, and lambda_init 0
+        module.lambdas["q2"].copy_(module.lambdas["q1"])
+        module.lambdas["k2"].copy_(module.lambdas["k1"])
+    module.lambda_init = 0.0
+    x = torch.randn(2, 9, DIM, dtype=torch.float64)
+    q, k, _ = heads_of(module, x)
+    half = module.head_dim // 2
+    first = (q[..., :half] @ k[..., :half].transpose(-2, -1) / math.sqrt(half)).softmax(-1)
+    _, maps = module(x, return_weights=True)
+    torch.testing.assert_close(maps["attn"], first, rtol=0, atol=1e-12)
+
+
+def test_differential_has_mha_parameters_plus_lambdas_and_norm_and_its_depth_from_the_backbone():
+    from attnexp.attention.base import accepts_layer
+    from attnexp.attention.cbam import CBAM
+    from attnexp.attention.mha import MultiHeadAttention
+    from attnexp.data.shape import DataShape
+    from attnexp.models.cnn import CNN
+    from attnexp.models.transformer import Transformer
+
+    plain, diff = create("mha", DIM), create("mha", DIM, differential=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(diff) - count(plain) == 4 * (plain.head_dim // 2) + plain.head_dim
+    shape = DataShape("tokens", [8], 11, vocab_size=11, task="lm")
+    for backbone in (Transformer, CNN):  # the block's 0-based index reaches the module as layer
+        for name in ("mha", "muse"):
+            node = attention_config(name)
+            node.differential = True
+            attention = factory(node)
+            model = backbone(attention, shape, dim=DIM, depth=3)
+            depths = [m.lambda_init for m in model.modules() if hasattr(m, "lambda_init")]
+            assert depths == [0.8 - 0.6 * math.exp(-0.3 * layer) for layer in range(3)]
+    # a variant whose constructor does not name layer is built without it, as before
+    assert not accepts_layer(CBAM) and accepts_layer(MultiHeadAttention)
+    CNN(factory(attention_config("cbam")), DataShape("sequence", [8], 3, in_channels=1), dim=DIM)
+
+
+def test_differential_refuses_an_odd_head_half_naming_the_keys():
+    with pytest.raises(ValueError, match="differential .* head_dim divisible by 2, got head_dim=3"):
+        create("mha", 12, differential=True, head_dim=3)
+    with pytest.raises(ValueError, match="rope rotates in pairs: it needs head_dim divisible by 4, got head_dim=6"):
+        create("mha", 12, differential=True, num_heads=2, rope=True)
+
+
+# --------------------------------------------------------------------------- kv_latent_dim
+
+
+def test_latent_keys_and_values_are_their_formula():
+    module = build(True, kv_latent_dim=6, num_kv_heads=2)
+    with torch.no_grad():
+        module.kv_norm.weight.uniform_(0.5, 2.0)
+    x = torch.randn(2, 7, DIM, dtype=torch.float64)
+    d, kv = module.head_dim, 2
+    q, latent = F.linear(x, module.qkv.weight, module.qkv.bias).split([HEADS * d, 6], dim=-1)
+    k, v = (rms(latent, module.kv_norm) @ module.kv_up.weight.T).split([kv * d, kv * d], dim=-1)
+    q = q.unflatten(-1, (HEADS, d)).transpose(1, 2)
+    k, v = (t.unflatten(-1, (kv, d)).transpose(1, 2)[:, [0, 0, 1, 1]] for t in (k, v))
+    n = x.shape[1]
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(d)).masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), -math.inf)
+    torch.testing.assert_close(module(x), project(module, scores.softmax(-1) @ v), rtol=0, atol=1e-10)
+    assert module.qkv.out_features == DIM + 6 and module.kv_up.weight.shape == (2 * kv * d, 6)
+    with pytest.raises(ValueError, match="kv_latent_dim must be"):
+        create("mha", DIM, kv_latent_dim=0)
+
+
+# --------------------------------------------------------------------------- all of them
+
+
+LATER = [{"forget_gate": True}, {"normalize": "softpick"}, {"normalize": "stick_breaking"},
+         {"differential": True}, {"kv_latent_dim": 5},
+         {"differential": True, "forget_gate": True, "alibi": True, "sink": True, "num_kv_heads": 2},
+         {"normalize": "softpick", "window": 2, "softcap": 2.0, "qk_norm": "rms"},
+         {"normalize": "stick_breaking", "forget_gate": True, "rope": True, "global_tokens": 1, "window": 2},
+         {"kv_latent_dim": 4, "differential": True, "gate": "headwise", "rope": True}]  # fmt: skip
+CAUSAL_ONLY = ("forget_gate", "stick_breaking")
+
+
+@pytest.mark.parametrize("knobs", LATER, ids=str)
+def test_causality_padding_and_paths_hold_for_the_later_knobs(knobs):
+    causal = build(True, **knobs).eval()
+    assert_causal(causal)
+    assert_paths_agree(causal)
+    assert_padding_invariant(causal)
+    if not any(name in str(knobs) for name in CAUSAL_ONLY):
+        bidirectional = build(**knobs).eval()
+        assert_padding_invariant(bidirectional)
+        assert_paths_agree(bidirectional)
+
+
+@pytest.mark.parametrize("normalize", ["softpick", "stick_breaking", "softmax"])
+def test_the_later_score_changes_hold_across_blocks_of_query_rows(normalize):
+    """The chunked path in blocks of 2 query rows against the whole matrix: each block's forget
+    sums and stick-breaking diagonal start at its own first row."""
+    torch.manual_seed(0)
+    forget = F.logsigmoid(torch.randn(2, HEADS, 9, dtype=torch.float64)).cumsum(-1)
+    assert_blocks_agree(normalize=normalize, is_causal=True, forget=forget)

@@ -108,7 +108,7 @@ def test_a_knob_added_later_leaves_old_hashes_alone_until_it_is_set(data_dir):
     assert config_hash(old) == config_hash(cfg)
     assert computed_config(old) == computed_config(cfg)
     changed = {"num_kv_heads": 2, "qk_norm": "rms", "softcap": 2.0, "sink": True, "alibi": True,
-               "gate": "headwise"}  # fmt: skip
+               "gate": "headwise", "differential": True, "kv_latent_dim": 8, "forget_gate": True}  # fmt: skip
     assert set(changed) == {key for _, key in ADDED_KEYS}  # a new one: add a value that sets it
     for group, key in ADDED_KEYS:
         other = compose_cfg([*tiny("mha", "cnn", "digits", data_dir), f"{group}.{key}={changed[key]}"])  # fmt: skip

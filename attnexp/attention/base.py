@@ -8,6 +8,11 @@ slot it fills. A backbone calls ``attention_partial(dim=C, grid_ndim=len(grid))`
 at construction lets a module allocate exactly the parameters it uses (a length-k kernel on
 sequences, k x k on images); it refuses an input of any other grid rank.
 
+``layer`` (optional): the 0-based index of the block that holds the slot, for a module whose
+behaviour depends on its depth (``mha``'s ``differential``: lambda_init). A backbone passes it
+only to a module whose constructor names ``layer`` (``accepts_layer``), so a variant written
+without it builds unchanged; the readout's pooling slot gets none.
+
 ``causal`` (default False): in a causal (language) model the output at position t may depend on
 inputs at positions <= t only, on a 1-D grid. A module that cannot be causal refuses
 ``causal=True`` at construction with a ValueError naming ``causal``.
@@ -188,6 +193,11 @@ class AttentionModule(nn.Module):
         normalisation layers are not counted.
         """
         raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
+
+
+def accepts_layer(cls: type) -> bool:
+    """Whether ``cls``'s constructor names the optional ``layer`` keyword (the block's index)."""
+    return "layer" in inspect.signature(cls.__init__).parameters
 
 
 def check_contract(cls: type) -> None:

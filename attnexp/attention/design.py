@@ -15,6 +15,11 @@ knob here, so ``mha`` (and ``muse``'s attention branch) expose them as config:
     max        a_ij = (s_ij - min_l s_il) / (max_l s_il - min_l s_il), min/max over A_i; a_ij = 1
                for every allowed key when the row is constant. Entries lie in [0, 1], the best key
                gets exactly 1; rows do not sum to 1.
+    softpick   a_ij = ReLU(e^s_ij - 1) / (sum_{l in A_i} |e^s_il - 1| + eps) (Zuhri et al. 2025): keys
+               scoring <= 0 get exactly 0; rows sum to at most 1.
+    stick_breaking   causal: a_ij = sigmoid(s_ij) prod_{j<k<i, k in A_i} (1 - sigmoid(s_ik)) for
+               j < i (Tan et al. 2024): the nearest earlier key takes its share first; a query
+               never attends to itself; the leftover mass stays unassigned.
     Every normalisation gives masked-out keys exactly zero weight.
 ``window``, ``global_tokens``   which keys a query may see (a boolean mask, True = allowed):
     window w   |i - j| <= w on a sequence; max(|r_i - r_j|, |c_i - c_j|) <= w (Chebyshev, a
@@ -46,11 +51,14 @@ knob here, so ``mha`` (and ``muse``'s attention branch) expose them as config:
 ``softcap``    c: s_ij <- c * tanh(s_ij / c) (Gemma 2), after the score.
 ``alibi``      s_ij <- s_ij - m_h * |i - j|, slopes m_h = 2^(-8h/H) (Press et al. 2022), after
     ``softcap``. Sequences with keys aligned with positions only.
+``forget_gate``  causal: s_ij <- s_ij + sum_{j<l<=i} log f_l, f_l = sigmoid(w_h . x_l + b_h) per
+    head, computed by the mixer from its input (Forgetting Transformer, Lin et al. 2025), after
+    ``alibi``. Keys aligned with positions only.
 ``sink``       softmax only: a_ij = exp(s_ij) / (exp(b_h) + sum_{l in A_i} exp(s_il)), a learned
     logit b_h per head (attention sinks, Xiao et al. 2023; gpt-oss), so a row may give less than
     all its weight to the keys.
-    ``softcap``, ``alibi`` and ``sink`` are one step between the score and the weights
-    (``ScoreChanges``), which the explicit and chunked paths apply block by block.
+    ``softcap``, ``alibi``, ``forget_gate`` and ``sink`` are one step between the score and the
+    weights (``ScoreChanges``), which the explicit and chunked paths apply block by block.
 
 Causal attention (``AttentionCore(..., causal=True)``, sequences only): query i may see key j only
 if j's position <= i, on top of every other rule, so the output at i depends on inputs <= i:
@@ -93,7 +101,8 @@ fused      every score but ``additive`` with ``softmax``: ``scaled_dot_product_a
            (``is_causal``) in one call; window, global tokens or causal over selected keys in
            blocks of query rows, each with its rows of the mask only. Dropout: the kernel's
            ``dropout_p``.
-chunked    ``sigmoid`` and ``max``, the ``additive`` scorer, and ``softcap``, ``alibi``, ``sink``: blocks of ``b`` query rows, each
+chunked    ``sigmoid``, ``max``, ``softpick``, ``stick_breaking``, the ``additive`` scorer, and
+           ``softcap``, ``alibi``, ``sink``, ``forget_gate``: blocks of ``b`` query rows, each
            computing its ``(B, h, b, M)`` scores (``(B, h, b, M, a)`` hidden for additive; ``b``
            keeps that under ``BLOCK_ELEMENTS``), its mask rows, normalisation, dropout and
            weights @ v. Every normalisation is row-wise, so blocks are exact. With several blocks
@@ -123,7 +132,12 @@ from attnexp.util.memory import SMALLEST_THRESHOLD_BYTES, mmap_large_blocks
 
 SCORES = ("dot", "cosine", "l2", "pearson", "additive")
 FUSED_SCORES = ("dot", "cosine", "l2", "pearson")  # with softmax: the fused kernel (``fast_path``)
-NORMALIZATIONS = ("softmax", "sigmoid", "max")
+NORMALIZATIONS = ("softmax", "sigmoid", "max")  # the design space's own: any mask, any keys
+# Normalisations of later papers: softpick works wherever the three above do; stick_breaking is
+# causal over keys aligned with positions (``AttentionDesign`` and ``AttentionCore`` refuse the rest).
+LATER_NORMALIZATIONS = ("softpick", "stick_breaking")
+ALL_NORMALIZATIONS = NORMALIZATIONS + LATER_NORMALIZATIONS
+SOFTPICK_EPS = 1e-8  # softpick's epsilon in its denominator (the paper's reference value)
 KV_SELECTS = ("stride", "random")
 QK_CONV_TARGETS = ("k", "q", "qk")
 QK_CONV_PADDINGS = ("same", "valid")
@@ -139,7 +153,9 @@ QK_NORM_EPS = 1e-6
 MMAP_AFTER_BLOCKS = 8
 
 # Rough per-entry costs of the elementwise work, for analytic FLOP counts (one op = 1 FLOP).
-_NORMALIZE_FLOPS_PER_ENTRY = {"softmax": 4, "sigmoid": 4, "max": 4}  # e.g. sub, exp, sum, div
+_NORMALIZE_FLOPS_PER_ENTRY = {  # e.g. sub, exp, sum, div
+    "softmax": 4, "sigmoid": 4, "max": 4, "softpick": 6, "stick_breaking": 6,
+}  # fmt: skip
 
 
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -171,10 +187,11 @@ class AttentionDesign:
     softcap: float | None = None
     sink: bool = False
     alibi: bool = False
+    forget_gate: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("score", self.score, SCORES)
-        _check_choice("normalize", self.normalize, NORMALIZATIONS)
+        _check_choice("normalize", self.normalize, ALL_NORMALIZATIONS)
         _check_choice("kv_select", self.kv_select, KV_SELECTS)
         _check_choice("qk_conv_padding", self.qk_conv_padding, QK_CONV_PADDINGS)
         _check_choice("qk_conv_target", self.qk_conv_target, QK_CONV_TARGETS)
@@ -199,7 +216,7 @@ class AttentionDesign:
             or not 0 < self.softcap < math.inf
         ):  # fmt: skip
             raise ValueError(f"softcap must be null (off) or a positive number, got {self.softcap!r}")
-        for key in ("sink", "alibi"):
+        for key in ("sink", "alibi", "forget_gate"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if self.sink and self.normalize != "softmax":
@@ -207,12 +224,19 @@ class AttentionDesign:
                 "sink adds a learned logit to the softmax's denominator: it needs "
                 f"normalize=softmax, got normalize={self.normalize}"
             )
-        if self.alibi and self.shortens_keys:
-            raise ValueError(
-                "alibi biases each score by the distance from the query to key j at position j, "
-                f"but kv_stride={self.kv_stride} / qk_conv_padding={self.qk_conv_padding} drops "
-                "positions; use kv_stride=1 and qk_conv_padding=same with alibi"
-            )
+        for key, reason in (
+            ("alibi", "biases each score by the distance from the query to key j at position j"),
+            ("forget_gate", "decays key j by the forget gates between position j and the query"),
+            ("normalize=stick_breaking", "breaks the stick over the positions before the query"),
+        ):
+            on = self.normalize == "stick_breaking" if key.startswith("normalize") else getattr(self, key)
+            if on and self.shortens_keys:
+                name = key.split("=")[0]
+                raise ValueError(
+                    f"{key} {reason}, but kv_stride={self.kv_stride} / qk_conv_padding="
+                    f"{self.qk_conv_padding} drops positions; use kv_stride=1 and "
+                    f"qk_conv_padding=same with {name}"
+                )
         if self.global_tokens and self.window is None:
             raise ValueError(
                 "global_tokens only restricts attention together with window (without a window "
@@ -250,7 +274,7 @@ class AttentionDesign:
     def fast_path(self) -> bool:
         """Whether attention runs through ``scaled_dot_product_attention`` (when the weights are
         not asked for); otherwise it runs the chunked path. Both hold O(N) memory."""
-        plain_scores = self.softcap is None and not self.sink and not self.alibi
+        plain_scores = self.softcap is None and not (self.sink or self.alibi or self.forget_gate)
         return self.score in FUSED_SCORES and self.normalize == "softmax" and plain_scores
 
 
@@ -390,7 +414,11 @@ def normalize_scores(
     logit per head ``(h,)`` for ``(B, h, N, M)`` scores, added to every row's denominator, so a
     row may give less than all of its weight to the keys.
     """
-    _check_choice("normalize", kind, NORMALIZATIONS)
+    _check_choice("normalize", kind, ALL_NORMALIZATIONS)
+    if kind == "softpick":
+        return _softpick(scores, mask)
+    if kind == "stick_breaking":
+        return _stick_breaking(scores, mask)
     if kind == "softmax":
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -416,6 +444,36 @@ def normalize_scores(
         # keeps the unused branch finite so gradients through torch.where stay finite too.
         scaled = (scores - low) / span.clamp(min=torch.finfo(scores.dtype).tiny)
         weights = torch.where(span > 0, scaled, torch.ones_like(scaled))
+    return weights if mask is None else weights.masked_fill(~mask, 0.0)
+
+
+def _softpick(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """``ReLU(e^s - 1) / (sum_l |e^s_l - 1| + eps)`` over the allowed keys (a masked key adds
+    nothing to the sum). Numerator and denominator are both scaled by ``e^-t``, ``t = max(row max,
+    0)``, so no exponent is positive: ``(e^(s - t) - e^-t)`` and ``eps e^-t`` instead of ``e^s - 1``
+    and ``eps``, which is the same ratio."""
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    top = scores.amax(-1, keepdim=True).clamp(min=0)  # a row with no allowed key: 0
+    floor = torch.exp(-top)
+    shifted = torch.exp(scores - top) - floor  # (e^s - 1) e^-t
+    if mask is not None:
+        shifted = shifted.masked_fill(~mask, 0.0)
+    return shifted.clamp(min=0) / (shifted.abs().sum(-1, keepdim=True) + SOFTPICK_EPS * floor)
+
+
+def _stick_breaking(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """``a_ij = sigmoid(z_ij) prod_{allowed k > j} (1 - sigmoid(z_ik))``: the allowed keys, from
+    the last one back, each take their share of what the later ones left. In log space:
+    ``logsigmoid(z_ij) + sum_{k > j} logsigmoid(-z_ik)``, a reversed cumulative sum along the
+    row. A masked key neither takes nor breaks. The caller's mask says which keys precede the
+    query (``ScoreChanges`` ANDs key < query in)."""
+    log_keep = F.logsigmoid(-scores)  # log(1 - sigmoid(z))
+    log_take = F.logsigmoid(scores)
+    if mask is not None:
+        log_keep = log_keep.masked_fill(~mask, 0.0)
+    later = log_keep.flip(-1).cumsum(-1).flip(-1) - log_keep  # sum over the keys after j
+    weights = (log_take + later).exp()
     return weights if mask is None else weights.masked_fill(~mask, 0.0)
 
 
@@ -764,29 +822,50 @@ def _fused_softmax(
 
 class ScoreChanges:
     """What happens to a block of scores between the score and the weights, in this order:
-    ``softcap`` (``c·tanh(s/c)``), ``alibi`` (slopes ``(h,)``: ``− m_h·|i − j|`` for query
-    position i and key j at position j), then the normalisation, with ``sink`` (``(h,)``
-    logits in the softmax's denominator). Every path applies it the same way, block by block."""
+    ``softcap`` (``c·tanh(s/c)``), the position biases: ``alibi`` (slopes ``(h,)``: ``− m_h·|i −
+    j|`` for query position i and key j at position j) and ``forget`` (``(B, h, N)`` cumulative
+    log forget gates c: ``+ c_i − c_j``, the sum of ``log f_l`` over ``j < l <= i``), then the
+    normalisation, with ``sink`` (``(h,)`` logits in the softmax's denominator); ``stick_breaking``
+    sees only keys before the query. Every path applies it the same way, block by block."""
 
     def __init__(
-        self, softcap: float | None = None, sink: Tensor | None = None, alibi: Tensor | None = None
-    ) -> None:
-        self.softcap, self.sink, self.alibi = softcap, sink, alibi
+        self, softcap: float | None = None, sink: Tensor | None = None, alibi: Tensor | None = None,
+        forget: Tensor | None = None,
+    ) -> None:  # fmt: skip
+        self.softcap, self.sink, self.alibi, self.forget = softcap, sink, alibi, forget
 
     @property
     def none(self) -> bool:
-        return self.softcap is None and self.sink is None and self.alibi is None
+        return self.softcap is None and self.sink is None and self.alibi is None and self.forget is None
+
+    def capped(self, scores: Tensor) -> Tensor:
+        """The logits: ``scores`` after ``softcap``."""
+        return scores if self.softcap is None else self.softcap * torch.tanh(scores / self.softcap)
+
+    def biased(self, logits: Tensor, start: int) -> Tensor:
+        """``logits`` ``(B, h, rows, M)`` of queries ``start``.. plus the position biases."""
+        rows, m = logits.shape[-2], logits.shape[-1]
+        if self.alibi is not None:
+            i, j = _positions(start, rows, m, logits.device)
+            logits = logits - self.alibi.view(-1, 1, 1) * (i - j).abs().to(logits.dtype)
+        if self.forget is not None:  # differences taken in the gates' own (float32) precision
+            c = self.forget
+            logits = logits + (c[..., start : start + rows, None] - c[..., None, :m]).to(logits.dtype)
+        return logits
 
     def normalize(self, scores: Tensor, start: int, kind: str, mask: Tensor | None) -> Tensor:
         """The weights of ``scores`` ``(B, h, rows, M)``, rows from query ``start`` on."""
-        if self.softcap is not None:
-            scores = self.softcap * torch.tanh(scores / self.softcap)
-        if self.alibi is not None:
-            rows, m = scores.shape[-2], scores.shape[-1]
-            i = torch.arange(start, start + rows, device=scores.device)[:, None]
-            j = torch.arange(m, device=scores.device)[None, :]
-            scores = scores - self.alibi.view(-1, 1, 1) * (i - j).abs().to(scores.dtype)
-        return normalize_scores(scores, kind, mask, self.sink)
+        logits = self.biased(self.capped(scores), start)
+        if kind == "stick_breaking":  # a query breaks the stick over the keys before it only
+            i, j = _positions(start, scores.shape[-2], scores.shape[-1], scores.device)
+            mask = j < i if mask is None else mask & (j < i)
+        return normalize_scores(logits, kind, mask, self.sink)
+
+
+def _positions(start: int, rows: int, m: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Query positions ``(rows, 1)`` from ``start`` and key positions ``(1, m)``."""
+    i = torch.arange(start, start + rows, device=device)[:, None]
+    return i, torch.arange(m, device=device)[None, :]
 
 
 def alibi_slopes(num_heads: int) -> Tensor:
@@ -845,6 +924,7 @@ def attend(
     softcap: float | None = None,
     sink: Tensor | None = None,
     alibi: Tensor | None = None,
+    forget: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
@@ -856,16 +936,18 @@ def attend(
     only when ``training``. ``need_weights`` runs the explicit path and returns the weights
     ``(B, h, N, M)`` before dropout; otherwise the fused or chunked path (module docstring), whose
     blocks hold at most ``block_elements`` score entries (``None``: ``BLOCK_ELEMENTS``).
+    ``softcap``, ``sink``, ``alibi`` (slopes ``(h,)``) and ``forget`` (cumulative log forget gates
+    ``(B, h, N)``, keys = positions) change the scores on their way to weights (``ScoreChanges``).
     """
     if is_causal and mask is not None:
         raise ValueError("attend takes a mask or is_causal, not both; fold causality into the mask")
-    _check_choice("normalize", normalize, NORMALIZATIONS)
+    _check_choice("normalize", normalize, ALL_NORMALIZATIONS)
     allowed = mask if isinstance(mask, KeyMask) else KeyMask(causal=is_causal, dense=mask)
     if key_padding is not None:
         allowed = allowed.with_key_padding(key_padding)
     p = dropout_p if training else 0.0
     block_elements = BLOCK_ELEMENTS if block_elements is None else block_elements
-    modify = ScoreChanges(softcap, sink, alibi)
+    modify = ScoreChanges(softcap, sink, alibi, forget)
     if need_weights:
         full = allowed.rows(0, q.shape[-2], k.shape[-2], q.device)
         weights = modify.normalize(_scores(scorer, q, k), 0, normalize, full)
@@ -885,6 +967,11 @@ class AttentionCore(nn.Module):
     key/value selection -> mask -> ``attend``. ``grid_ndim``
     (1 or 2) shapes ``qk_conv``'s kernel; ``causal`` lets query i see keys at positions <= i
     under every knob (module docstring); the module contract refuses it on images (``AttentionModule``).
+    ``forget_gate``: ``forward`` takes ``log_forget`` ``(B, heads / maps_per_head, N)``, each
+    position's ``log f`` per head (the mixer computes it from its input). ``maps_per_head``: the
+    h maps are ``h / maps_per_head`` heads of that many maps each (``differential``'s two), which
+    share their head's ALiBi slope and forget gates. ``value_dim`` (``None``: ``head_dim``): the
+    values' width, for ``flops``.
     """
 
     def __init__(
@@ -896,8 +983,17 @@ class AttentionCore(nn.Module):
         dropout: float = 0.0,
         grid_ndim: int = 1,
         causal: bool = False,
+        maps_per_head: int = 1,
+        value_dim: int | None = None,
     ) -> None:
         super().__init__()
+        for key, on in (("forget_gate", design.forget_gate),
+                        ("normalize=stick_breaking", design.normalize == "stick_breaking")):  # fmt: skip
+            if on and not causal:
+                raise ValueError(
+                    f"{key} is causal by nature (it runs over the positions before each query): "
+                    "it needs causal=True, a language model"
+                )
         if causal and design.qk_conv and design.qk_conv_padding == "valid":
             raise ValueError(
                 "qk_conv_padding=valid cannot be causal: it drops the keys of the first "
@@ -912,21 +1008,22 @@ class AttentionCore(nn.Module):
             raise ValueError(f"rope rotates feature pairs: it needs an even head_dim, got {head_dim}")
         self.design, self.causal = design, causal
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        self.maps_per_head = maps_per_head
+        self.value_dim = head_dim if value_dim is None else value_dim
         self.scorer = Scorer(
             design.score, num_heads=num_heads, head_dim=head_dim, additive_dim=design.additive_dim
         )
-        # qk_norm: one learned gain (and, for layer, bias) over head_dim, shared by the heads, for
-        # q and one for k (as OLMo 2 and Gemma 3 normalise per head).
         if design.alibi and grid_ndim != 1:
             raise ValueError(
                 f"alibi biases by distance along a sequence: it needs grid_ndim=1, got {grid_ndim}"
             )
-        # sink: one logit per head in the softmax's denominator, learned from 0 (a row may then
+        # sink: one logit per map in the softmax's denominator, learned from 0 (a row may then
         # give up to half its weight to no key at the start).
         self.sink = nn.Parameter(torch.zeros(num_heads)) if design.sink else None
-        self.register_buffer(
-            "alibi_slopes", alibi_slopes(num_heads) if design.alibi else None, persistent=False
-        )
+        slopes = alibi_slopes(num_heads // maps_per_head).repeat_interleave(maps_per_head)
+        self.register_buffer("alibi_slopes", slopes if design.alibi else None, persistent=False)
+        # qk_norm: one learned gain (and, for layer, bias) over head_dim, shared by the heads, for
+        # q and one for k (as OLMo 2 and Gemma 3 normalise per head).
         norm = {"rms": nn.RMSNorm, "layer": nn.LayerNorm}.get(design.qk_norm)
         self.q_norm = norm(head_dim, eps=QK_NORM_EPS) if norm else None
         self.k_norm = norm(head_dim, eps=QK_NORM_EPS) if norm else None
@@ -961,8 +1058,11 @@ class AttentionCore(nn.Module):
         grid: tuple[int, ...],
         need_weights: bool = False,
         padding: Tensor | None = None,
+        log_forget: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         design = self.design
+        if design.forget_gate != (log_forget is not None):
+            raise ValueError("log_forget goes with forget_gate=true, and only with it")
         first_key = 0  # the position of key 0 (a valid conv's keys start at its first centre)
         key_padding = padding
         heads_mask = None if padding is None else padding[:, None]  # (B, 1, N) vs (B, h, N, d)
@@ -1014,7 +1114,16 @@ class AttentionCore(nn.Module):
             softcap=design.softcap,
             sink=self.sink,
             alibi=self.alibi_slopes,
+            forget=None if log_forget is None else self.forget_sums(log_forget, padding),
         )
+
+    def forget_sums(self, log_forget: Tensor, padding: Tensor | None) -> Tensor:
+        """``c_i = sum_{l <= i} log f_l`` ``(B, h, N)`` in float32 at least, each head's sums
+        shared by its maps; a padded position forgets nothing (``f = 1``)."""
+        log_forget = log_forget.to(torch.promote_types(log_forget.dtype, torch.float32))
+        if padding is not None:
+            log_forget = log_forget.masked_fill(~padding[:, None], 0.0)
+        return log_forget.cumsum(-1).repeat_interleave(self.maps_per_head, dim=1)
 
     def flops(self, grid: tuple[int, ...]) -> int:
         """Analytic FLOPs of this step for one sample; masked entries are counted (kernels
@@ -1027,5 +1136,6 @@ class AttentionCore(nn.Module):
         normalize = _NORMALIZE_FLOPS_PER_ENTRY[self.design.normalize] * n * m * h
         normalize += 3 * n * m * h if self.design.softcap is not None else 0  # divide, tanh, scale
         normalize += n * m * h if self.design.alibi else 0  # the bias's add
-        weighted_sum = 2 * n * m * self.head_dim * h
+        normalize += 2 * n * m * h if self.design.forget_gate else 0  # c_i - c_j, and its add
+        weighted_sum = 2 * n * m * self.value_dim * h
         return conv + rope + self.scorer.flops(n, m, h) + normalize + weighted_sum

@@ -77,9 +77,10 @@ class MUSE(MultiHeadAttention):
         grid_ndim: int = 1,
         causal: bool = False,
         kernel_sizes: Sequence[int] = (1, 3, 5),
+        layer: int = 0,
         **attention: Any,
     ) -> None:
-        super().__init__(dim, grid_ndim, causal, **attention)
+        super().__init__(dim, grid_ndim, causal, layer=layer, **attention)
         self.kernel_sizes = check_kernel_sizes(kernel_sizes)
         d = self.inner_dim
         self.depthwise = nn.ParameterDict(

@@ -139,9 +139,9 @@ class CNN(Backbone):
         self.blocks = nn.Sequential(
             *(
                 ResidualBlock(
-                    dim, ndim, kernel_size, block_slot(attention, dim, grid, True, causal), causal
+                    dim, ndim, kernel_size, block_slot(attention, dim, grid, True, causal, i), causal
                 )
-                for _ in range(depth)
+                for i in range(depth)
             )
         )
         if causal:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from attnexp.attention.base import (
     AttentionModule,
     Kind,
+    accepts_layer,
     channels_first,
     channels_last,
     check_mask,
@@ -39,11 +40,19 @@ def kind_of(attention: AttentionFactory) -> Kind:
 
 
 def build_attention(
-    attention: AttentionFactory, dim: int, grid: Sequence[int], causal: bool = False
+    attention: AttentionFactory,
+    dim: int,
+    grid: Sequence[int],
+    causal: bool = False,
+    layer: int | None = None,
 ) -> AttentionModule:
     """``attention(dim=..., grid_ndim=...)``, plus ``causal=True`` in a language model. ``causal``
-    is passed only when set, so a variant written before the flag still builds for classification."""
-    return attention(dim=dim, grid_ndim=len(grid), **({"causal": True} if causal else {}))
+    is passed only when set, so a variant written before the flag still builds for classification;
+    ``layer`` (the block's 0-based index) only to a module that names it (``accepts_layer``)."""
+    extra = {"causal": True} if causal else {}
+    if layer is not None and accepts_layer(getattr(attention, "func", attention)):
+        extra["layer"] = layer
+    return attention(dim=dim, grid_ndim=len(grid), **extra)
 
 
 def block_slot(
@@ -52,15 +61,17 @@ def block_slot(
     grid: Sequence[int],
     channels_first: bool = False,
     causal: bool = False,
+    layer: int | None = None,
 ) -> AttentionSlot | None:
     """The slot inside a residual block: MIXER and GATE sit there; IDENTITY and POOL leave none.
     ``causal``: a language model's block, whose slot must not see later positions; POOL refuses
-    (``refuse_pool``)."""
+    (``refuse_pool``). ``layer``: the block's 0-based index (``build_attention``)."""
     kind = kind_of(attention)
     if causal and kind is Kind.POOL:
         refuse_pool(attention, dim, grid)
     if kind in POSITIONWISE:
-        return AttentionSlot(build_attention(attention, dim, grid, causal), grid, channels_first)
+        module = build_attention(attention, dim, grid, causal, layer)
+        return AttentionSlot(module, grid, channels_first)
     return None
 
 

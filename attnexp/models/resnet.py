@@ -149,7 +149,8 @@ class ResNet(Backbone):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 grid = tuple(-(-g // stride) for g in grid)  # a 3x3 conv, padding 1: ceil(g / s)
-                slot = block_slot(attention, out, grid, True) if stage in stages else None
+                index = len(blocks)  # the block's 0-based index in the network
+                slot = block_slot(attention, out, grid, True, layer=index) if stage in stages else None
                 blocks.append(BasicBlock(width, out, stride, slot))
                 width = out
             self.stage_grids.append(grid)

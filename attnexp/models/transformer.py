@@ -93,8 +93,8 @@ class Blocks(nn.Sequential):
         hidden = mlp_hidden(dim, mlp_ratio)
         super().__init__(
             *(
-                Block(dim, hidden, dropout, block_slot(attention, dim, tokens, causal=causal))
-                for _ in range(depth)
+                Block(dim, hidden, dropout, block_slot(attention, dim, tokens, causal=causal, layer=i))
+                for i in range(depth)
             )
         )
 

@@ -44,6 +44,9 @@ ADDED_KEYS = {
     ("attention", "sink"): False,
     ("attention", "alibi"): False,
     ("attention", "gate"): None,
+    ("attention", "differential"): False,
+    ("attention", "kv_latent_dim"): None,
+    ("attention", "forget_gate"): False,
 }
 
 # Modules that moved: their name now, and the name runs were first recorded with. A config's
