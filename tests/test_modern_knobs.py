@@ -590,3 +590,30 @@ def test_the_later_score_changes_hold_across_blocks_of_query_rows(normalize):
     torch.manual_seed(0)
     forget = F.logsigmoid(torch.randn(2, HEADS, 9, dtype=torch.float64)).cumsum(-1)
     assert_blocks_agree(normalize=normalize, is_causal=True, forget=forget)
+
+
+# --------------------------------------------------------------------------- the study's presets
+
+
+def test_each_preset_of_the_study_sets_its_one_knob_on_mha_and_names_the_run_by_it(data_dir):
+    """experiment=modern_attention sweeps conf/attention_knob/: each preset is plain mha with one
+    knob changed (alibi also drops the learned positions, as the paper does)."""
+    from omegaconf import OmegaConf
+
+    from attnexp.config.paths import CONFIG_DIR
+    from attnexp.models import build_model
+    from tests.conftest import compose_cfg
+
+    experiment = OmegaConf.load(CONFIG_DIR / "experiment" / "modern_attention.yaml")
+    presets = str(experiment.hydra.sweeper.params.attention_knob).split(",")
+    assert sorted(presets) == sorted(p.stem for p in (CONFIG_DIR / "attention_knob").glob("*.yaml"))
+    base = ["experiment=modern_attention", f"paths.data_dir={data_dir}"]
+    plain = OmegaConf.to_container(compose_cfg(base))
+    for preset in presets:
+        cfg = compose_cfg([*base, f"attention_knob={preset}"])
+        assert cfg.choices.attention == ("mha" if preset == "mha" else f"mha-{preset}")
+        changed = {k for k, v in OmegaConf.to_container(cfg.attention).items() if plain["attention"][k] != v}
+        assert len(changed) == (preset != "mha"), (preset, changed)
+        assert (cfg.backbone.positions == "none") == (preset == "alibi")
+        model = build_model(cfg)
+        assert model(torch.zeros(2, cfg.dataset.context_len, dtype=torch.long)).shape[-1] == 65

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,8 @@ def test_train_writes_complete_results(tmp_path, data_dir):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert not (tmp_path / "figures").exists()  # `none` has no attention to draw
+    assert results["attention_diagnostics"] == {}  # and no map to measure
+    assert all(results[f"attn_{k}"] is None for k in ("entropy", "sink_mass", "distance", "max_logit"))
 
 
 def test_train_main_returns_the_configured_objective(tmp_path, data_dir):
@@ -128,6 +131,14 @@ def test_every_attention_trains_from_the_command_line_and_eval_reproduces_it(tmp
         assert Path(r["run_dir"]).name.endswith(
             f"{r['choices']['attention']}-{r['choices']['backbone']}-mnist1d-s0"
         )
+
+    for r in found:  # the maps of mha and muse measured in every block; the others have none
+        slots = r["attention_diagnostics"]
+        has_maps = r["choices"]["attention"] in ("mha", "muse")
+        assert bool(slots) == has_maps and (r["attn_entropy"] is not None) == has_maps
+        for stats in slots.values():
+            assert len(stats["entropy"]) == 4 and all(0 <= e <= math.log(40) + 1e-9 for e in stats["entropy"])
+            assert all(0 <= m <= 1 for m in stats["sink_mass"])
 
     trained = found[0]
     run_cli("eval.py", f"ckpt_path={trained['run_dir']}", f"paths.log_dir={tmp_path}")

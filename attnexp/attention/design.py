@@ -118,6 +118,7 @@ Entry points: ``AttentionDesign`` (validated knobs), ``AttentionCore`` (the modu
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -939,15 +940,9 @@ def attend(
     ``softcap``, ``sink``, ``alibi`` (slopes ``(h,)``) and ``forget`` (cumulative log forget gates
     ``(B, h, N)``, keys = positions) change the scores on their way to weights (``ScoreChanges``).
     """
-    if is_causal and mask is not None:
-        raise ValueError("attend takes a mask or is_causal, not both; fold causality into the mask")
-    _check_choice("normalize", normalize, ALL_NORMALIZATIONS)
-    allowed = mask if isinstance(mask, KeyMask) else KeyMask(causal=is_causal, dense=mask)
-    if key_padding is not None:
-        allowed = allowed.with_key_padding(key_padding)
+    allowed, modify = _rules(normalize, mask, is_causal, key_padding, softcap, sink, alibi, forget)
     p = dropout_p if training else 0.0
     block_elements = BLOCK_ELEMENTS if block_elements is None else block_elements
-    modify = ScoreChanges(softcap, sink, alibi, forget)
     if need_weights:
         full = allowed.rows(0, q.shape[-2], k.shape[-2], q.device)
         weights = modify.normalize(_scores(scorer, q, k), 0, normalize, full)
@@ -956,6 +951,56 @@ def attend(
     if normalize == "softmax" and score in FUSED_SCORES and modify.none:
         return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
     return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, modify), None
+
+
+def _rules(
+    normalize: str, mask: Tensor | KeyMask | None, is_causal: bool, key_padding: Tensor | None,
+    softcap: float | None, sink: Tensor | None, alibi: Tensor | None, forget: Tensor | None,
+) -> tuple[KeyMask, ScoreChanges]:  # fmt: skip
+    """``attend``'s arguments as the mask rules and the score changes every path applies."""
+    if is_causal and mask is not None:
+        raise ValueError("attend takes a mask or is_causal, not both; fold causality into the mask")
+    _check_choice("normalize", normalize, ALL_NORMALIZATIONS)
+    allowed = mask if isinstance(mask, KeyMask) else KeyMask(causal=is_causal, dense=mask)
+    if key_padding is not None:
+        allowed = allowed.with_key_padding(key_padding)
+    return allowed, ScoreChanges(softcap, sink, alibi, forget)
+
+
+@dataclass(frozen=True)
+class MapBlock:
+    """What one block of query rows of an attention map holds, for inspection: its first row
+    ``start``, the ``logits`` ``(B, h, rows, M)`` after ``softcap`` (before the position biases),
+    the ``weights`` and the ``allowed`` mask rows (``None``: every key)."""
+
+    start: int
+    logits: Tensor
+    weights: Tensor
+    allowed: Tensor | None
+
+
+def map_blocks(
+    q: Tensor, k: Tensor, *, scorer: Scorer | None = None, normalize: str = "softmax",
+    mask: Tensor | KeyMask | None = None, is_causal: bool = False,
+    key_padding: Tensor | None = None, block_elements: int | None = None,
+    softcap: float | None = None, sink: Tensor | None = None, alibi: Tensor | None = None,
+    forget: Tensor | None = None,
+) -> Iterator[MapBlock]:  # fmt: skip
+    """The map ``attend`` with the same arguments computes, one ``MapBlock`` of query rows at a
+    time (at most ``block_elements`` score entries each), so a caller can measure it in O(N)
+    memory. Without gradients."""
+    allowed, modify = _rules(normalize, mask, is_causal, key_padding, softcap, sink, alibi, forget)
+    n, m = q.shape[-2], k.shape[-2]
+    width = scorer.width if scorer is not None else 1
+    b = block_rows(q.shape[0] * q.shape[1] * m * width, block_elements or BLOCK_ELEMENTS)
+    with torch.no_grad():
+        keys = k if scorer is None else scorer.keys(k)
+        for start in range(0, n, b):
+            q_rows = q[..., start : start + b, :]
+            rows = allowed.rows(start, start + q_rows.shape[-2], m, q.device)
+            scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
+            weights = modify.normalize(scores, start, normalize, rows)
+            yield MapBlock(start, modify.capped(scores), weights, rows)
 
 
 class AttentionCore(nn.Module):
@@ -1008,6 +1053,9 @@ class AttentionCore(nn.Module):
             raise ValueError(f"rope rotates feature pairs: it needs an even head_dim, got {head_dim}")
         self.design, self.causal = design, causal
         self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        # Called as observer(map blocks, query coordinates, key coordinates, padding) on every
+        # forward while set (``attnexp.attention.diagnostics``); it does not change the output.
+        self.observer: Callable[[Iterator[MapBlock], Tensor, Tensor, Tensor | None], None] | None = None
         self.maps_per_head = maps_per_head
         self.value_dim = head_dim if value_dim is None else value_dim
         self.scorer = Scorer(
@@ -1100,22 +1148,33 @@ class AttentionCore(nn.Module):
             causal=self.causal,
             key_positions=index if self.causal else None,
         )
+        rules = {
+            "scorer": self.scorer, "normalize": design.normalize, "mask": allowed,
+            "key_padding": key_padding, "softcap": design.softcap, "sink": self.sink,
+            "alibi": self.alibi_slopes,
+            "forget": None if log_forget is None else self.forget_sums(log_forget, padding),
+        }  # fmt: skip
+        if self.observer is not None:
+            queries = grid_coordinates(grid, q.device)
+            keys = self.key_coordinates(grid, index, q.device)
+            self.observer(map_blocks(q, k, **rules), queries, keys, padding)
         return attend(
-            q,
-            k,
-            v,
-            scorer=self.scorer,
-            normalize=design.normalize,
-            mask=allowed,
-            dropout_p=self.dropout,
-            training=self.training,
-            need_weights=need_weights,
-            key_padding=key_padding,
-            softcap=design.softcap,
-            sink=self.sink,
-            alibi=self.alibi_slopes,
-            forget=None if log_forget is None else self.forget_sums(log_forget, padding),
-        )
+            q, k, v, dropout_p=self.dropout, training=self.training, need_weights=need_weights,
+            **rules,
+        )  # fmt: skip
+
+    def key_coordinates(
+        self, grid: tuple[int, ...], index: Tensor | None, device: torch.device
+    ) -> Tensor:
+        """Grid coordinates of the keys ``(M, ndim)`` (``(B, M, ndim)`` for per-sample keys): a
+        valid qk conv's keys sit at its windows' centres, selected keys at their positions."""
+        if self.k_conv is None:
+            coords = grid_coordinates(grid, device)
+        else:
+            coords = grid_coordinates(self.k_conv.output_grid(grid), device)
+            if self.design.qk_conv_padding == "valid":
+                coords = coords + self.design.qk_conv // 2
+        return coords if index is None else coords[index]
 
     def forget_sums(self, log_forget: Tensor, padding: Tensor | None) -> Tensor:
         """``c_i = sum_{l <= i} log f_l`` ``(B, h, N)`` in float32 at least, each head's sums

@@ -336,9 +336,10 @@ class ArrayDataModule(L.LightningDataModule):
     def test_dataloader(self) -> SliceLoader | DataLoader:
         return self._loader("test")
 
-    def example_batch(self, n: int) -> Tensor:
-        """The first ``n`` test inputs (figures, sampling prompts), as a model reads them."""
-        return model_inputs(self.load()["test"][0][:n])
+    def example_batch(self, n: int, split: str = "test") -> Tensor:
+        """The first ``n`` inputs of ``split`` (figures, sampling prompts, diagnostics), as a
+        model reads them."""
+        return model_inputs(self.load()[split][0][:n])
 
     def _loader(
         self, split: str, shuffle: bool = False, pad: bool = False

@@ -164,9 +164,10 @@ class TokenStreamDataModule(L.LightningDataModule):
     def test_dataloader(self) -> SliceLoader:
         return self._eval_loader("test")
 
-    def example_batch(self, n: int) -> Tensor:
-        """The first ``n`` test inputs ``(n, context_len)`` (figures, sampling prompts)."""
-        return self._windows("test")[0][:n]
+    def example_batch(self, n: int, split: str = "test") -> Tensor:
+        """The first ``n`` inputs of ``split`` ``(n, context_len)`` (figures, sampling prompts,
+        diagnostics)."""
+        return self._windows(split)[0][:n]
 
     def _windows(self, split: str) -> tuple[Tensor, Tensor]:
         if split not in self.eval_splits:

@@ -145,10 +145,15 @@ def _display_columns(rows: Sequence[Row]) -> list[Column]:
             ("p (Holm)", _p),
             ("verdict", lambda r: r.versus.verdict if r.versus else MISSING),
         ]
-    columns += [(c.header, lambda r, c=c: _cost(r.costs[c.name], c)) for c in COSTS]
+    columns += [(c.header, lambda r, c=c: _cost(r.costs[c.name], c)) for c in shown_costs(rows)]
     if any(r.budget for r in rows):
         columns += [("budget", lambda r: r.budget or MISSING)]
     return columns + [("seeds", lambda r: str(r.n_seeds)), ("failed", lambda r: str(r.n_failed))]
+
+
+def shown_costs(rows: Sequence[Row]) -> list[Cost]:
+    """The costs the report shows: all but an ``optional`` one that no row has."""
+    return [c for c in COSTS if not c.optional or any(not math.isnan(r.costs[c.name]) for r in rows)]
 
 
 def table_data(rows: Sequence[Row]) -> tuple[list[str], list[list[Any]]]:
@@ -217,7 +222,7 @@ def to_markdown(report: Report, out_dir: Path) -> str:
         "Mean ± sample std [95% t-interval of the mean] over completed seeds (– where "
         "undefined: one seed, or none completed, or a metric the row's task does not log). "
         "Metrics on the test split, in percent where marked (%); "
-        + "; ".join(f"{c.header}: {c.description}" for c in COSTS)
+        + "; ".join(f"{c.header}: {c.description}" for c in shown_costs(report.rows))
         + "."
         + "".join(f" {note}" for note in report.notes),
     ]

@@ -4,9 +4,11 @@ Every name a run records beside its task's metrics (``attnexp.tasks.spec``) is d
 
 - ``STATUSES``: a run is ``running`` from its first line, then ``completed``, ``failed``, or
   ``interrupted`` (a signal stopped it after it saved where it stood; started again, it continues).
-- ``COSTS``: top-level cost fields (``params``, ``attention_flops``, ``throughput``,
-  ``peak_memory_mb``, ``wall_time_s``), each with the header, description and format the report
-  shows it with.
+- ``COSTS``: top-level numbers measured once per run (``params``, ``attention_flops``,
+  ``throughput``, ``peak_memory_mb``, ``wall_time_s``, and the attention diagnostics'
+  ``attn_entropy``, ``attn_sink_mass``, ``attn_distance``, ``attn_max_logit``), each with the
+  header, description and format the report shows it with. The diagnostics per slot and map are
+  in ``attention_diagnostics``.
 
 A run's task travels in its ``results.json`` under ``"task"`` (``Task.to_json``: its name and
 metric declarations), so readers know each metric's direction without importing torch or
@@ -84,6 +86,7 @@ class Cost:
     description: str  # the report's legend and plot axis
     format: str  # a format spec, or "si" for 1.23M-style (FLOP counts span orders of magnitude)
     plot: bool = False  # the report plots the primary metric against it
+    optional: bool = False  # the report shows its column only where some run has it
 
 
 COSTS = (
@@ -93,6 +96,14 @@ COSTS = (
     Cost("throughput", "train samples/s", "training samples per second", ",.1f", plot=True),
     Cost("peak_memory_mb", "peak mem (MB)", "peak process (CPU) or CUDA memory", ",.1f"),
     Cost("wall_time_s", "wall time (s)", "wall-clock time of the whole run", ",.1f"),
+    # attnexp.attention.diagnostics on a fixed validation batch (null without softmax-style maps)
+    Cost("attn_entropy", "attn entropy", "mean attention entropy per head (nats)", ".3f",
+         optional=True),
+    Cost("attn_sink_mass", "first-key mass", "mean attention weight on the first position",
+         ".3f", optional=True),
+    Cost("attn_distance", "attn distance", "mean query-key distance in positions", ".2f",
+         optional=True),
+    Cost("attn_max_logit", "max logit", "largest attention logit", ".2f", optional=True),
 )  # fmt: skip
 COST_NAMES = tuple(c.name for c in COSTS)
 

@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from attnexp.attention.diagnostics import measure, summary
 from attnexp.config.compose import as_plain
 from attnexp.data.augment import BatchAugment
 from attnexp.data.datamodule import ArrayDataModule
@@ -46,7 +47,7 @@ from attnexp.training.callbacks import (
 from attnexp.training.generate import record_samples
 from attnexp.training.history import continue_csv, rows_before, wandb_id
 from attnexp.training.tracking import publish_to_wandb
-from attnexp.training.viz import save_model_figures
+from attnexp.training.viz import save_diagnostics_figure, save_model_figures
 from attnexp.util.terminal import print_lightning_logs_once
 
 print_lightning_logs_once()  # under Hydra, not once by Lightning and again by Hydra
@@ -220,6 +221,9 @@ def run(plan: RunPlan) -> dict[str, Any]:
             wall_time_s=time.perf_counter() - start,
             best_checkpoint=run_dir.relative(best) if best else None,
         )
+        diagnostics = _diagnose(model, module, datamodule)
+        results.record.update(attention_diagnostics=diagnostics,
+                              **{f"attn_{k}": v for k, v in summary(diagnostics).items()})  # fmt: skip
         for logger in loggers:
             logger.log_metrics(cost_metrics(results.record))
         if trainer.is_global_zero:
@@ -278,10 +282,23 @@ def _look_inside(
     n = cfg.get("figures", 4)
     examples = module.prepare(datamodule.example_batch(n))
     figures = save_model_figures(model, examples, run_dir.figures_dir, n)
+    if n > 0:
+        diagnostics = save_diagnostics_figure(results["attention_diagnostics"], run_dir.figures_dir)
+        figures += [diagnostics] if diagnostics is not None else []
     publish_to_wandb(loggers, results, figures)
     vocab = getattr(datamodule, "vocab", None)
     if model.shape.is_lm and vocab is not None:
         record_samples(model, vocab, run_dir.samples_file, cfg.seed, loggers)
+
+
+DIAGNOSTIC_SAMPLES = 16  # the first validation inputs the attention diagnostics are measured on
+
+
+def _diagnose(model: Backbone, module: Classifier | LanguageModel, datamodule: Any) -> dict[str, Any]:
+    """``attnexp.attention.diagnostics`` per slot on the first ``DIAGNOSTIC_SAMPLES`` validation
+    inputs, with the weights the run ends with (after testing: its best checkpoint's)."""
+    x = module.prepare(datamodule.example_batch(DIAGNOSTIC_SAMPLES, split="val"))
+    return measure(model, x.to(next(model.parameters()).device))
 
 
 def _test(

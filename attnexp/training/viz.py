@@ -191,3 +191,34 @@ def save_model_figures(
             {name: weights[name]}, kinds, slot.grid, out_dir, max_samples
         )
     return paths
+
+
+DIAGNOSTICS_FIGURE = "attention_diagnostics.png"
+
+
+def save_diagnostics_figure(
+    per_slot: Mapping[str, Mapping[str, Sequence[float | None]]], out_dir: str | os.PathLike
+) -> Path | None:
+    """One panel per statistic of ``attnexp.attention.diagnostics`` against the slot (in model
+    order, the layer), each map a dot and the mean over maps a line; ``None`` without a slot."""
+    from attnexp.attention.diagnostics import STATISTICS
+
+    names = [name for name, stats in per_slot.items() if any(v is not None for v in stats["entropy"])]
+    if not names:
+        return None
+    labels = {"entropy": "entropy (nats)", "sink_mass": "mass on the first position",
+              "distance": "mean distance (positions)", "max_logit": "largest logit"}  # fmt: skip
+    fig, axes = new_figure(1, len(STATISTICS), cell=(3.0, 2.6))
+    for ax, stat in zip(axes[0], STATISTICS, strict=True):
+        means = []
+        for layer, name in enumerate(names):
+            values = [v for v in per_slot[name][stat] if v is not None]
+            ax.scatter([layer] * len(values), values, s=10, alpha=0.5, color="tab:blue")
+            means.append(sum(values) / len(values) if values else math.nan)
+        ax.plot(range(len(names)), means, color="tab:blue")
+        ax.set_xlabel("layer")
+        ax.set_xticks(range(len(names)))
+        ax.set_title(labels[stat], fontsize="small")
+        ax.grid(alpha=0.3)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, Path(out_dir) / DIAGNOSTICS_FIGURE)
