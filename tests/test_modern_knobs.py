@@ -617,3 +617,7 @@ def test_each_preset_of_the_study_sets_its_one_knob_on_mha_and_names_the_run_by_
         assert (cfg.backbone.positions == "none") == (preset == "alibi")
         model = build_model(cfg)
         assert model(torch.zeros(2, cfg.dataset.context_len, dtype=torch.long)).shape[-1] == 65
+    mqar = OmegaConf.load(CONFIG_DIR / "experiment" / "modern_attention_mqar.yaml").hydra.sweeper.params
+    assert mqar.attention_knob == experiment.hydra.sweeper.params.attention_knob
+    cfg = compose_cfg(["experiment=modern_attention_mqar", "attention_knob=gqa"])
+    assert (cfg.attention.num_heads, cfg.attention.num_kv_heads, cfg.choices.attention) == (4, 2, "mha-gqa")
