@@ -567,7 +567,9 @@ LATER = [{"forget_gate": True}, {"normalize": "softpick"}, {"normalize": "stick_
          {"differential": True, "forget_gate": True, "alibi": True, "sink": True, "num_kv_heads": 2},
          {"normalize": "softpick", "window": 2, "softcap": 2.0, "qk_norm": "rms"},
          {"normalize": "stick_breaking", "forget_gate": True, "rope": True, "global_tokens": 1, "window": 2},
-         {"kv_latent_dim": 4, "differential": True, "gate": "headwise", "rope": True}]  # fmt: skip
+         {"kv_latent_dim": 4, "differential": True, "gate": "headwise", "rope": True},
+         {"differential": True, "forget_gate": True, "window": 3}, {"alibi": True, "score": "l2"},
+         {"forget_gate": True, "alibi": True, "num_kv_heads": 1, "score": "cosine"}]  # fmt: skip
 CAUSAL_ONLY = ("forget_gate", "stick_breaking")
 
 
@@ -621,3 +623,27 @@ def test_each_preset_of_the_study_sets_its_one_knob_on_mha_and_names_the_run_by_
     assert mqar.attention_knob == experiment.hydra.sweeper.params.attention_knob
     cfg = compose_cfg(["experiment=modern_attention_mqar", "attention_knob=gqa"])
     assert (cfg.attention.num_heads, cfg.attention.num_kv_heads, cfg.choices.attention) == (4, 2, "mha-gqa")
+
+
+def test_forget_gates_and_causal_alibi_take_the_kernel_with_offsets_relative_to_each_block(monkeypatch):
+    """The kernel path (one more feature per key) is the one taken, and it keeps bf16 precision
+    however far the cumulative forget gates have fallen: shifted by -1000, absolute offsets would
+    be rounded to multiples of 8 in bf16; each block's are relative to its first query."""
+    from attnexp.attention import design
+    from attnexp.attention.design import alibi_slopes, attend
+
+    taken = []
+    original = design._fused_position_bias
+    monkeypatch.setattr(design, "_fused_position_bias", lambda *a: taken.append(1) or original(*a))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 300, 16) for _ in range(3))
+    forget = F.logsigmoid(torch.randn(1, 2, 300) + 2).cumsum(-1) - 1000
+    slopes = alibi_slopes(2)
+    reference, _ = attend(q.double(), k.double(), v.double(), is_causal=True,
+                          forget=forget.double(), alibi=slopes.double(), need_weights=True)  # fmt: skip
+    fused, _ = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True, forget=forget,
+                      alibi=slopes, block_elements=2 * 300 * 64)  # fmt: skip
+    assert len(taken) == 1
+    assert (fused.double() - reference).abs().max() < 0.05
+    attend(q, k, v, alibi=slopes)  # bidirectional ALiBi is |i - j|: not one feature per key
+    assert len(taken) == 1

@@ -101,8 +101,12 @@ fused      every score but ``additive`` with ``softmax``: ``scaled_dot_product_a
            (``is_causal``) in one call; window, global tokens or causal over selected keys in
            blocks of query rows, each with its rows of the mask only. Dropout: the kernel's
            ``dropout_p``.
-chunked    ``sigmoid``, ``max``, ``softpick``, ``stick_breaking``, the ``additive`` scorer, and
-           ``softcap``, ``alibi``, ``sink``, ``forget_gate``: blocks of ``b`` query rows, each
+fused with position biases   ``forget_gate`` and causal ``alibi`` with a fused score and softmax
+           (no ``softcap``, no ``sink``): the bias ``b_i + beta_j`` loses ``b_i`` to the softmax
+           and ``beta_j`` becomes one more key feature, relative to each block's first query
+           (``_fused_position_bias``).
+chunked    ``sigmoid``, ``max``, ``softpick``, ``stick_breaking``, the ``additive`` scorer,
+           ``softcap``, ``sink``, bidirectional ``alibi``: blocks of ``b`` query rows, each
            computing its ``(B, h, b, M)`` scores (``(B, h, b, M, a)`` hidden for additive; ``b``
            keeps that under ``BLOCK_ELEMENTS``), its mask rows, normalisation, dropout and
            weights @ v. Every normalisation is row-wise, so blocks are exact. With several blocks
@@ -152,6 +156,10 @@ QK_NORM_EPS = 1e-6
 # (``attnexp.util.memory``): freed blocks kept in glibc's heap would grow the process by about a
 # block per block. Fewer blocks grow it by little and keep the heap's speed.
 MMAP_AFTER_BLOCKS = 8
+# Query rows per block of the kernel path with position biases (``_fused_position_bias``): the
+# offsets of a block's keys are relative to its first query, so a query is at most this many
+# positions from the reference of the keys it weighs most.
+BIAS_BLOCK_ROWS = 64
 
 # Rough per-entry costs of the elementwise work, for analytic FLOP counts (one op = 1 FLOP).
 _NORMALIZE_FLOPS_PER_ENTRY = {  # e.g. sub, exp, sum, div
@@ -821,6 +829,48 @@ def _fused_softmax(
     return torch.cat(outs, dim=-2)[..., :width]
 
 
+def _fused_position_bias(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, allowed: KeyMask, p: float,
+    block_elements: int, modify: ScoreChanges,
+) -> Tensor:  # fmt: skip
+    """Softmax attention with a position bias of the form ``b_i + beta_j`` (the forget gate's
+    ``c_i - c_j``; causal ALiBi's ``m_h (j - i)`` on the allowed keys) through the kernel: the
+    softmax drops ``b_i``, and ``beta_j`` is one more feature, ``1 / scale`` on every query and
+    ``beta_j`` on key j. ``beta_j`` grows with N (``c_j`` falls without bound), so each block of
+    query rows takes it relative to its first query (``ScoreChanges.key_bias``): the keys near the
+    block, which hold its weight, get small offsets that keep their precision in bf16, and the far
+    ones large negative offsets, which they had anyway. Blocks hold at most ``BIAS_BLOCK_ROWS``
+    queries, so no near key is far from its block's start; causal, a block reads the keys up to
+    its last query only. Each block rebuilds its keys, so in training it is recomputed in
+    backward (checkpoint) instead of keeping them."""
+    n, m = q.shape[-2], k.shape[-2]
+    width = v.shape[-1]
+    q = torch.cat([q, q.new_full((*q.shape[:-1], 1), 1 / scale)], -1)
+    if k.shape[-1] + 1 > width:  # the kernel wants v as wide as q and k
+        v = F.pad(v, (0, k.shape[-1] + 1 - width))
+
+    def block(q_rows: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
+        keys = k.shape[-2]  # M, or the first keys up to the block's last query
+        bias = modify.key_bias(start, keys, k.device).to(k.dtype)  # (B or 1, h, keys)
+        k = torch.cat([k, bias.unsqueeze(-1).expand(*k.shape[:-1], 1)], -1)
+        mask = allowed.rows(start, start + q_rows.shape[-2], m, q.device)
+        mask = None if mask is None else mask[..., :keys]
+        return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+
+    b = min(BIAS_BLOCK_ROWS, block_rows(q.shape[0] * q.shape[1] * m, block_elements))
+    recompute = torch.is_grad_enabled() and n > b
+    outs = []
+    for i in range(0, n, b):
+        # Causal over keys at the positions: a block sees no key past its last query.
+        stop = min(i + b, m) if allowed.causal and allowed.key_positions is None else m
+        args = (q[..., i : i + b, :], k[..., :stop, :], v[..., :stop, :], i)
+        if recompute:
+            outs.append(checkpoint(block, *args, use_reentrant=False, preserve_rng_state=p > 0))
+        else:
+            outs.append(block(*args))
+    return torch.cat(outs, dim=-2)[..., :width]
+
+
 class ScoreChanges:
     """What happens to a block of scores between the score and the weights, in this order:
     ``softcap`` (``c·tanh(s/c)``), the position biases: ``alibi`` (slopes ``(h,)``: ``− m_h·|i −
@@ -838,6 +888,25 @@ class ScoreChanges:
     @property
     def none(self) -> bool:
         return self.softcap is None and self.sink is None and self.alibi is None and self.forget is None
+
+    def fused(self, allowed: KeyMask) -> bool:
+        """Whether the fused kernel can apply these changes (``_fused_position_bias``): no
+        ``softcap`` or ``sink``, and ALiBi only causal over keys at the positions, where its
+        ``-m_h |i - j|`` is ``m_h (j - i)``."""
+        aligned_causal = allowed.causal and allowed.key_positions is None
+        return self.softcap is None and self.sink is None and (self.alibi is None or aligned_causal)
+
+    def key_bias(self, start: int, m: int, device: torch.device) -> Tensor:
+        """``beta_j`` of the position biases, ``(B or 1, h, M)`` in float32 at least, relative to
+        query ``start``: ``-(c_j - c_start)`` and ``m_h (j - start)``."""
+        bias = torch.zeros((), device=device)
+        if self.forget is not None:
+            c = self.forget
+            bias = -(c[..., :m] - c[..., start : start + 1])
+        if self.alibi is not None:
+            j = torch.arange(m, device=device, dtype=self.alibi.dtype) - start
+            bias = bias + (self.alibi.view(-1, 1) * j).to(torch.promote_types(self.alibi.dtype, torch.float32))
+        return bias if bias.dim() == 3 else bias.unsqueeze(0)
 
     def capped(self, scores: Tensor) -> Tensor:
         """The logits: ``scores`` after ``softcap``."""
@@ -926,6 +995,7 @@ def attend(
     sink: Tensor | None = None,
     alibi: Tensor | None = None,
     forget: Tensor | None = None,
+    fused: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """``q (B, h, N, d)``, ``k, v (B, h, M, d)`` -> ``(out (B, h, N, d), weights or None)``.
 
@@ -939,6 +1009,7 @@ def attend(
     blocks hold at most ``block_elements`` score entries (``None``: ``BLOCK_ELEMENTS``).
     ``softcap``, ``sink``, ``alibi`` (slopes ``(h,)``) and ``forget`` (cumulative log forget gates
     ``(B, h, N)``, keys = positions) change the scores on their way to weights (``ScoreChanges``).
+    ``fused=False`` takes the chunked path where the kernel would serve: the kernels' reference.
     """
     allowed, modify = _rules(normalize, mask, is_causal, key_padding, softcap, sink, alibi, forget)
     p = dropout_p if training else 0.0
@@ -948,8 +1019,13 @@ def attend(
         weights = modify.normalize(_scores(scorer, q, k), 0, normalize, full)
         return F.dropout(weights, p) @ v, weights
     score = "dot" if scorer is None else scorer.kind
+    if not fused:
+        return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, modify), None
     if normalize == "softmax" and score in FUSED_SCORES and modify.none:
         return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
+    if normalize == "softmax" and score in FUSED_SCORES and modify.fused(allowed):
+        q, k, scale = (q, k, 1 / math.sqrt(q.shape[-1])) if scorer is None else scorer.fused_inputs(q, k)
+        return _fused_position_bias(q, k, v, scale, allowed, p, block_elements, modify), None
     return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, modify), None
 
 

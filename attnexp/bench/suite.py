@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from attnexp.attention import AttentionModule, Kind
-from attnexp.bench import ablation, process_memory
+from attnexp.bench import ablation, position_bias, process_memory
 from attnexp.bench.augment import bench_pipeline
 from attnexp.bench.measure import (
     median_times,
@@ -550,6 +550,10 @@ SECTIONS = (
             "without, and the step time of each (a fresh process per figure)",
             lambda job: process_memory.measure(threads=torch.get_num_threads(), progress=progress),
             process_memory.to_markdown, in_suite=False),
+    Section("position_bias", "only: the error of the fused kernel's forget-gate and causal ALiBi "
+            "biases (offsets relative to each block, and absolute) in float32 and bf16 against "
+            "float64, at N = 1,024 and 16,384", lambda job: position_bias.measure(progress=progress),
+            position_bias.to_markdown, in_suite=False),
     Section("ablation_timing", "only: run the full MNIST-1D ablation (train.py -m, joblib "
             "launcher) and time it", measure_ablation, ablation_report, in_suite=False,
             passed=lambda result: result["returncode"] == 0),
