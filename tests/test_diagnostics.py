@@ -129,3 +129,31 @@ def test_the_report_shows_the_diagnostics_columns_only_where_a_run_has_them():
     names = [c.name for c in shown_costs([Row(math.nan), Row(1.5)])]
     assert "attn_entropy" in names and "attn_sink_mass" not in names and "params" in names
     assert "attn_entropy" not in [c.name for c in shown_costs([Row(math.nan)])]
+
+
+def test_the_report_averages_each_layer_over_maps_and_seeds(tmp_path):
+    import json
+
+    from attnexp.report.figures import diagnostics_by_layer
+
+    stats = [{"blocks.0.slot": {"entropy": [1.0, 3.0], "sink_mass": [0.1, 0.3], "distance": [2.0, 2.0],
+                                "max_logit": [5.0, None]},
+              "blocks.1.slot": {"entropy": [0.5, 0.5], "sink_mass": [0.0, 0.2], "distance": [4.0, 6.0],
+                                "max_logit": [1.0, 3.0]}},
+             {"blocks.0.slot": {"entropy": [2.0, 2.0], "sink_mass": [0.2, 0.2], "distance": [2.0, 4.0],
+                                "max_logit": [7.0, 7.0]},
+              "blocks.1.slot": {"entropy": [1.5, 1.5], "sink_mass": [0.1, 0.1], "distance": [5.0, 5.0],
+                                "max_logit": [2.0, 2.0]}}]  # fmt: skip
+    dirs = []
+    for i, per_slot in enumerate(stats):
+        (tmp_path / f"s{i}").mkdir()
+        (tmp_path / f"s{i}" / "results.json").write_text(json.dumps({"attention_diagnostics": per_slot}))
+        dirs.append(tmp_path / f"s{i}")
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "results.json").write_text(json.dumps({"attention_diagnostics": {}}))
+    layers = diagnostics_by_layer(dirs)
+    assert layers["entropy"] == pytest.approx([2.0, 1.0])
+    assert layers["sink_mass"] == pytest.approx([0.2, 0.1])
+    assert layers["distance"] == pytest.approx([2.5, 5.0])
+    assert layers["max_logit"] == pytest.approx([6.0, 2.0])  # a missing map leaves the mean of the rest
+    assert diagnostics_by_layer([tmp_path / "none"]) == {}

@@ -13,6 +13,7 @@ from attnexp.report.table import metric_label, metric_scale
 from attnexp.runs.record import (
     COSTS,
     Cost,
+    read_results,
 )
 from attnexp.util.plotting import new_figure, safe_filename, save_figure
 
@@ -117,6 +118,52 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
         p = plot_primary_vs(rows, out_dir, cost) if cost.plot else None
         if p is not None:
             paths.append(p)
-    return paths
+    p = plot_diagnostics_by_layer(rows, out_dir)
+    return paths + ([p] if p is not None else [])
+
+
+DIAGNOSTIC_LABELS = {"entropy": "entropy (nats)", "sink_mass": "mass on the first position",
+                     "distance": "mean distance (positions)", "max_logit": "largest logit"}  # fmt: skip
+
+
+def diagnostics_by_layer(run_dirs: Sequence[str]) -> dict[str, list[float]]:
+    """Each attention diagnostic per slot (model order), the mean over maps and over the runs
+    of ``run_dirs`` (their ``results.json``'s ``attention_diagnostics``); empty without maps."""
+    per_layer: dict[str, list[list[float]]] = {}
+    for run_dir in run_dirs:
+        slots = (read_results(run_dir).get("attention_diagnostics") or {}).values()
+        for layer, stats in enumerate(slots):
+            for name in DIAGNOSTIC_LABELS:
+                values = [v for v in stats.get(name, []) if v is not None]
+                if values:
+                    rows = per_layer.setdefault(name, [])
+                    rows.extend([] for _ in range(layer + 1 - len(rows)))
+                    rows[layer].append(sum(values) / len(values))
+    return {name: [sum(v) / len(v) if v else math.nan for v in layers] for name, layers in per_layer.items()}
+
+
+def plot_diagnostics_by_layer(rows: Sequence[Row], out_dir: Path) -> Path | None:
+    """The attention diagnostics against the layer, one line per variant (the mean over maps and
+    seeds), one panel per diagnostic; per dataset and backbone, the first with diagnostics."""
+    measured = [(r, diagnostics_by_layer(r.run_dirs)) for r in rows if r.n_seeds]
+    measured = [(r, d) for r, d in measured if d]
+    if not measured:
+        return None
+    first = measured[0][0]
+    shown = sorted(((r, d) for r, d in measured if (r.dataset, r.backbone) == (first.dataset, first.backbone)),
+                   key=lambda item: item[0].variant)  # fmt: skip
+    colors = variant_colors([r for r, _ in shown])
+    fig, axes = new_figure(1, len(DIAGNOSTIC_LABELS), cell=(3.0, 2.6))
+    for ax, (name, label) in zip(axes[0], DIAGNOSTIC_LABELS.items(), strict=True):
+        for i, (r, d) in enumerate(shown):
+            if name in d:
+                ax.plot(range(len(d[name])), d[name], marker=MARKERS[i % len(MARKERS)],
+                        color=colors[r.variant], label=r.variant, markersize=4)  # fmt: skip
+        ax.set_xlabel("layer")
+        ax.set_title(label, fontsize="small")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{first.dataset}, {first.backbone}", fontsize="small")
+    legend_beside(fig)
+    return save_figure(fig, out_dir / "diagnostics_by_layer.png")
 
 
