@@ -798,6 +798,14 @@ def _scores(scorer: Scorer | None, q: Tensor, k: Tensor) -> Tensor:
     return (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
 
 
+def same_width(t: Tensor, width: int) -> Tensor:
+    """``t`` with zero features appended up to ``width``. The kernel's memory-efficient paths
+    want q, k and v of one width (with v wider than q and k, as ``differential``'s, the CPU kernel
+    falls back to the N x M matrix): a zero feature adds nothing to ``q.k``, and the values'
+    extra features are cropped after."""
+    return t if t.shape[-1] >= width else F.pad(t, (0, width - t.shape[-1]))
+
+
 def _fused_softmax(
     q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, allowed: KeyMask, p: float,
     block_elements: int,
@@ -809,8 +817,7 @@ def _fused_softmax(
     else:
         q, k, scale = scorer.fused_inputs(q, k)
     width = v.shape[-1]
-    if k.shape[-1] > width:  # l2's extra feature: the kernel wants v as wide as q and k
-        v = F.pad(v, (0, k.shape[-1] - width))
+    q, k, v = (same_width(t, max(k.shape[-1], width)) for t in (q, k, v))
     n, m = q.shape[-2], k.shape[-2]
     if allowed.plain_causal or allowed.same_for_every_row:
         mask = None if allowed.plain_causal else allowed.rows(0, n, m, q.device)
@@ -844,15 +851,14 @@ def _fused_position_bias(
     its last query only. Each block rebuilds its keys, so in training it is recomputed in
     backward (checkpoint) instead of keeping them."""
     n, m = q.shape[-2], k.shape[-2]
-    width = v.shape[-1]
-    q = torch.cat([q, q.new_full((*q.shape[:-1], 1), 1 / scale)], -1)
-    if k.shape[-1] + 1 > width:  # the kernel wants v as wide as q and k
-        v = F.pad(v, (0, k.shape[-1] + 1 - width))
+    width, features = v.shape[-1], max(k.shape[-1] + 1, v.shape[-1])
+    q = same_width(torch.cat([q, q.new_full((*q.shape[:-1], 1), 1 / scale)], -1), features)
+    v = same_width(v, features)
 
     def block(q_rows: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
         keys = k.shape[-2]  # M, or the first keys up to the block's last query
         bias = modify.key_bias(start, keys, k.device).to(k.dtype)  # (B or 1, h, keys)
-        k = torch.cat([k, bias.unsqueeze(-1).expand(*k.shape[:-1], 1)], -1)
+        k = same_width(torch.cat([k, bias.unsqueeze(-1).expand(*k.shape[:-1], 1)], -1), features)
         mask = allowed.rows(start, start + q_rows.shape[-2], m, q.device)
         mask = None if mask is None else mask[..., :keys]
         return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=mask, dropout_p=p, scale=scale)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from attnexp.attention import AttentionModule, Kind
-from attnexp.bench import ablation, position_bias, process_memory
+from attnexp.bench import ablation, knob_scaling, position_bias, process_memory
 from attnexp.bench.augment import bench_pipeline
 from attnexp.bench.measure import (
     median_times,
@@ -554,6 +554,10 @@ SECTIONS = (
             "biases (offsets relative to each block, and absolute) in float32 and bf16 against "
             "float64, at N = 1,024 and 16,384", lambda job: position_bias.measure(progress=progress),
             position_bias.to_markdown, in_suite=False),
+    Section("knob_scaling", "only: time and peak memory of one causal training step of mha with "
+            "each preset of conf/attention_knob at N = 1k, 4k and 16k",
+            lambda job: knob_scaling.measure(progress=progress), knob_scaling.to_markdown,
+            in_suite=False),
     Section("ablation_timing", "only: run the full MNIST-1D ablation (train.py -m, joblib "
             "launcher) and time it", measure_ablation, ablation_report, in_suite=False,
             passed=lambda result: result["returncode"] == 0),
