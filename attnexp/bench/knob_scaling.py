@@ -47,7 +47,7 @@ def measure(lengths: Sequence[int] = LENGTHS, progress: Callable[[str], None] = 
             module = MultiHeadAttention(DIM, causal=True, num_heads=HEADS, **knobs)
             x = torch.randn(1, n, DIM, requires_grad=True)
 
-            def step() -> None:
+            def step(module=module, x=x) -> None:
                 module(x).sum().backward()
 
             progress(f"knob scaling: {name} at N = {n}")
