@@ -688,3 +688,25 @@ def test_the_peak_is_the_most_bytes_alive_at_once_and_leaves_out_what_was_there_
 
     assert peak_memory_bytes(step, torch.device("cpu")) == 3 * 2**20
     assert peak_memory_bytes(lambda: None, torch.device("cpu")) == 0
+
+
+def test_the_position_bias_benchmark_measures_the_kernel_against_float64():
+    from attnexp.bench import position_bias
+
+    rows = position_bias.measure(lengths=[200], progress=lambda _: None)
+    errors = {(r["dtype"], r["offsets"].split()[0]): r["max_abs_error"] for r in rows}
+    assert errors["float32", "relative"] < 1e-5 and errors["float32", "no"] < 1e-5
+    assert errors["bfloat16", "relative"] < 0.1  # bf16's own level, not a wrong bias
+    assert "| 200 | float32 | relative (the fused path) |" in position_bias.to_markdown(rows)
+
+
+def test_the_knob_scaling_benchmark_times_every_preset_and_reads_its_memory():
+    from attnexp.bench import knob_scaling
+
+    presets = knob_scaling.presets()
+    assert presets["mha"] == {} and presets["gate"] == {"gate": "elementwise"} and len(presets) == 12
+    rows = knob_scaling.measure(lengths=[32, 64], progress=lambda _: None)
+    assert {(r["knob"], r["n"]) for r in rows} == {(k, n) for k in presets for n in (32, 64)}
+    assert all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in rows)
+    table = knob_scaling.to_markdown(rows)
+    assert table.count("\n| ") == 1 + len(presets)  # the header's separator and one line each
