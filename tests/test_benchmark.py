@@ -698,6 +698,9 @@ def test_the_position_bias_benchmark_measures_the_kernel_against_float64():
     assert errors["float32", "relative"] < 1e-5 and errors["float32", "no"] < 1e-5
     assert errors["bfloat16", "relative"] < 0.1  # bf16's own level, not a wrong bias
     assert "| 200 | float32 | relative (the fused path) |" in position_bias.to_markdown(rows)
+    (timed,) = position_bias.speed([128], repeats=1)
+    assert timed["n"] == 128 and all(timed[form] > 0 for form in ("fused", "chunked", "no bias"))
+    assert "| 128 |" in position_bias.speed_markdown([timed])
 
 
 def test_the_knob_scaling_benchmark_times_every_preset_and_reads_its_memory():
