@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attnexp.attention.design import MapBlock, grid_coordinates, map_blocks
-from attnexp.attention.diagnostics import MapStatistics, measure, summary
+from attnexp.attention.diagnostics import STATISTICS, MapStatistics, measure, summary
 from attnexp.attention.mha import MultiHeadAttention
 
 DIM, HEADS = 16, 2
@@ -114,6 +114,13 @@ def test_measuring_changes_nothing_and_summary_reduces_over_slots():
     assert reduced["entropy"] == pytest.approx(sum(per_slot["core"]["entropy"]) / HEADS + 0.5)
     assert reduced["max_logit"] == max(per_slot["core"]["max_logit"]) + 1
     assert summary({}) == dict.fromkeys(("entropy", "sink_mass", "distance", "max_logit"))
+
+
+def test_each_statistic_has_its_recorded_cost_and_label():
+    from attnexp.runs.record import COST_NAMES, DIAGNOSTIC_LABELS, DIAGNOSTIC_PREFIX
+
+    assert tuple(DIAGNOSTIC_LABELS) == STATISTICS
+    assert all(DIAGNOSTIC_PREFIX + name in COST_NAMES for name in STATISTICS)
 
 
 def test_the_report_shows_the_diagnostics_columns_only_where_a_run_has_them():

@@ -281,8 +281,10 @@ class AttentionDesign:
 
     @property
     def fast_path(self) -> bool:
-        """Whether attention runs through ``scaled_dot_product_attention`` (when the weights are
-        not asked for); otherwise it runs the chunked path. Both hold O(N) memory."""
+        """Whether attention runs through ``scaled_dot_product_attention`` with no score change
+        (when the weights are not asked for). ``forget_gate`` and causal ``alibi`` take the kernel
+        with a bias feature instead (``ScoreChanges.fused``); the rest the chunked path. Every path
+        holds O(N) memory."""
         plain_scores = self.softcap is None and not (self.sink or self.alibi or self.forget_gate)
         return self.score in FUSED_SCORES and self.normalize == "softmax" and plain_scores
 
@@ -806,16 +808,18 @@ def same_width(t: Tensor, width: int) -> Tensor:
     return t if t.shape[-1] >= width else F.pad(t, (0, width - t.shape[-1]))
 
 
+def _kernel_inputs(q: Tensor, k: Tensor, scorer: Scorer | None) -> tuple[Tensor, Tensor, float]:
+    """``(q', k', scale)`` for the kernel: ``Scorer.fused_inputs``, or the scaled dot product."""
+    return (q, k, 1 / math.sqrt(q.shape[-1])) if scorer is None else scorer.fused_inputs(q, k)
+
+
 def _fused_softmax(
     q: Tensor, k: Tensor, v: Tensor, scorer: Scorer | None, allowed: KeyMask, p: float,
     block_elements: int,
 ) -> Tensor:  # fmt: skip
     """Softmax attention through ``scaled_dot_product_attention`` on ``Scorer.fused_inputs``; a
     row-dependent mask goes in blocks of query rows, each with its own rows of the mask."""
-    if scorer is None:
-        q, k, scale = q, k, 1 / math.sqrt(q.shape[-1])
-    else:
-        q, k, scale = scorer.fused_inputs(q, k)
+    q, k, scale = _kernel_inputs(q, k, scorer)
     width = v.shape[-1]
     q, k, v = (same_width(t, max(k.shape[-1], width)) for t in (q, k, v))
     n, m = q.shape[-2], k.shape[-2]
@@ -863,18 +867,14 @@ def _fused_position_bias(
         mask = None if mask is None else mask[..., :keys]
         return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=mask, dropout_p=p, scale=scale)
 
-    b = min(BIAS_BLOCK_ROWS, block_rows(q.shape[0] * q.shape[1] * m, block_elements))
-    recompute = torch.is_grad_enabled() and n > b
-    outs = []
-    for i in range(0, n, b):
-        # Causal over keys at the positions: a block sees no key past its last query.
-        stop = min(i + b, m) if allowed.causal and allowed.key_positions is None else m
-        args = (q[..., i : i + b, :], k[..., :stop, :], v[..., :stop, :], i)
-        if recompute:
-            outs.append(checkpoint(block, *args, use_reentrant=False, preserve_rng_state=p > 0))
-        else:
-            outs.append(block(*args))
-    return torch.cat(outs, dim=-2)[..., :width]
+    b = min(BIAS_BLOCK_ROWS, _score_block_rows(q, m, None, block_elements))
+    causal = allowed.causal and allowed.key_positions is None
+
+    def args_at(i: int) -> tuple:  # causal over keys at the positions: none past the last query
+        stop = min(i + b, m) if causal else m
+        return q[..., i : i + b, :], k[..., :stop, :], v[..., :stop, :], i
+
+    return _over_blocks(block, n, b, args_at, p)[..., :width]
 
 
 class ScoreChanges:
@@ -957,30 +957,53 @@ def _chunked(
     with several blocks and gradients on, each block is recomputed in backward (checkpoint, which
     replays the block's dropout draws) instead of keeping its weights."""
     n, m = q.shape[-2], k.shape[-2]
-    width = scorer.width if scorer is not None else 1
-    b = block_rows(q.shape[0] * q.shape[1] * m * width, block_elements)
+    b = _score_block_rows(q, m, scorer, block_elements)
 
     def block(q_rows: Tensor, keys: Tensor, v: Tensor, start: int) -> Tensor:
-        mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
-        scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
-        weights = modify.normalize(scores, start, normalize, mask)
+        _, _, weights = _block_weights(q_rows, keys, start, m, scorer, normalize, allowed, modify)
         return F.dropout(weights, p) @ v
 
     keys = k if scorer is None else scorer.keys(k)  # once, not once per block
-    if n <= b:
-        return block(q, keys, v, 0)
     score_bytes = q.shape[0] * q.shape[1] * b * m * q.element_size()  # one block's scores
     if q.device.type == "cpu" and n >= MMAP_AFTER_BLOCKS * b and score_bytes >= SMALLEST_THRESHOLD_BYTES:  # fmt: skip
         mmap_large_blocks(score_bytes)  # the process stays linear in N
+    return _over_blocks(block, n, b, lambda i: (q[..., i : i + b, :], keys, v, i), p)
+
+
+def _over_blocks(
+    block: Callable[..., Tensor], n: int, b: int, args_at: Callable[[int], tuple], p: float
+) -> Tensor:
+    """``block(*args_at(i))`` for the blocks of ``b`` query rows from 0 to ``n``, concatenated
+    along the queries. With several blocks and gradients on, each block is checkpointed
+    (recomputed in backward instead of keeping its intermediates); the RNG state (5 KB a block on
+    CPU) is kept only if dropout draws."""
+    if n <= b:
+        return block(*args_at(0))
     recompute = torch.is_grad_enabled()
     outs = []
     for i in range(0, n, b):
-        if recompute:  # the RNG state (5 KB a block on CPU) is kept only if dropout draws
-            outs.append(checkpoint(block, q[..., i : i + b, :], keys, v, i, use_reentrant=False,
-                                   preserve_rng_state=p > 0))  # fmt: skip
+        if recompute:
+            outs.append(checkpoint(block, *args_at(i), use_reentrant=False, preserve_rng_state=p > 0))
         else:
-            outs.append(block(q[..., i : i + b, :], keys, v, i))
+            outs.append(block(*args_at(i)))
     return torch.cat(outs, dim=-2)
+
+
+def _score_block_rows(q: Tensor, m: int, scorer: Scorer | None, block_elements: int) -> int:
+    """Query rows per block of scores over ``m`` keys (times the scorer's width per pair)."""
+    width = scorer.width if scorer is not None else 1
+    return block_rows(q.shape[0] * q.shape[1] * m * width, block_elements)
+
+
+def _block_weights(
+    q_rows: Tensor, keys: Tensor, start: int, m: int, scorer: Scorer | None, normalize: str,
+    allowed: KeyMask, modify: ScoreChanges,
+) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
+    """One block of query rows from ``start``: its scores against ``keys`` (``Scorer.keys``),
+    its mask rows and its weights."""
+    mask = allowed.rows(start, start + q_rows.shape[-2], m, q_rows.device)
+    scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
+    return scores, mask, modify.normalize(scores, start, normalize, mask)
 
 
 def attend(
@@ -1030,7 +1053,7 @@ def attend(
     if normalize == "softmax" and score in FUSED_SCORES and modify.none:
         return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
     if normalize == "softmax" and score in FUSED_SCORES and modify.fused(allowed):
-        q, k, scale = (q, k, 1 / math.sqrt(q.shape[-1])) if scorer is None else scorer.fused_inputs(q, k)
+        q, k, scale = _kernel_inputs(q, k, scorer)
         return _fused_position_bias(q, k, v, scale, allowed, p, block_elements, modify), None
     return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, modify), None
 
@@ -1073,15 +1096,13 @@ def map_blocks(
     memory. Without gradients."""
     allowed, modify = _rules(normalize, mask, is_causal, key_padding, softcap, sink, alibi, forget)
     n, m = q.shape[-2], k.shape[-2]
-    width = scorer.width if scorer is not None else 1
-    b = block_rows(q.shape[0] * q.shape[1] * m * width, block_elements or BLOCK_ELEMENTS)
+    b = _score_block_rows(q, m, scorer, block_elements or BLOCK_ELEMENTS)
     with torch.no_grad():
         keys = k if scorer is None else scorer.keys(k)
         for start in range(0, n, b):
-            q_rows = q[..., start : start + b, :]
-            rows = allowed.rows(start, start + q_rows.shape[-2], m, q.device)
-            scores = _scores(None, q_rows, keys) if scorer is None else scorer.score(q_rows, keys)
-            weights = modify.normalize(scores, start, normalize, rows)
+            scores, rows, weights = _block_weights(
+                q[..., start : start + b, :], keys, start, m, scorer, normalize, allowed, modify
+            )
             yield MapBlock(start, modify.capped(scores), weights, rows)
 
 

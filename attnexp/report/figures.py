@@ -12,6 +12,7 @@ from attnexp.report.rows import Row, Stat
 from attnexp.report.table import metric_label, metric_scale
 from attnexp.runs.record import (
     COSTS,
+    DIAGNOSTIC_LABELS,
     Cost,
     read_results,
 )
@@ -120,10 +121,6 @@ def plot_all(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             paths.append(p)
     p = plot_diagnostics_by_layer(rows, out_dir)
     return paths + ([p] if p is not None else [])
-
-
-DIAGNOSTIC_LABELS = {"entropy": "entropy (nats)", "sink_mass": "mass on the first position",
-                     "distance": "mean distance (positions)", "max_logit": "largest logit"}  # fmt: skip
 
 
 def diagnostics_by_layer(run_dirs: Sequence[str]) -> dict[str, list[float]]:

@@ -106,6 +106,14 @@ COSTS = (
     Cost("attn_max_logit", "max logit", "largest attention logit", ".2f", optional=True),
 )  # fmt: skip
 COST_NAMES = tuple(c.name for c in COSTS)
+# The attention diagnostics' summary costs are ``attn_<statistic>`` (attnexp.attention.diagnostics
+# names the statistics); each statistic's description, for figures drawn per layer.
+DIAGNOSTIC_PREFIX = "attn_"
+DIAGNOSTIC_LABELS = {
+    c.name.removeprefix(DIAGNOSTIC_PREFIX): c.description
+    for c in COSTS
+    if c.name.startswith(DIAGNOSTIC_PREFIX)
+}
 
 
 def cost_metrics(results: Mapping[str, Any]) -> dict[str, float]:

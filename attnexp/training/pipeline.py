@@ -33,7 +33,14 @@ from attnexp.models.common import Backbone
 from attnexp.runs.checkpoint import AtomicCheckpointIO, ConfigStamp
 from attnexp.runs.layout import RunDir
 from attnexp.runs.prepare import CONTINUE, SKIP, RunPlan, prepare
-from attnexp.runs.record import COMPLETED, Interrupted, RunLog, cost_metrics, write_results
+from attnexp.runs.record import (
+    COMPLETED,
+    DIAGNOSTIC_PREFIX,
+    Interrupted,
+    RunLog,
+    cost_metrics,
+    write_results,
+)
 from attnexp.tasks.classifier import Classifier
 from attnexp.tasks.lm import LanguageModel, heldout_loss
 from attnexp.training.callbacks import (
@@ -223,7 +230,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
         )
         diagnostics = _diagnose(model, module, datamodule)
         results.record.update(attention_diagnostics=diagnostics,
-                              **{f"attn_{k}": v for k, v in summary(diagnostics).items()})  # fmt: skip
+                              **{DIAGNOSTIC_PREFIX + k: v for k, v in summary(diagnostics).items()})  # fmt: skip
         for logger in loggers:
             logger.log_metrics(cost_metrics(results.record))
         if trainer.is_global_zero:

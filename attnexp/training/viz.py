@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from attnexp.attention.base import WeightKind
+from attnexp.runs.record import DIAGNOSTIC_LABELS
 from attnexp.util.plotting import new_figure, safe_filename, save_figure
 
 if TYPE_CHECKING:
@@ -201,15 +202,11 @@ def save_diagnostics_figure(
 ) -> Path | None:
     """One panel per statistic of ``attnexp.attention.diagnostics`` against the slot (in model
     order, the layer), each map a dot and the mean over maps a line; ``None`` without a slot."""
-    from attnexp.attention.diagnostics import STATISTICS
-
     names = [name for name, stats in per_slot.items() if any(v is not None for v in stats["entropy"])]
     if not names:
         return None
-    labels = {"entropy": "entropy (nats)", "sink_mass": "mass on the first position",
-              "distance": "mean distance (positions)", "max_logit": "largest logit"}  # fmt: skip
-    fig, axes = new_figure(1, len(STATISTICS), cell=(3.0, 2.6))
-    for ax, stat in zip(axes[0], STATISTICS, strict=True):
+    fig, axes = new_figure(1, len(DIAGNOSTIC_LABELS), cell=(3.0, 2.6))
+    for ax, (stat, label) in zip(axes[0], DIAGNOSTIC_LABELS.items(), strict=True):
         means = []
         for layer, name in enumerate(names):
             values = [v for v in per_slot[name][stat] if v is not None]
@@ -218,7 +215,7 @@ def save_diagnostics_figure(
         ax.plot(range(len(names)), means, color="tab:blue")
         ax.set_xlabel("layer")
         ax.set_xticks(range(len(names)))
-        ax.set_title(labels[stat], fontsize="small")
+        ax.set_title(label, fontsize="small")
         ax.grid(alpha=0.3)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return save_figure(fig, Path(out_dir) / DIAGNOSTICS_FIGURE)
