@@ -103,6 +103,20 @@ def release_when_held(job: str) -> bool:
     return False
 
 
+def story(out: str, sweep: Path) -> str:
+    """What a failed assertion shows: the sweep's output, then what SLURM and submitit saw of each
+    job (every allocation's state, the tail of its logs), so a failure on CI can be read."""
+    parts = [out[-3000:]]
+    for job in jobs(sweep):
+        sacct = subprocess.run(["sacct", "-D", "-j", job.split("_")[0], "-o",
+                                "JobID,State,Start,End,ExitCode"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+        parts.append(f"--- sacct -D -j {job}\n{sacct}")
+        for log_file in sorted((sweep / ".submitit" / job).glob("*_log.*")):
+            parts.append(f"--- {log_file.name}\n" + log_file.read_text(errors="replace")[-2500:])
+    return "\n".join(parts)
+
+
 def logged_rows(run: Path) -> int:
     """Rows in the run's ``metrics.csv`` so far: a sign it is training."""
     csv_log = run / "csv" / "metrics.csv"
@@ -150,7 +164,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_a_run_never_stopped(
     until(lambda: release_when_held(job) or record(run).get("status") != "interrupted", 180,
           "SLURM to requeue the job")  # fmt: skip
     out = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, story(out, sweep)
     assert "1 completed, 0 failed" in out
     resumed = read_results(run)
     assert resumed["status"] == "completed" and resumed["resumed_from"] == "checkpoints/last.ckpt"
@@ -172,7 +186,7 @@ def test_a_job_past_its_time_limit_is_requeued_until_it_finishes(cluster, text, 
             stops += 1
         time.sleep(2)
     out = proc.stdout.read()
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, story(out, sweep)
     assert stops >= 1  # the time limit stopped it at least once
     done = read_results(run)
     assert done["status"] == "completed" and done["metrics"]["test/loss"] > 0

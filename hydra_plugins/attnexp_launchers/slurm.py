@@ -37,8 +37,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
             try:
                 return wait(job)
             except (UncompletedJobError, FailedJobError) as error:
-                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                log.error("SLURM job %s did not finish: %s", job.job_id, first)
+                # submitit's first two lines: the job and its state as SLURM last reported it
+                said = " ".join(str(error).strip().splitlines()[:2])
+                log.error("SLURM job %s did not finish: %s", job.job_id, said)
                 return [JobReturn(_return_value=math.nan, status=JobStatus.COMPLETED)]
 
         submitit.Job.results = results_or_nan
