@@ -16,7 +16,7 @@ from torch import Tensor
 
 from attnexp.config.validate import validate
 from attnexp.data import text
-from attnexp.data.lm import TokenStreamDataModule, eval_windows
+from attnexp.data.lm import EvalWindows, Stream, TokenStreamDataModule
 from attnexp.data.shape import IGNORE_INDEX, DataShape
 from attnexp.data.text import TextSplits, load_text, split_text
 from attnexp.data.vocab import Vocabulary
@@ -140,7 +140,8 @@ def test_train_windows_are_contiguous_and_y_is_x_shifted_by_one():
 @pytest.mark.parametrize("n", [17, 16, 2])  # a padded last window, an exact fit, one token scored
 def test_eval_windows_score_every_token_once_in_order(n):
     tokens = torch.arange(100, 100 + n)
-    x, y = eval_windows(tokens, 4)
+    windows = EvalWindows(Stream([tokens]), 4, 4)
+    x, y = windows.batch(slice(0, len(windows)))
     scored = y != IGNORE_INDEX
     assert x.shape == y.shape == (-(-(n - 1) // 4), 4)
     assert int(scored.sum()) == n - 1
@@ -183,7 +184,7 @@ def test_the_text_config_builds_the_data_module_of_its_shape(tmp_path):
     cfg = compose_cfg(lm_overrides(write(tmp_path), tmp_path))
     module = instantiate(cfg.dataset)
     assert module.shape == DataShape("tokens", [8], 256, vocab_size=256, task="lm")
-    assert {k: len(v) for k, v in module.load().items()} == {"train": 180, "val": 10, "test": 10}
+    assert {k: v.lengths for k, v in module.load().items()} == {"train": [180], "val": [10], "test": [10]}
     assert next(iter(module.train_dataloader()))[0].shape == (4, 8)
     assert set(LM_DATASETS) == {"text", "shakespeare_char", "zoology_mqar"}
 

@@ -1,25 +1,74 @@
 """A token stream for causal language modelling: random training windows, exhaustive evaluation.
 
+A split is a ``Stream``: one or more pieces of token ids (a text's split, held as a tensor on the
+model's device; or token files, memory-mapped and read a window at a time). A window never spans
+two pieces.
+
 Training: one "epoch" is ``steps_per_epoch`` batches of ``batch_size`` windows of
 ``context_len + 1`` tokens at random starts (``x`` the first ``context_len``, ``y`` the same shifted by one), drawn
 from a generator seeded by (seed, global step, rank): a resumed run sees the windows the
-uninterrupted one saw. Validation and test: non-overlapping windows in order that score every
-token but the first exactly once; the last one is padded (``x = 0``, ``y = IGNORE_INDEX``).
+uninterrupted one saw. Validation and test (``EvalWindows``): windows in order that score every
+token but each piece's first exactly once, starting every ``eval_stride`` tokens (default: every
+``context_len``, non-overlapping); the last one is padded (``x = 0``, ``y = IGNORE_INDEX``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
-from attnexp.data.datamodule import EpochOrder, Resumable, SliceLoader, trained_batches
+from attnexp.data.datamodule import EpochBatches, EpochOrder, Resumable, trained_batches
 from attnexp.data.shape import IGNORE_INDEX, DataShape
-from attnexp.data.text import SPLITS, TextSplits
-from attnexp.data.vocab import Vocabulary
+from attnexp.data.text import SPLITS
+from attnexp.util.checks import check_positive
 from attnexp.util.seeding import derive_seed
+
+Piece = Tensor | np.ndarray  # token ids: a tensor (int64), or a memory-mapped array of a file
+
+
+class Stream:
+    """One split's token ids as ``pieces``; a window never spans two of them."""
+
+    def __init__(self, pieces: Sequence[Piece]) -> None:
+        self.pieces = list(pieces)
+        self.lengths = [len(p) for p in self.pieces]
+
+    def to(self, device: torch.device | str) -> Stream:
+        """Tensor pieces moved to ``device``; memory-mapped ones stay on disk."""
+        return Stream([p.to(device) if isinstance(p, Tensor) else p for p in self.pieces])
+
+    def num_starts(self, width: int) -> int:
+        """How many windows of ``width`` tokens the pieces hold."""
+        return sum(max(0, n - width + 1) for n in self.lengths)
+
+    def windows(self, starts: Tensor, width: int) -> Tensor:
+        """``(B, width)`` token ids (int64) at ``starts``, numbered over every piece's windows of
+        ``width`` in order (0 .. ``num_starts(width) - 1``)."""
+        if len(self.pieces) == 1:
+            return self.take(0, starts, width)
+        counts = torch.tensor([max(0, n - width + 1) for n in self.lengths])
+        ends = counts.cumsum(0)
+        which = torch.searchsorted(ends, starts.cpu(), right=True)
+        local = starts.cpu() - (ends - counts)[which]
+        rows = [self.take(i, local[which == i], width) for i in range(len(self.pieces))]
+        order = torch.cat([torch.nonzero(which == i)[:, 0] for i in range(len(self.pieces))])
+        out = torch.cat([r.cpu() for r in rows])
+        return out[torch.argsort(order)]
+
+    def take(self, piece: int, starts: Tensor, width: int) -> Tensor:
+        """``(B, width)`` ids of piece ``piece`` from each of ``starts``; a position past the
+        piece's end repeats its last token (evaluation's last window masks those)."""
+        tokens, last = self.pieces[piece], self.lengths[piece] - 1
+        if isinstance(tokens, Tensor):
+            offsets = torch.arange(width, device=tokens.device)
+            return tokens[(starts.to(tokens.device)[:, None] + offsets).clamp_(max=last)]
+        index = np.minimum(starts.cpu().numpy()[:, None] + np.arange(width), last)
+        return torch.from_numpy(np.asarray(tokens[index], dtype=np.int64))
 
 WINDOW_STREAM = 1  # keeps the window seeds apart from EpochSeed's (seed, epoch, rank) stream
 
@@ -61,17 +110,16 @@ class WindowLoader(Resumable):
     """``(x, y)`` batches gathered from one token tensor at the starts ``sampler`` yields
     (Lightning finds it under the name ``sampler`` to call ``set_epoch``)."""
 
-    def __init__(self, tokens: Tensor, context_len: int, sampler: StepWindows) -> None:
-        self.tokens, self.sampler = tokens, sampler
+    def __init__(self, stream: Stream, context_len: int, sampler: StepWindows) -> None:
+        self.stream, self.sampler, self.width = stream, sampler, context_len + 1
         self.batch_sampler = None  # DataLoader's interface, which Lightning inspects
-        self.offsets = torch.arange(context_len + 1, device=tokens.device)
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for starts in self.sampler:
-            windows = self.tokens[starts.to(self.tokens.device)[:, None] + self.offsets]
+            windows = self.stream.windows(starts, self.width)
             yield windows[:, :-1], windows[:, 1:]
 
     @property
@@ -83,27 +131,88 @@ class WindowLoader(Resumable):
         restores (Lightning's epoch count after a restore of step-based training can be off)."""
 
 
-def eval_windows(tokens: Tensor, context_len: int) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` of shape ``(ceil((n - 1) / context_len), context_len)``: position ``t`` of the
-    stream predicts token ``t + 1``, for every ``t < n - 1`` once, in order."""
-    x, y = tokens[:-1], tokens[1:]
-    pad = -len(x) % context_len
-    x = torch.cat([x, x.new_zeros(pad)])
-    y = torch.cat([y, y.new_full((pad,), IGNORE_INDEX)])
-    return x.view(-1, context_len), y.view(-1, context_len)
+class EvalWindows:
+    """The evaluation windows of a ``Stream``: in each piece of ``n`` tokens, windows of
+    ``context_len`` inputs start every ``stride`` tokens until position ``n - 2`` (the last that
+    has a next token) is covered. Every token but a piece's first is scored once: the first window
+    scores all its positions, a later one only those past the previous window's end, so each
+    scored token sees at least ``context_len - stride`` tokens before it (``stride =
+    context_len``: non-overlapping windows). Past a piece's end, ``x = 0`` and ``y =
+    IGNORE_INDEX``."""
+
+    def __init__(self, stream: Stream, context_len: int, stride: int) -> None:
+        self.stream, self.context_len, self.stride = stream, context_len, stride
+        pieces, starts = [], []
+        for i, n in enumerate(stream.lengths):
+            if n < 2:
+                continue
+            count = 1 + -(-max(0, n - 1 - context_len) // stride)
+            pieces += [i] * count
+            starts += range(0, count * stride, stride)
+        self.piece = torch.tensor(pieces, dtype=torch.long)
+        self.start = torch.tensor(starts, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def batch(self, index: slice | Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of the windows ``index`` (a slice or indices of them)."""
+        index = index if isinstance(index, slice) else index.cpu()
+        pieces, starts = self.piece[index], self.start[index]
+        if not len(pieces):
+            empty = torch.zeros(0, self.context_len, dtype=torch.long)
+            return empty, empty.clone()
+        xs, ys = [], []
+        for i in pieces.unique_consecutive().tolist():
+            xs_i, ys_i = self._of_piece(i, starts[pieces == i])
+            xs.append(xs_i)
+            ys.append(ys_i)
+        return (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
+
+    def _of_piece(self, piece: int, starts: Tensor) -> tuple[Tensor, Tensor]:
+        n, width = self.stream.lengths[piece], self.context_len + 1
+        values = self.stream.take(piece, starts, width)
+        begin = starts.to(values.device)[:, None]
+        positions = begin + torch.arange(width, device=values.device)
+        real = positions[:, 1:] < n  # input t is scored when token t + 1 exists
+        new = (positions[:, :-1] >= begin + self.context_len - self.stride) | (begin == 0)
+        x = torch.where(real, values[:, :-1], torch.zeros_like(values[:, :-1]))
+        y = torch.where(real & new, values[:, 1:], torch.full_like(values[:, 1:], IGNORE_INDEX))
+        return x, y
+
+
+class EvalLoader:
+    """``(x, y)`` batches of ``EvalWindows`` in the order of ``sampler`` (an ``EpochOrder``;
+    under data-parallel training each rank's share)."""
+
+    def __init__(self, windows: EvalWindows, batch_size: int, sampler: EpochOrder) -> None:
+        self.windows, self.sampler = windows, sampler
+        self.batches = EpochBatches(sampler, batch_size)
+        self.batch_sampler = None  # DataLoader's interface, which Lightning inspects
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in self.batches:
+            yield self.windows.batch(index)
 
 
 class TokenStreamDataModule(L.LightningDataModule):
-    """Batches of a text's token stream for a causal language model.
+    """Batches of a token stream for a causal language model.
 
-    ``source(path=..., download=...)`` returns the encoded splits (``attnexp.data.text.load_text``
-    partially applied); ``shape`` is the dataset's shape facts (``grid: [context_len]``,
+    ``source(path=..., download=...)`` returns the splits: a text's (``attnexp.data.text.load_text``,
+    ``attnexp.data.bpe.load_bpe_text``) or token files' (``attnexp.data.tokens.load_token_files``),
+    partially applied; ``shape`` is the dataset's shape facts (``grid: [context_len]``,
     ``vocab_size``), checked against the data before training with the key named.
+    ``eval_stride`` (null: ``context_len``) spaces the evaluation windows (``EvalWindows``).
+    After ``load``: ``vocab`` decodes the ids (None when unknown), ``test_split`` names the split
+    the test scores, ``provenance`` what a run records of its data.
     """
 
     def __init__(
         self,
-        source: Callable[..., TextSplits],
+        source: Callable[..., Any],
         shape: DataShape,
         path: str,
         context_len: int = 256,
@@ -111,6 +220,7 @@ class TokenStreamDataModule(L.LightningDataModule):
         steps_per_epoch: int = 250,
         download: bool = False,
         shuffle_seed: int = 0,
+        eval_stride: int | None = None,
     ) -> None:
         super().__init__()
         if not shape.is_lm or shape.grid != (context_len,):
@@ -118,66 +228,93 @@ class TokenStreamDataModule(L.LightningDataModule):
                 f"dataset.shape must be an lm shape on grid [dataset.context_len]=[{context_len}], "
                 f"got task={shape.task}, grid={list(shape.grid)}"
             )
+        check_eval_stride(eval_stride, context_len)
         self.source, self.shape, self.path, self.download = source, shape, path, download
         self.context_len, self.batch_size = context_len, batch_size
         self.steps_per_epoch, self.shuffle_seed = steps_per_epoch, shuffle_seed
-        self.splits: dict[str, Tensor] | None = None
-        self.eval_splits: dict[str, tuple[Tensor, Tensor]] = {}
-        self.vocab: Vocabulary | None = None
+        self.eval_stride = eval_stride or context_len
+        self.streams: dict[str, Stream] | None = None
+        self.eval_windows: dict[str, EvalWindows] = {}
+        self.vocab: Any = None
+        self.test_split = "test"
+        self.provenance: dict[str, Any] = {}
 
-    def load(self) -> dict[str, Tensor]:
-        """Read (once) and return ``{"train", "val", "test"} -> int64 token ids``."""
-        if self.splits is None:
+    def load(self) -> dict[str, Stream]:
+        """Read (once) and return the ``train``, ``val`` and ``test`` streams."""
+        if self.streams is None:
             data = self.source(path=self.path, download=self.download)
             data.check(
                 self.shape.vocab_size, self.context_len, self.batch_size, self.steps_per_epoch
             )
-            self.vocab = data.vocab
-            self.splits = {s: torch.as_tensor(getattr(data, s), dtype=torch.long) for s in SPLITS}
-            self.eval_splits = {}
-        return self.splits
+            self.vocab, self.test_split = data.vocab, data.test_split
+            self.provenance = dict(data.provenance)
+            self.streams = {s: Stream([_piece(p) for p in data.pieces[s]]) for s in SPLITS}
+            self.eval_windows = {}
+        return self.streams
 
     def setup(self, stage: str | None = None) -> None:
-        splits = self.load()
+        streams = self.load()
         # Keep the data where the model is (the GPU when training there): batches are then free.
         if self.trainer is not None:
             device = self.trainer.strategy.root_device
-            self.splits = {k: v.to(device) for k, v in splits.items()}
-            self.eval_splits = {}
+            self.streams = {k: v.to(device) for k, v in streams.items()}
+            self.eval_windows = {}
 
     def train_dataloader(self) -> WindowLoader:
-        tokens = self.load()["train"]
+        stream = self.load()["train"]
         rank = self.trainer.global_rank if self.trainer else 0
         order = StepWindows(
-            len(tokens) - self.context_len, self.batch_size, self.steps_per_epoch,
+            stream.num_starts(self.context_len + 1), self.batch_size, self.steps_per_epoch,
             self.shuffle_seed, rank,
         )  # fmt: skip
-        loader = WindowLoader(tokens, self.context_len, order)
+        loader = WindowLoader(stream, self.context_len, order)
         if self.trainer is not None:
             loader.progress = lambda: trained_batches(self.trainer)
             order.first_step = lambda: self.trainer.global_step
         return loader
 
-    def val_dataloader(self) -> SliceLoader:
+    def val_dataloader(self) -> EvalLoader:
         return self._eval_loader("val")
 
-    def test_dataloader(self) -> SliceLoader:
+    def test_dataloader(self) -> EvalLoader:
         return self._eval_loader("test")
 
     def example_batch(self, n: int, split: str = "test") -> Tensor:
         """The first ``n`` inputs of ``split`` ``(n, context_len)`` (figures, sampling prompts,
         diagnostics)."""
-        return self._windows(split)[0][:n]
+        windows = self._windows(split)
+        return windows.batch(slice(0, min(n, len(windows))))[0]
 
-    def _windows(self, split: str) -> tuple[Tensor, Tensor]:
-        if split not in self.eval_splits:
-            self.eval_splits[split] = eval_windows(self.load()[split], self.context_len)
-        return self.eval_splits[split]
+    def _windows(self, split: str) -> EvalWindows:
+        if split not in self.eval_windows:
+            self.eval_windows[split] = EvalWindows(
+                self.load()[split], self.context_len, self.eval_stride
+            )
+        return self.eval_windows[split]
 
-    def _eval_loader(self, split: str) -> SliceLoader:
+    def _eval_loader(self, split: str) -> EvalLoader:
         """Under data-parallel training each rank scores its share of the windows, none twice."""
-        x, y = self._windows(split)
+        windows = self._windows(split)
         rank, world = (
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
-        return SliceLoader(x, y, self.batch_size, EpochOrder(len(y), False, 0, rank, world))
+        return EvalLoader(windows, self.batch_size, EpochOrder(len(windows), False, 0, rank, world))
+
+
+def _piece(array: np.ndarray) -> Piece:
+    """A memory-mapped file stays one (read a window at a time); ids in memory become a tensor."""
+    if isinstance(array, np.memmap):
+        return array
+    return torch.as_tensor(array, dtype=torch.long)
+
+
+def check_eval_stride(stride: int | None, context_len: int) -> None:
+    """``dataset.eval_stride``: null, or 1 .. ``context_len``."""
+    if stride is None:
+        return
+    check_positive("dataset.eval_stride", stride)
+    if stride > context_len:
+        raise ValueError(
+            f"dataset.eval_stride={stride} is larger than dataset.context_len={context_len}: "
+            "tokens between windows would go unscored; use at most the context length (or null)"
+        )

@@ -43,6 +43,18 @@ class TextSplits:
     val: np.ndarray
     test: np.ndarray
 
+    test_split = "test"  # the split whose data the final test scores (token files: "val")
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What a run records of its data beyond its config: nothing (the config names the text)."""
+        return {}
+
+    @property
+    def pieces(self) -> dict[str, tuple[np.ndarray]]:
+        """Each split as one piece (``attnexp.data.tokens.TokenSplits`` may have several)."""
+        return {s: (getattr(self, s),) for s in SPLITS}
+
     def check(self, vocab_size: int, context_len: int, batch_size: int, steps_per_epoch: int):
         """Refuse a config the data cannot serve, naming the key (see ``check_stream``)."""
         check_stream(
@@ -57,29 +69,19 @@ def check_stream(
 ) -> None:  # fmt: skip
     """A training window is ``context_len + 1`` tokens (inputs and their next tokens); an
     evaluation split scores ``len - 1`` tokens, so it needs two."""
-    for key, value in (
-        ("dataset.context_len", context_len),
-        ("dataset.batch_size", batch_size),
-        ("dataset.steps_per_epoch", steps_per_epoch),
-    ):
-        check_positive(key, value)
     if vocab_size != data_vocab_size:
         raise ValueError(
             f"dataset.shape.vocab_size={vocab_size}, but the data's vocabulary has "
             f"{data_vocab_size} symbols: set dataset.shape.vocab_size={data_vocab_size}"
         )
-    windows = lengths["train"] - context_len
-    if windows < 1:
+    check_positive("dataset.context_len", context_len)
+    if lengths["train"] - context_len < 1:
         raise ValueError(
             f"dataset.context_len={context_len} does not fit the training split "
             f"({lengths['train']} tokens; a window needs context_len + 1): use at most "
             f"{lengths['train'] - 1}"
         )
-    if batch_size > windows:
-        raise ValueError(
-            f"dataset.batch_size={batch_size} is larger than the {windows} distinct windows of "
-            f"the training split (context_len={context_len}): use at most {windows}"
-        )
+    check_windows(lengths["train"] - context_len, context_len, batch_size, steps_per_epoch)
     for split in ("val", "test"):
         if lengths[split] < 2:
             raise ValueError(
@@ -87,6 +89,22 @@ def check_stream(
                 "dataset.source.val_fraction / lower dataset.source.train_fraction, or use a "
                 "longer text"
             )
+
+
+def check_windows(starts: int, context_len: int, batch_size: int, steps_per_epoch: int) -> None:
+    """Refuse a batch larger than the ``starts`` distinct training windows, and sizes that are
+    not positive, naming the key."""
+    for key, value in (
+        ("dataset.context_len", context_len),
+        ("dataset.batch_size", batch_size),
+        ("dataset.steps_per_epoch", steps_per_epoch),
+    ):
+        check_positive(key, value)
+    if batch_size > starts:
+        raise ValueError(
+            f"dataset.batch_size={batch_size} is larger than the {starts} distinct windows of "
+            f"the training split (context_len={context_len}): use at most {starts}"
+        )
 
 
 def split_text(text: str, train_fraction: float, val_fraction: float) -> tuple[str, str, str]:
