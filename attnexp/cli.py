@@ -10,6 +10,7 @@ May import: attnexp.config, attnexp.runs, attnexp.training, attnexp.util.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -153,7 +154,8 @@ class CheckOutputDirs(Callback):
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def eval_main(cfg: DictConfig) -> dict[str, float]:
-    """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir."""
+    """Re-evaluate a run's checkpoint on its test split with the config saved in its run dir;
+    ``dataset.*`` keys of ``conf/eval.yaml`` set change the run's data for this evaluation."""
     from attnexp.training.pipeline import evaluate
 
     quiet_dependencies()
@@ -163,14 +165,51 @@ def eval_main(cfg: DictConfig) -> dict[str, float]:
     # to evaluate is this command's choice.
     run_cfg.trainer.accelerator = cfg.accelerator
     run_cfg.trainer.devices = cfg.devices
-    resolve_run(run_cfg)
-    metrics = evaluate(run_cfg, ckpt)
-    out = {"ckpt_path": str(ckpt.resolve()), "run_dir": str(run_dir.path), "metrics": metrics}
+    changes = {k: v for k, v in cfg.dataset.items() if v is not None}
+    try:
+        data_cfg = evaluation_data(run_cfg, changes)
+    except ValueError as e:
+        log.error("%s", e)
+        raise SystemExit(1) from None
+    metrics = evaluate(run_cfg, ckpt, data_cfg)
+    out = {"ckpt_path": str(ckpt.resolve()), "run_dir": str(run_dir.path), "dataset": changes,
+           "metrics": metrics}  # fmt: skip
     atomic_write_text(
         Path(HydraConfig.get().runtime.output_dir) / "eval.json", json.dumps(out, indent=2) + "\n"
     )
-    log.info("test metrics of %s: %s", ckpt, metrics)
+    log.info("test metrics of %s%s: %s", ckpt, f" with {changes}" if changes else "", metrics)
     return metrics
+
+
+def evaluation_data(run_cfg: DictConfig, changes: dict[str, Any]) -> DictConfig:
+    """The run's config with ``changes`` to its ``dataset`` keys, for the data only (the model is
+    built as trained); both resolved in place, the new one validated. A key the run's data lacks,
+    a context longer than a model with learned positions was trained for and any value
+    ``validate`` refuses raise a ValueError naming the key."""
+    from attnexp.config.validate import validate
+
+    data_cfg = copy.deepcopy(run_cfg)
+    for key, value in changes.items():
+        if key not in data_cfg.dataset:
+            raise ValueError(
+                f"dataset.{key}={value}: the run's data ({data_cfg.dataset.get('_target_')}) has no "
+                f"such key; it applies to language models on token streams"
+            )
+        data_cfg.dataset[key] = value
+    longer = changes.get("context_len", 0) > run_cfg.dataset.get("context_len", 0)
+    if longer and run_cfg.backbone.get("positions") == "learned":
+        raise ValueError(
+            f"dataset.context_len={changes['context_len']} is longer than the "
+            f"{run_cfg.dataset.context_len} tokens the run was trained on, and its learned "
+            "positions (backbone.positions=learned) have no row past those: evaluate longer "
+            "contexts with a model trained with backbone.positions=none and attention.rope=true "
+            "or attention.alibi=true"
+        )
+    resolve_run(run_cfg)
+    resolve_run(data_cfg)
+    if changes:
+        validate(data_cfg)
+    return data_cfg
 
 
 def run_and_checkpoint(ckpt_path: str) -> tuple[RunDir, Path]:

@@ -24,6 +24,7 @@ from attnexp.config.attention import available
 from attnexp.config.paths import CONFIG_DIR
 from attnexp.config.validate import validate
 from attnexp.data.shape import IGNORE_INDEX
+from attnexp.data.vocab import Vocabulary
 from attnexp.runs.checkpoint import load_checkpoint
 from attnexp.tasks.lm import LanguageModel, TokenMetrics, heldout_loss
 from attnexp.tasks.optim import param_groups, warmup_cosine
@@ -109,9 +110,23 @@ def test_uniform_logits_give_ln_v_nats_log2_v_bits_and_perplexity_v():
     values = metric.compute()
     assert values["tokens"] == 3  # only scored tokens count
     assert values["loss"] == pytest.approx(math.log(V), abs=1e-3)
-    assert values["bpc"] == pytest.approx(math.log2(V), abs=1e-3)
+    assert values["bpt"] == pytest.approx(math.log2(V), abs=1e-3)
     assert values["ppl"] == pytest.approx(V, rel=1e-3)
     assert values["acc"] == pytest.approx(1 / 3)
+    assert "bpb" not in values and "bpc" not in values  # no unit known: not guessed
+
+
+def test_bits_per_byte_divide_the_summed_bits_by_the_scored_tokens_bytes():
+    # Ids 0, 1, 2 stand for 1, 2 and 3 bytes (e.g. 'a', 'é', '€'); uniform logits: ln V nats each.
+    metric = TokenMetrics(byte_lengths=torch.tensor([1, 2, 3] + [1] * (V - 3)), per_character=True)
+    y = torch.tensor([[1, 2, IGNORE_INDEX], [0, 2, IGNORE_INDEX]])  # 2 + 3 + 1 + 3 = 9 bytes
+    metric.update(torch.zeros(2, 3, V), y)
+    values = metric.compute()
+    assert values["bpb"] == pytest.approx(4 * math.log2(V) / 9, rel=1e-6)
+    assert values["bpc"] == values["bpt"] == pytest.approx(math.log2(V), rel=1e-6)
+    # A Vocabulary's lengths are its symbols' UTF-8 bytes.
+    assert Vocabulary("char", "aé€").byte_lengths.tolist() == [1, 2, 3]
+    assert Vocabulary.bytes().byte_lengths.sum() == 256
 
 
 def test_split_loss_is_the_token_weighted_mean_not_a_mean_of_batch_means():
@@ -157,14 +172,16 @@ def test_language_model_learns_a_known_sequence_and_logs_what_its_task_declares(
     # The next token of the cycle is a function of the current one: a bigram model learns it.
     assert metrics["test/acc"] == 1.0
     assert metrics["test/loss"] < 0.05
-    assert metrics["test/bpc"] == pytest.approx(metrics["test/loss"] / math.log(2))
+    assert metrics["test/bpt"] == pytest.approx(metrics["test/loss"] / math.log(2))
     assert metrics["test/ppl"] == pytest.approx(math.exp(metrics["test/loss"]))
     # The last test batch leaves 3 labels unscored: 2 batches x 4 windows x 8 positions - 3.
     assert module.scored_tokens["test"] == 2 * 4 * 8 - 3
     assert module.scored_tokens["val"] == 3 * 4 * 8 - 5
     task = language_modelling()
     logged = (fit_keys | set(metrics)) - {"heldout/loss"}
-    assert logged == set(task.keys()) - {"heldout/loss"}
+    # The stand-in data has no vocabulary: bits per byte and per character are left out.
+    required = {k for m in task.metrics if not m.optional for k in m.keys()}
+    assert logged == required - {"heldout/loss"}
     assert fit_keys >= {"val/loss_best", "train/loss"}
 
 
@@ -253,7 +270,7 @@ def test_language_modelling_ranks_by_test_loss_lower_is_better():
     task = language_modelling()
     assert task.primary.name == "loss" and task.primary.direction == MIN
     assert {m.name: m.direction for m in task.test_metrics} == {
-        "loss": MIN, "bpc": MIN, "ppl": MIN, "acc": MAX
+        "loss": MIN, "bpt": MIN, "bpb": MIN, "bpc": MIN, "ppl": MIN, "acc": MAX
     }  # fmt: skip
     assert task.direction_of("val/loss_best") == MIN
     assert task.direction_of("heldout/loss") == MIN
@@ -363,8 +380,10 @@ def test_an_lm_run_records_its_task_metrics_and_the_heldout_loss(tmp_path, text_
     results = train(compose_cfg(text_run(text_file, data_dir), tmp_path / "run"))
     assert results["status"] == "completed" and results["task"]["name"] == "lm"
     m = results["metrics"]
-    assert set(language_modelling().keys()) <= set(m)
-    assert m["test/bpc"] == pytest.approx(m["test/loss"] / math.log(2), rel=1e-5)
+    assert set(language_modelling().keys()) - {"val/bpc", "test/bpc"} <= set(m)
+    assert m["test/bpt"] == pytest.approx(m["test/loss"] / math.log(2), rel=1e-5)
+    # One token per byte: bits per byte are bits per token; bytes are no characters (no bpc).
+    assert m["test/bpb"] == pytest.approx(m["test/bpt"], rel=1e-6) and "test/bpc" not in m
     assert m["test/ppl"] == pytest.approx(math.exp(m["test/loss"]), rel=1e-5)
     # The tested checkpoint is the best by val/loss, so its val loss is val/loss_best; the
     # held-out loss is their token-weighted mean, strictly between when they differ.

@@ -93,23 +93,32 @@ def test_a_killed_run_continues_when_its_sweep_reruns_and_resumes_to_an_uninterr
         assert resumed["metrics"][key] == uninterrupted["metrics"][key], key
 
 
-def test_a_knob_added_later_leaves_old_hashes_alone_until_it_is_set(data_dir):
+def test_a_knob_added_later_leaves_old_hashes_alone_until_it_is_set(data_dir, tmp_path):
     from omegaconf import OmegaConf
 
     from attnexp.runs.identity import ADDED_KEYS, computed_config, config_hash
     from tests.conftest import compose_cfg, tiny
 
-    cfg = compose_cfg(tiny("mha", "cnn", "digits", data_dir))
-    old = OmegaConf.to_container(cfg)  # as a run recorded before the keys existed
-    for group, key in ADDED_KEYS:
-        assert key in old[group]
-        del old[group][key]
-    old = OmegaConf.create(old)
-    assert config_hash(old) == config_hash(cfg)
-    assert computed_config(old) == computed_config(cfg)
+    text = tmp_path / "corpus.txt"
+    text.write_text("abc\n" * 50)
+    runs = {  # a run of each group's keys: a classifier's attention, a language model's data
+        "attention": tiny("mha", "cnn", "digits", data_dir),
+        "dataset": ["dataset=text", f"dataset.path={text}", "dataset.shape.vocab_size=4"],
+    }
     changed = {"num_kv_heads": 2, "qk_norm": "rms", "softcap": 2.0, "sink": True, "alibi": True,
-               "gate": "headwise", "differential": True, "kv_latent_dim": 8, "forget_gate": True}  # fmt: skip
+               "gate": "headwise", "differential": True, "kv_latent_dim": 8, "forget_gate": True,
+               "eval_stride": 64}  # fmt: skip
     assert set(changed) == {key for _, key in ADDED_KEYS}  # a new one: add a value that sets it
-    for group, key in ADDED_KEYS:
-        other = compose_cfg([*tiny("mha", "cnn", "digits", data_dir), f"{group}.{key}={changed[key]}"])  # fmt: skip
-        assert config_hash(other) != config_hash(cfg), key
+    assert {group for group, _ in ADDED_KEYS} == set(runs)
+    for group, overrides in runs.items():
+        cfg = compose_cfg(overrides)
+        old = OmegaConf.to_container(cfg)  # as a run recorded before the keys existed
+        for key in (k for g, k in ADDED_KEYS if g == group):
+            assert key in old[group]
+            del old[group][key]
+        old = OmegaConf.create(old)
+        assert config_hash(old) == config_hash(cfg)
+        assert computed_config(old) == computed_config(cfg)
+        for key in (k for g, k in ADDED_KEYS if g == group):
+            other = compose_cfg([*overrides, f"{group}.{key}={changed[key]}"])
+            assert config_hash(other) != config_hash(cfg), key

@@ -46,6 +46,7 @@ EXPECTED_JOBS = {
     "mqar_length": 6 * 3 * 3,
     "mqar_recall": 1,
     "muse_kernels": 5 * 2 * 3,
+    "shakespeare_bpe_cpu": 1,
     "shakespeare_char": 1,
     "shakespeare_char_cpu": 1,
     "zoology_mqar": 7 * 4 * 4 * 4,

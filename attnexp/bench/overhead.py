@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from attnexp.bench.measure import (
     LOSSES,
@@ -132,9 +133,11 @@ def plain_round(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if uses_cuda(cfg.trainer.accelerator) else "cpu")
     batch = cfg.dataset.batch_size
     train = build_data(cfg).load()["train"]
-    if task == LM:
-        n_train = len(train)
-        batches = random_windows(train.to(device), cfg.dataset.context_len, batch, cfg.seed)
+    if task == LM:  # the training stream's first piece (a text's only one)
+        piece = train.pieces[0]
+        tokens = piece if isinstance(piece, Tensor) else torch.from_numpy(piece.astype("int64"))
+        n_train = len(tokens)
+        batches = random_windows(tokens.to(device), cfg.dataset.context_len, batch, cfg.seed)
     else:
         x, y = train
         n_train = len(y)

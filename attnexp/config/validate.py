@@ -73,7 +73,7 @@ def _check_files(cfg: DictConfig) -> None:
     if "path" not in dataset or OmegaConf.is_missing(dataset, "path"):
         return
     path = Path(str(dataset.path))
-    if source.get("_target_") == "attnexp.data.text.load_text":
+    if source.get("_target_") in ("attnexp.data.text.load_text", "attnexp.data.bpe.load_bpe_text"):
         from attnexp.data.text import check_text_file
 
         check_text_file(path, bool(dataset.get("download")), source.get("url"))
@@ -282,6 +282,9 @@ def _check_arrays(dataset: DictConfig) -> None:
 def _check_token_stream(dataset: DictConfig) -> None:
     from hydra.utils import instantiate
 
+    from attnexp.data.text import check_eval_stride
+
+    check_eval_stride(dataset.get("eval_stride"), dataset.context_len)
     # Reads (downloads, encodes, caches) the text, so a missing file fails before training.
     data = instantiate(dataset.source)(path=dataset.path, download=dataset.download)
     data.check(

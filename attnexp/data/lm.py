@@ -24,8 +24,7 @@ from torch import Tensor
 
 from attnexp.data.datamodule import EpochBatches, EpochOrder, Resumable, trained_batches
 from attnexp.data.shape import IGNORE_INDEX, DataShape
-from attnexp.data.text import SPLITS
-from attnexp.util.checks import check_positive
+from attnexp.data.text import SPLITS, check_eval_stride
 from attnexp.util.seeding import derive_seed
 
 Piece = Tensor | np.ndarray  # token ids: a tensor (int64), or a memory-mapped array of a file
@@ -252,6 +251,12 @@ class TokenStreamDataModule(L.LightningDataModule):
             self.eval_windows = {}
         return self.streams
 
+    def facts(self) -> dict[str, Any]:
+        """What a run records of its data beyond its config (after ``load``): the split the test
+        scores (``val`` for token files without test files) and the data's provenance (the
+        hashes of a prepared text and its tokenizer)."""
+        return {"test_split": self.test_split, **({"data": self.provenance} if self.provenance else {})}
+
     def setup(self, stage: str | None = None) -> None:
         streams = self.load()
         # Keep the data where the model is (the GPU when training there): batches are then free.
@@ -306,15 +311,3 @@ def _piece(array: np.ndarray) -> Piece:
     if isinstance(array, np.memmap):
         return array
     return torch.as_tensor(array, dtype=torch.long)
-
-
-def check_eval_stride(stride: int | None, context_len: int) -> None:
-    """``dataset.eval_stride``: null, or 1 .. ``context_len``."""
-    if stride is None:
-        return
-    check_positive("dataset.eval_stride", stride)
-    if stride > context_len:
-        raise ValueError(
-            f"dataset.eval_stride={stride} is larger than dataset.context_len={context_len}: "
-            "tokens between windows would go unscored; use at most the context length (or null)"
-        )

@@ -107,6 +107,18 @@ def check_windows(starts: int, context_len: int, batch_size: int, steps_per_epoc
         )
 
 
+def check_eval_stride(stride: int | None, context_len: int) -> None:
+    """``dataset.eval_stride``: null, or 1 .. ``context_len``."""
+    if stride is None:
+        return
+    check_positive("dataset.eval_stride", stride)
+    if stride > context_len:
+        raise ValueError(
+            f"dataset.eval_stride={stride} is larger than dataset.context_len={context_len}: "
+            "tokens between windows would go unscored; use at most the context length (or null)"
+        )
+
+
 def split_text(text: str, train_fraction: float, val_fraction: float) -> tuple[str, str, str]:
     """nanoGPT's cut: ``int(n * train_fraction)``, then ``int(n * (train + val fraction))``."""
     if not (0 < train_fraction < 1 and 0 < val_fraction and train_fraction + val_fraction < 1):
@@ -152,6 +164,20 @@ def check_text_file(path: Path, download: bool = False, url: str | None = None) 
     return False
 
 
+def text_cache(
+    path: Path, data_dir: str, kind: str, download: bool, url: str | None, sha256: str | None,
+    settings: list[Any],
+) -> tuple[Path, str]:  # fmt: skip
+    """The cache folder in ``data_dir`` of what is made of the text at ``path`` with ``settings``
+    (a ``kind`` of encoding), keyed by the text's sha256, and that sha256. The text is checked
+    first (``check_text_file``), and downloaded from ``url`` when missing and ``download``."""
+    if check_text_file(path, download, url):
+        fetch(url, path, sha256)
+    digest = sha256_of(path)
+    key = hashlib.sha256(json.dumps([digest, *settings]).encode()).hexdigest()[:12]
+    return Path(data_dir) / f"{kind}-{path.stem}-{key}", digest
+
+
 def load_text(
     path: str,
     data_dir: str,
@@ -166,11 +192,8 @@ def load_text(
     if vocab not in KINDS:  # refused before any work (a download, hashing the file)
         raise ValueError(f"dataset.source.vocab must be one of {', '.join(KINDS)}, got {vocab!r}")
     path = Path(path)
-    if check_text_file(path, download, url):
-        fetch(url, path, sha256)
-    digest = sha256_of(path)
-    key = json.dumps([CACHE_FORMAT, digest, vocab, train_fraction, val_fraction])
-    cache = Path(data_dir) / f"text-{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    cache, _ = text_cache(path, data_dir, "text", download, url, sha256,
+                          [CACHE_FORMAT, vocab, train_fraction, val_fraction])  # fmt: skip
     if not (cache / "vocab.json").is_file():
         _write_cache(cache, _encode(path, vocab, train_fraction, val_fraction))
     return _read_cache(cache)

@@ -44,6 +44,13 @@ class Vocabulary:
     def size(self) -> int:
         return 256 if self.kind == "bytes" else len(self.symbols)
 
+    @property
+    def byte_lengths(self) -> np.ndarray:
+        """The UTF-8 bytes each id stands for (bits per byte divide by their sum)."""
+        if self.kind == "bytes":
+            return np.ones(256, dtype=np.int64)
+        return np.array([len(c.encode("utf-8")) for c in self.symbols], dtype=np.int64)
+
     def encode(self, text: str) -> np.ndarray:
         """int64 ids; a character outside a char vocabulary is a ValueError naming it."""
         if self.kind == "bytes":

@@ -157,7 +157,7 @@ class CNN(Backbone):
         classes ``(B, num_classes)`` from them or, as a language model, logits ``(B, T, vocab)``.
         ``mask``: the padding mask (``Backbone.padding_mask``)."""
         if self.shape.is_lm:
-            check_context(x, self.shape)
+            check_context(x, self.shape, learned_positions=False)
         mask = self.padding_mask(x, mask)
         x = masked_layers(self.stem, channels_first(self.embed(x)), mask)
         for block in self.blocks:

@@ -193,10 +193,10 @@ class Transformer(Backbone):
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The normed last hidden states ``(B, *tokens, dim)`` (``readout=cls``: the CLS token's
         first, ``(B, 1 + L, dim)``); ``forward`` reads out classes ``(B, num_classes)`` from them
-        or, as a language model, logits ``(B, T, vocab)`` for ``T <=`` the context length (a
-        prompt may be shorter). ``mask``: the padding mask (``Backbone.padding_mask``)."""
+        or, as a language model, logits ``(B, T, vocab)`` (``T`` beyond the context length only
+        without learned positions). ``mask``: the padding mask (``Backbone.padding_mask``)."""
         if self.shape.is_lm:
-            check_context(x, self.shape)
+            check_context(x, self.shape, learned_positions=self.pos is not None)
         mask = self.padding_mask(x, mask)
         if mask is not None and self.patch_size != 1 and not self.shape.is_tokens:
             raise ValueError(

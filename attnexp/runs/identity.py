@@ -47,6 +47,7 @@ ADDED_KEYS = {
     ("attention", "differential"): False,
     ("attention", "kv_latent_dim"): None,
     ("attention", "forget_gate"): False,
+    ("dataset", "eval_stride"): None,
 }
 
 # Modules that moved: their name now, and the name runs were first recorded with. A config's

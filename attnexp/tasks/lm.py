@@ -8,8 +8,13 @@ fraction of the head's cost where few positions are scored (MQAR: ~4 of 64, at v
 
 Validation and test metrics are exact over the whole split: sums of token losses and of correct
 tokens divided by the number of scored tokens (never a mean of batch means, which would weight a
-short last window like a full one). ``loss`` is nats per token, ``bpc`` = loss / ln 2 (bits per
-character for a character vocabulary), ``ppl`` = e^loss, ``acc`` the next-token accuracy.
+short last window like a full one). ``loss`` is nats per token, ``bpt`` = loss / ln 2 (bits per
+token), ``ppl`` = e^loss, ``acc`` the next-token accuracy. Where the vocabulary says how many
+UTF-8 bytes each id stands for (characters, bytes, a byte-level BPE), ``bpb`` is bits per byte: the
+summed loss over ln 2, divided by the scored tokens' bytes, so runs with different tokenizers
+compare; with a character vocabulary ``bpc`` (bits per character) is ``bpt`` under its own name.
+Where no byte count exists (token files without a tokenizer, MQAR) ``bpb`` is not logged: null in
+the record, never guessed.
 """
 
 from __future__ import annotations
@@ -30,16 +35,18 @@ VAL_METRIC = "val/loss"  # its best is val/loss_best; the progress bar shows it
 
 
 class TokenMetrics(Metric):
-    """Summed loss, correct predictions and scored tokens; ``compute`` gives ``loss``, ``bpc``,
-    ``ppl`` and ``acc`` over every token seen (the keys ``attnexp.tasks.spec.language_modelling``
+    """Summed loss, correct predictions, scored tokens and their bytes; ``compute`` gives
+    ``loss``, ``bpt``, ``ppl``, ``acc`` and, with ``byte_lengths`` (the UTF-8 bytes of each id),
+    ``bpb``; with ``per_character``, ``bpc`` (the keys ``attnexp.tasks.spec.language_modelling``
     declares; tests/test_lm_task.py checks that they agree), and ``tokens``, the count."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, byte_lengths: Tensor | None = None, per_character: bool = False) -> None:
         super().__init__()
-        for name in ("loss_sum", "correct", "tokens"):
+        for name in ("loss_sum", "correct", "tokens", "bytes"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.byte_lengths, self.per_character = byte_lengths, per_character
 
     def update(self, logits: Tensor, y: Tensor) -> None:
         logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
@@ -48,16 +55,24 @@ class TokenMetrics(Metric):
         self.loss_sum += loss.double()
         self.correct += ((logits.argmax(-1) == y) & scored).sum()
         self.tokens += scored.sum()
+        if self.byte_lengths is not None:
+            self.bytes += self.byte_lengths.to(y.device)[y[scored]].sum()
 
     def compute(self) -> dict[str, Tensor]:
         loss = self.loss_sum / self.tokens
-        return {
+        bits = loss / math.log(2)
+        out = {
             "loss": loss.float(),
-            "bpc": (loss / math.log(2)).float(),
+            "bpt": bits.float(),
             "ppl": loss.exp().float(),
             "acc": (self.correct / self.tokens).float(),
             "tokens": self.tokens,
         }
+        if self.byte_lengths is not None:
+            out["bpb"] = (self.loss_sum / math.log(2) / self.bytes).float()
+        if self.per_character:
+            out["bpc"] = bits.float()
+        return out
 
 
 def scored_logits(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -70,13 +85,21 @@ def scored_logits(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tenso
 
 class LanguageModel(TrainingModule):
     """Next-token prediction at every scored position of ``model`` (a backbone: ``features`` and
-    ``readout``, with ``model(x) == model.readout(model.features(x))``); logs ``train/loss``, per stage ``loss``, ``bpc``,
-    ``ppl``, ``acc``, ``val/loss_best`` and ``val/acc_best`` (Zoology picks by accuracy). ``scored_tokens[stage]`` holds the number of tokens
+    ``readout``, with ``model(x) == model.readout(model.features(x))``); logs ``train/loss``, per stage ``loss``, ``bpt``
+    (and ``bpb``, ``bpc`` where the vocabulary gives their unit), ``ppl``, ``acc``, ``val/loss_best`` and ``val/acc_best`` (Zoology picks by accuracy). ``scored_tokens[stage]`` holds the number of tokens
     the last validation or test scored (for the held-out loss over both splits)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # TrainingModule's arguments
+    def __init__(self, *args: Any, vocab: Any = None, **kwargs: Any) -> None:
+        """``vocab``: the data's (``attnexp.data.vocab.Vocabulary``, ``attnexp.data.bpe.Tokenizer``
+        or None): its ``byte_lengths`` give bits per byte, a ``char`` kind bits per character.
+        The rest are ``TrainingModule``'s arguments."""
         super().__init__(*args, **kwargs)
-        self.token_metrics = nn.ModuleDict({"val": TokenMetrics(), "test": TokenMetrics()})
+        lengths = getattr(vocab, "byte_lengths", None)
+        units = {
+            "byte_lengths": None if lengths is None else torch.as_tensor(lengths),
+            "per_character": getattr(vocab, "kind", None) == "char",
+        }
+        self.token_metrics = nn.ModuleDict({s: TokenMetrics(**units) for s in ("val", "test")})
         self.val_loss_best = MinMetric()
         self.val_acc_best = MaxMetric()
         for best in (self.val_loss_best, self.val_acc_best):

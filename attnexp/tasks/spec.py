@@ -45,6 +45,7 @@ class Metric:
     label: str  # the report's column and plot axis: "test <label>"
     percent: bool = False  # a fraction, shown in percent
     stages: tuple[str, ...] = ("val", "test")
+    optional: bool = False  # logged only by the runs it applies to (null in the others' records)
 
     def __post_init__(self) -> None:
         check_direction(f"metric {self.name}: direction", self.direction)
@@ -117,7 +118,8 @@ def classification(num_classes: int | None = None) -> Task:
 
 
 def language_modelling() -> Task:
-    """Next-token prediction (``attnexp.tasks.lm``): the loss in nats per token, bits per token, the
+    """Next-token prediction (``attnexp.tasks.lm``): the loss in nats per token, bits per token,
+    bits per byte and per character (optional: only where the vocabulary gives the unit), the
     perplexity and the accuracy per stage; the best validation loss so far (the LM sweep
     objective); and ``heldout/loss``, the tested checkpoint's loss over val and test together
     (``attnexp.tasks.lm.heldout_loss``: nanoGPT reports its "val loss" over that whole held-out part)."""
@@ -125,7 +127,9 @@ def language_modelling() -> Task:
         LM,
         (
             Metric("loss", MIN, "loss (nats/token)", stages=("train", "val", "test")),
-            Metric("bpc", MIN, "bits/token"),
+            Metric("bpt", MIN, "bits/token"),
+            Metric("bpb", MIN, "bits/byte", optional=True),
+            Metric("bpc", MIN, "bits/char", optional=True),
             Metric("ppl", MIN, "perplexity"),
             Metric("acc", MAX, "next-token acc", percent=True),
             Metric("loss_epoch", MIN, "epoch mean loss", stages=("train",)),

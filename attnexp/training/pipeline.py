@@ -68,8 +68,11 @@ def build_data(cfg: DictConfig) -> ArrayDataModule:
     return instantiate(cfg.dataset)
 
 
-def build_module(cfg: DictConfig, model: Backbone) -> Classifier | LanguageModel:
-    """The LightningModule of the run's task (``dataset.shape.task``)."""
+def build_module(
+    cfg: DictConfig, model: Backbone, vocab: Any = None
+) -> Classifier | LanguageModel:
+    """The LightningModule of the run's task (``dataset.shape.task``); a language model's
+    ``vocab`` (the data module's) gives the units of bits per byte and per character."""
     optim = {
         "optimizer": instantiate(cfg.optim.optimizer),
         "scheduler": instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
@@ -77,7 +80,7 @@ def build_module(cfg: DictConfig, model: Backbone) -> Classifier | LanguageModel
         "decay_matrices_only": cfg.optim.get("decay_matrices_only", False),
     }
     if model.shape.is_lm:
-        return LanguageModel(model, **optim)
+        return LanguageModel(model, vocab=vocab, **optim)
     return Classifier(model, num_classes=model.shape.num_classes, augment=build_augment(cfg), **optim)
 
 
@@ -199,11 +202,13 @@ def run(plan: RunPlan) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
         datamodule = build_data(cfg)
         datamodule.load()  # generate/check the data before building anything that trains
+        if hasattr(datamodule, "facts"):  # a token stream's test split and provenance
+            results.update(**datamodule.facts())
         model = build_model(cfg)
         if cfg.get("compile"):
             # In place: parameter names (and so checkpoints) stay those of the plain model.
             model.compile(fullgraph=True, backend=cfg.compile_backend)
-        module = build_module(cfg, model)
+        module = build_module(cfg, model, getattr(datamodule, "vocab", None))
         stats = RunStats()
         loggers = build_loggers(cfg, (plan.previous or {}).get("wandb_id"))
         callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
@@ -323,12 +328,16 @@ def _test(
     return metrics
 
 
-def evaluate(cfg: DictConfig, ckpt_path: str | Path) -> dict[str, float]:
-    """Test metrics of ``ckpt_path`` on the test split described by ``cfg`` (the run's config)."""
+def evaluate(
+    cfg: DictConfig, ckpt_path: str | Path, data_cfg: DictConfig | None = None
+) -> dict[str, float]:
+    """Test metrics of ``ckpt_path`` on the test split described by ``cfg`` (the run's config), or
+    by ``data_cfg`` (the run's with other data keys: ``eval.py dataset.context_len=...``); the
+    model is built as ``cfg`` trained it."""
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_data(cfg)
+    datamodule = build_data(data_cfg if data_cfg is not None else cfg)
     datamodule.load()
-    module = build_module(cfg, build_model(cfg))
+    module = build_module(cfg, build_model(cfg), getattr(datamodule, "vocab", None))
     trainer = build_trainer(cfg, callbacks=[], loggers=[])
     trainer.test(module, datamodule=datamodule, ckpt_path=str(ckpt_path), weights_only=True)
     return _float_metrics(trainer.callback_metrics, prefix="test/")
