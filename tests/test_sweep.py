@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_JOBS = {
     "cifar10_ablation": 5 * 3,
     "cifar10_resnet20": 1,
+    "fineweb_gpt2": 1,
     "ablation_digits": 6 * 2 * 3,
     "ablation_mnist1d": 6 * 2 * 3,
     "design_space": 5 * 3 * 3,

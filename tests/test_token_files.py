@@ -188,3 +188,43 @@ def test_a_bpe_run_reports_bits_per_byte_over_the_test_texts_bytes(tmp_path):
     assert m["test/bpb"] * scored_bytes == pytest.approx(m["test/bpt"] * (len(ids) - 1), rel=1e-5)
     assert results["test_split"] == "test" and results["data"]["tokenizer_sha256"]
     assert m["test/bpb"] < m["test/bpt"] and math.isfinite(m["test/bpb"])
+
+
+# --------------------------------------------------------------------------- enwik8 and FineWeb
+
+
+def test_a_raw_byte_file_splits_by_byte_counts_and_reports_bits_per_character(tmp_path):
+    from attnexp.training.pipeline import train
+
+    raw = tmp_path / "enwik8"
+    raw.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4200, dtype=np.uint8)))
+    counts = ["dataset.source.train_bytes=3000", "dataset.source.val_bytes=500",
+              "dataset.source.test_bytes=500"]  # fmt: skip
+    overrides = [*TINY, "dataset=enwik8", f"dataset.path={raw}", *counts]
+    module = instantiate(compose_cfg(overrides).dataset)
+    streams = module.load()
+    assert {s: v.lengths for s, v in streams.items()} == {"train": [3000], "val": [500], "test": [500]}
+    assert streams["test"].pieces[0][0] == raw.read_bytes()[3500]  # raw bytes, never decoded
+    m = train(compose_cfg(overrides, tmp_path / "run"))["metrics"]
+    assert m["test/bpc"] == m["test/bpb"] == pytest.approx(m["test/bpt"], rel=1e-6)
+    with pytest.raises(ConfigError, match=r"holds 4,200 bytes, fewer than dataset\.source\.train_bytes"):
+        validate(compose_cfg([*overrides[:-3], "dataset.source.train_bytes=4000", *counts[1:]]))
+
+
+def test_fineweb_gpt2_reads_modded_nanogpts_shards(tmp_path):
+    folder = tmp_path / "fineweb10B"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in (("fineweb_train_000001.bin", 3000), ("fineweb_train_000002.bin", 2500),
+                    ("fineweb_val_000000.bin", 1200)):  # fmt: skip
+        write_shard(folder / name, rng.integers(0, 50257, n))
+    small = ["experiment=fineweb_gpt2", f"dataset.path={folder}", "trainer=cpu", "trainer.precision=32",
+             "backbone.depth=1", "backbone.dim=24", "attention.num_heads=2", "dataset.context_len=32",
+             "dataset.batch_size=2", "trainer.accumulate_grad_batches=1", "trainer.max_steps=2",
+             "dataset.steps_per_epoch=2", "optim.scheduler.warmup_steps=1", "logger=csv", "figures=0"]  # fmt: skip
+    cfg = compose_cfg(small)
+    validate(cfg)
+    module = instantiate(cfg.dataset)
+    assert module.load()["train"].lengths == [3000, 2500] and module.test_split == "val"
+    x, y = next(iter(module.train_dataloader()))
+    assert x.shape == (2, 32) and int(x.max()) < 50257

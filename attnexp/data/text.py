@@ -199,6 +199,36 @@ def load_text(
     return _read_cache(cache)
 
 
+def load_bytes(
+    path: str,
+    train_bytes: int = 90_000_000,
+    val_bytes: int = 5_000_000,
+    test_bytes: int = 5_000_000,
+    download: bool = False,
+) -> TextSplits:
+    """A raw byte file as a token stream (enwik8: ids are byte values, never decoded), split by
+    byte counts: the first ``train_bytes`` train, the next ``val_bytes`` validate, the next
+    ``test_bytes`` test (enwik8's standard 90M / 5M / 5M). Memory-mapped; bits per byte are
+    reported as bits per character, as the field does for enwik8."""
+    if download:
+        raise ValueError("dataset.download: a raw byte file is read from dataset.path, never downloaded")
+    for key, value in (("train_bytes", train_bytes), ("val_bytes", val_bytes), ("test_bytes", test_bytes)):
+        check_positive(f"dataset.source.{key}", value)
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"dataset.path={file} is not a file: put the raw byte file (e.g. enwik8, unzipped) there")
+    size, needed = file.stat().st_size, train_bytes + val_bytes + test_bytes
+    if size < needed:
+        raise ValueError(
+            f"dataset.path={file} holds {size:,} bytes, fewer than dataset.source.train_bytes + "
+            f"val_bytes + test_bytes = {needed:,}"
+        )
+    data = np.memmap(file, dtype=np.uint8, mode="r")
+    cuts = np.cumsum([0, train_bytes, val_bytes, test_bytes])
+    parts = {s: data[cuts[i] : cuts[i + 1]] for i, s in enumerate(SPLITS)}
+    return TextSplits(Vocabulary("bytes", bytes_as_characters=True), **parts)
+
+
 def _encode(path: Path, vocab: str, train_fraction: float, val_fraction: float) -> TextSplits:
     try:
         text = path.read_text(encoding="utf-8")

@@ -21,10 +21,13 @@ KINDS = ("char", "bytes")
 
 @dataclass(frozen=True)
 class Vocabulary:
-    """``kind`` ``char``: ids index ``symbols``; ``bytes``: ids are UTF-8 byte values."""
+    """``kind`` ``char``: ids index ``symbols``; ``bytes``: ids are UTF-8 byte values.
+    ``bytes_as_characters``: a raw byte stream whose field calls its bytes characters (enwik8's
+    "bits per character" are bits per byte), so ``bpc`` is logged for it too."""
 
     kind: str
     symbols: str = ""  # the characters, in id order (char only)
+    bytes_as_characters: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -43,6 +46,11 @@ class Vocabulary:
     @property
     def size(self) -> int:
         return 256 if self.kind == "bytes" else len(self.symbols)
+
+    @property
+    def per_character(self) -> bool:
+        """Whether a token is what the field counts as a character (``bpc`` is bits per token)."""
+        return self.kind == "char" or self.bytes_as_characters
 
     @property
     def byte_lengths(self) -> np.ndarray:

@@ -90,14 +90,15 @@ class LanguageModel(TrainingModule):
     the last validation or test scored (for the held-out loss over both splits)."""
 
     def __init__(self, *args: Any, vocab: Any = None, **kwargs: Any) -> None:
-        """``vocab``: the data's (``attnexp.data.vocab.Vocabulary``, ``attnexp.data.bpe.Tokenizer``
-        or None): its ``byte_lengths`` give bits per byte, a ``char`` kind bits per character.
+        """``vocab``: the data's (``attnexp.data.vocab.Vocabulary``,
+        ``attnexp.data.tokenizer.Tokenizer`` or None): its ``byte_lengths`` give bits per byte, its
+        ``per_character`` bits per character.
         The rest are ``TrainingModule``'s arguments."""
         super().__init__(*args, **kwargs)
         lengths = getattr(vocab, "byte_lengths", None)
         units = {
             "byte_lengths": None if lengths is None else torch.as_tensor(lengths),
-            "per_character": getattr(vocab, "kind", None) == "char",
+            "per_character": bool(getattr(vocab, "per_character", False)),
         }
         self.token_metrics = nn.ModuleDict({s: TokenMetrics(**units) for s in ("val", "test")})
         self.val_loss_best = MinMetric()
