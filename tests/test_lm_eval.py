@@ -88,3 +88,17 @@ def test_eval_py_takes_the_data_keys_on_its_command_line_and_refuses_them_on_a_c
     refused = eval_py(f"ckpt_path={classifier}", "dataset.context_len=32")
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "dataset.context_len=32: the run's data" in refused.stdout + refused.stderr
+
+
+def test_the_length_extrapolation_script_tables_and_plots_loss_against_length(runs, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("length_extrapolation", ROOT / "scripts" / "length_extrapolation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(runs["rope"]), str(runs["learned"]), "--factors", "1,2", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "length_extrapolation.md").read_text().splitlines()
+    rope, learned = (next(row for row in table if row.startswith(f"| {n} |")) for n in ("rope", "learned"))
+    assert rope.count("| 16 |") == 1 and "refused" not in rope
+    assert "refused: dataset.context_len=32 is longer than the 16 tokens" in learned
+    assert (tmp_path / "length_extrapolation.png").stat().st_size > 1000
