@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import sys
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -248,8 +249,18 @@ def _sample_job(cfg: DictConfig) -> list[str]:
     run_dir, ckpt = run_and_checkpoint(cfg.ckpt_path)
     run_cfg = load_run_config(run_dir)
     resolve_run(run_cfg)
-    samples = sample_run(run_cfg, ckpt, settings, cfg.device)
+    start = time.perf_counter()
+    try:
+        samples = sample_run(run_cfg, ckpt, settings, cfg.device)
+    except ValueError as e:
+        log.error("%s", e)
+        raise SystemExit(1) from None
+    seconds = time.perf_counter() - start  # the model's set-up included: a rate a user waits for
     text = format_samples(samples)
     print(text, end="")
+    new = settings.num_samples * settings.max_new_tokens
+    # stderr: stdout holds the samples alone (a pipe gets the text)
+    print(f"{new} new tokens in {seconds:.2f} s: {new / max(seconds, 1e-9):.1f} tokens/s "
+          "(recomputing the context at each step, no KV cache)", file=sys.stderr)  # fmt: skip
     atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / SAMPLES_FILE, text)
     return samples

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -319,6 +320,7 @@ def test_sample_py_prints_the_samples_and_keeps_them(tmp_path):
                for c in chunks[:2])  # fmt: skip
     (saved,) = (tmp_path / "logs" / "sample").rglob(SAMPLES_FILE)
     assert saved.read_text() == proc.stdout
+    assert re.search(r"80 new tokens in [\d.]+ s: [\d.]+ tokens/s", proc.stderr), proc.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- end of a run

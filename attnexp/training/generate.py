@@ -189,6 +189,12 @@ def sample_run(run_cfg: DictConfig, ckpt: str | Path, settings: SampleSettings,
         raise ValueError(f"device must be a torch device such as cpu or cuda, got {device!r}") from e
     datamodule = instantiate(run_cfg.dataset)
     datamodule.load()
+    if datamodule.vocab is None:
+        raise ValueError(
+            f"ckpt_path={ckpt}: the run's token files came without a tokenizer, so a prompt cannot "
+            "be encoded nor samples decoded: put its tokenizer.json beside them or set "
+            "dataset.source.tokenizer in the run's config"
+        )
     model = build_model(run_cfg)
     model.load_state_dict(network_weights(load_checkpoint(ckpt), ckpt))
     seed = run_cfg.seed if settings.seed is None else settings.seed
