@@ -34,7 +34,7 @@ def scores(run: Path, factors: list[int]) -> tuple[int, dict[int, float | str]]:
         try:
             data = evaluation_data(cfg, {"context_len": trained * factor})
         except ValueError as e:
-            out[factor] = f"refused: {str(e).split(':')[0]}"
+            out[factor] = f"refused: {e}"
             continue
         out[factor] = evaluate(cfg, run_dir.best_checkpoint(), data)["test/loss"]
         print(f"{run.name} x{factor} ({trained * factor} tokens): {out[factor]:.4f}", file=sys.stderr)
@@ -53,15 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     lines = [header, "|---" * (len(factors) + 2) + "|"]
     fig, axes = new_figure(cell=(4.5, 3.2))
     ax = axes[0, 0]
+    reasons = []
     for name, (trained, values) in results.items():
-        cells = [f"{v:.4f}" if isinstance(v, float) else v for v in values.values()]
+        cells = [f"{v:.4f}" if isinstance(v, float) else "refused" for v in values.values()]
         lines.append(f"| {name} | {trained} | " + " | ".join(cells) + " |")
+        reasons += [f"- {name}: {v}" for v in values.values() if isinstance(v, str)][:1]
         lengths = [trained * f for f, v in values.items() if isinstance(v, float)]
         ax.plot(lengths, [v for v in values.values() if isinstance(v, float)], marker="o", label=name)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation context length (tokens)")
     ax.set_ylabel("test loss (nats/token)")
     ax.legend(fontsize=7)
+    lines += ["", *reasons] if reasons else []
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "length_extrapolation.md").write_text("\n".join(lines) + "\n")
     save_figure(fig, args.out / "length_extrapolation.png")

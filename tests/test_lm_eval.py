@@ -100,5 +100,6 @@ def test_the_length_extrapolation_script_tables_and_plots_loss_against_length(ru
     table = (tmp_path / "length_extrapolation.md").read_text().splitlines()
     rope, learned = (next(row for row in table if row.startswith(f"| {n} |")) for n in ("rope", "learned"))
     assert rope.count("| 16 |") == 1 and "refused" not in rope
-    assert "refused: dataset.context_len=32 is longer than the 16 tokens" in learned
+    assert learned.endswith("| refused |")
+    assert "- learned: refused: dataset.context_len=32 is longer than the 16 tokens" in "\n".join(table)
     assert (tmp_path / "length_extrapolation.png").stat().st_size > 1000
