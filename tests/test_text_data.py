@@ -186,7 +186,7 @@ def test_the_text_config_builds_the_data_module_of_its_shape(tmp_path):
     assert module.shape == DataShape("tokens", [8], 256, vocab_size=256, task="lm")
     assert {k: v.lengths for k, v in module.load().items()} == {"train": [180], "val": [10], "test": [10]}
     assert next(iter(module.train_dataloader()))[0].shape == (4, 8)
-    assert set(LM_DATASETS) == {"text", "shakespeare_char", "shakespeare_bpe", "tokens", "zoology_mqar"}
+    assert set(LM_DATASETS) == {"text", "shakespeare_char", "shakespeare_bpe", "tokens", "enwik8", "zoology_mqar"}
 
 
 BAD_DATA = {

@@ -1106,6 +1106,22 @@ def map_blocks(
             yield MapBlock(start, modify.capped(scores), weights, rows)
 
 
+@dataclass
+class KVCache:
+    """What a causal attention step keeps of the positions it has seen while decoding
+    (``AttentionCore.decode``): their keys, after ``qk_norm`` and rope, and values ``(B, h, T,
+    d)``, and the forget gates' cumulative sums ``(B, h, T)``. Empty at first."""
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+    forget: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """How many positions it holds."""
+        return 0 if self.k is None else self.k.shape[-2]
+
+
 class AttentionCore(nn.Module):
     """The attention step of a mixer, configured by an ``AttentionDesign``.
 
@@ -1286,6 +1302,46 @@ class AttentionCore(nn.Module):
         if padding is not None:
             log_forget = log_forget.masked_fill(~padding[:, None], 0.0)
         return log_forget.cumsum(-1).repeat_interleave(self.maps_per_head, dim=1)
+
+    @property
+    def decodable(self) -> bool:
+        """Whether ``decode`` serves this step: causal, with each position's key fixed once it is
+        computed (no qk convolution, which mixes in later inputs' neighbours, and no key
+        selection, which picks keys per length)."""
+        return self.causal and not self.design.qk_conv and self.design.kv_stride == 1
+
+    def decode(
+        self, q: Tensor, k: Tensor, v: Tensor, cache: KVCache, log_forget: Tensor | None = None
+    ) -> Tensor:
+        """``forward`` for the next ``n`` positions of a causal sequence whose earlier ones are
+        in ``cache``: ``q, k, v`` ``(B, h, n, d)`` of positions ``T .. T + n - 1`` (``T =
+        cache.length``) attend to every cached key and to theirs, under every rule ``forward``
+        applies (rope at their positions, the window, softcap, sink, ALiBi, forget gates,
+        stick-breaking); their keys, values and forget sums join ``cache``. No padding, no
+        dropout (generation runs in eval mode)."""
+        if not self.decodable:
+            raise ValueError("this attention cannot decode with a cache (qk_conv, kv_stride)")
+        design, start = self.design, cache.length
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if design.rope:
+            positions = torch.arange(start, start + q.shape[-2], device=q.device)
+            q, k = rotary(q, positions), rotary(k, positions)
+        cache.k = k if cache.k is None else torch.cat([cache.k, k], dim=-2)
+        cache.v = v if cache.v is None else torch.cat([cache.v, v], dim=-2)
+        if log_forget is not None:
+            sums = self.forget_sums(log_forget, None)
+            if cache.forget is not None:
+                sums = sums + cache.forget[..., -1:]
+                sums = torch.cat([cache.forget, sums], dim=-1)
+            cache.forget = sums
+        m = cache.length
+        allowed = KeyMask(grid=(m,), window=design.window, global_tokens=design.global_tokens,
+                          causal=True)  # fmt: skip
+        modify = ScoreChanges(design.softcap, self.sink, self.alibi_slopes, cache.forget)
+        keys = self.scorer.keys(cache.k)
+        _, _, weights = _block_weights(q, keys, start, m, self.scorer, design.normalize, allowed, modify)
+        return weights @ cache.v
 
     def flops(self, grid: tuple[int, ...]) -> int:
         """Analytic FLOPs of this step for one sample; masked entries are counted (kernels

@@ -20,7 +20,7 @@ from attnexp.attention.base import (
     flatten_grid,
     unflatten_grid,
 )
-from attnexp.attention.design import QK_NORM_EPS, AttentionCore, AttentionDesign
+from attnexp.attention.design import QK_NORM_EPS, AttentionCore, AttentionDesign, KVCache
 from attnexp.util.checks import check_int, check_positive, check_probability
 
 
@@ -191,7 +191,14 @@ class MultiHeadAttention(AttentionModule):
         )
         self.proj = nn.Linear(self.inner_dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # While set (``attnexp.training.generate``'s cached decoding), each forward reads the
+        # positions after those the cache holds, attends to them all and adds its own.
+        self.cache: KVCache | None = None
 
+    @property
+    def decodable(self) -> bool:
+        """Whether it can generate with a ``KVCache`` (``AttentionCore.decodable``)."""
+        return self.core.decodable
     def attention_heads(self, x: Tensor, mask: Tensor | None, need_weights: bool):
         """Returns ``(attention output before projection (B, N, D), values (B, N, D), weights,
         grid)``; the values come back so ``muse`` can convolve the same value projection.
@@ -215,7 +222,12 @@ class MultiHeadAttention(AttentionModule):
             log_forget = F.logsigmoid(logits.to(torch.promote_types(logits.dtype, torch.float32)))
             log_forget = log_forget.transpose(1, 2)
         values = v.repeat_interleave(self.maps, dim=1) if self.maps > 1 else v
-        out, weights = self.core(q, k, values, grid, need_weights, padding, log_forget)
+        if self.cache is not None:
+            if padding is not None or need_weights:
+                raise ValueError("decoding with a cache takes real tokens only and gives no weights")
+            out, weights = self.core.decode(q, k, values, self.cache, log_forget), None
+        else:
+            out, weights = self.core(q, k, values, grid, need_weights, padding, log_forget)
         if self.maps > 1:
             out, weights = self.difference(out, weights)
         out = merge_heads(out)

@@ -142,6 +142,12 @@ class MUSE(MultiHeadAttention):
             for k in self.kernel_sizes
         ]
 
+    @property
+    def decodable(self) -> bool:
+        """A depthwise convolution reads earlier positions' values, which no cache keeps: only
+        a MUSE whose kernels are all 1 decodes with a KV cache (the others recompute)."""
+        return super().decodable and not self.depthwise_sizes
+
     def forward(self, x: Tensor, mask: Tensor | None = None, return_weights: bool = False):
         out, values, weights, grid = self.attention_heads(x, mask, return_weights)
         weight, bias = self.fused_pointwise()

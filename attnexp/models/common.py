@@ -308,16 +308,19 @@ def check_lm_keys(shape: DataShape, tie_weights: bool) -> None:
         )
 
 
-def check_context(x: Tensor, shape: DataShape, learned_positions: bool = True) -> None:
-    """A language model reads token ids ``(B, T)``: fewer than its context length is a short
-    prompt; more is an evaluation at a longer context, which a table of learned positions cannot
-    serve (``learned_positions``), and everything else can (rotary, ALiBi, convolutions)."""
+def check_context(
+    x: Tensor, shape: DataShape, learned_positions: bool = True, offset: int = 0
+) -> None:
+    """A language model reads token ids ``(B, T)`` (at positions ``offset ..`` while decoding
+    with a cache): fewer than its context length is a short prompt; more is an evaluation at a
+    longer context, which a table of learned positions cannot serve (``learned_positions``), and
+    everything else can (rotary, ALiBi, convolutions)."""
     if x.dim() != 2:
         raise ValueError(f"a language model reads token ids (B, T), got {tuple(x.shape)}")
-    if learned_positions and x.shape[1] > shape.grid[0]:
+    if learned_positions and offset + x.shape[1] > shape.grid[0]:
         raise ValueError(
             f"a language model with learned positions (backbone.positions=learned) reads at most "
-            f"its context length {shape.grid[0]} (dataset.context_len), got {x.shape[1]} tokens: "
+            f"its context length {shape.grid[0]} (dataset.context_len), got {offset + x.shape[1]} tokens: "
             "to evaluate longer contexts, train with backbone.positions=none and "
             "attention.rope=true or attention.alibi=true"
         )

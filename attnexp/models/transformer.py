@@ -21,9 +21,13 @@ and a per-position head (``tie_weights``: the embedding's matrix). POOL is refus
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
+from attnexp.attention.design import KVCache
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
@@ -189,14 +193,42 @@ class Transformer(Backbone):
             self.readout = Readout(dim, shape.num_classes, pool, cls=self.cls is not None)
         if init == "gpt":
             init_gpt(self, self.blocks.residual_projections(), depth)
+        self.decoded: int | None = None  # positions read so far while ``decoding``; None: not
+
+    @property
+    def decodable(self) -> bool:
+        """Whether this language model generates with a KV cache: every slot holds a module that
+        decodes with one (``mha`` without qk convolution or key selection)."""
+        slots = [block.slot for block in self.blocks if block.slot is not None]
+        return self.shape.is_lm and all(getattr(s.module, "decodable", False) for s in slots)
+
+    @contextmanager
+    def decoding(self) -> Iterator[None]:
+        """Cached decoding: inside, each forward reads the positions that follow those read
+        before (a prompt, then one token at a time), each slot attending to the keys and values
+        it keeps (``attnexp.attention.design.KVCache``); learned positions continue from there.
+        Left empty and closed on exit."""
+        if not self.decodable:
+            raise ValueError("this model cannot decode with a KV cache (its slots: not all mha)")
+        modules = [block.slot.module for block in self.blocks if block.slot is not None]
+        for module in modules:
+            module.cache = KVCache()
+        self.decoded = 0
+        try:
+            yield
+        finally:
+            for module in modules:
+                module.cache = None
+            self.decoded = None
 
     def features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """The normed last hidden states ``(B, *tokens, dim)`` (``readout=cls``: the CLS token's
         first, ``(B, 1 + L, dim)``); ``forward`` reads out classes ``(B, num_classes)`` from them
         or, as a language model, logits ``(B, T, vocab)`` (``T`` beyond the context length only
         without learned positions). ``mask``: the padding mask (``Backbone.padding_mask``)."""
+        offset = self.decoded or 0  # positions before x (cached decoding)
         if self.shape.is_lm:
-            check_context(x, self.shape, learned_positions=self.pos is not None)
+            check_context(x, self.shape, learned_positions=self.pos is not None, offset=offset)
         mask = self.padding_mask(x, mask)
         if mask is not None and self.patch_size != 1 and not self.shape.is_tokens:
             raise ValueError(
@@ -207,7 +239,9 @@ class Transformer(Backbone):
         if self.cls is not None:
             x, mask = self.cls(x, mask)
         if self.pos is not None:
-            x = x + self.pos[:, : x.shape[1]]
+            x = x + self.pos[:, offset : offset + x.shape[1]]
+        if self.decoded is not None:
+            self.decoded += x.shape[1]
         if self.shape.is_lm:
             x = self.drop(x)
         return self.norm(self.blocks(x, mask))

@@ -1,16 +1,18 @@
 """Text from a causal language model: ``generate`` (token ids), ``sample_run`` (a trained run, as
 ``sample.py`` does) and ``record_samples`` (the samples a finished LM run keeps).
 
-No KV cache: each new token recomputes the model over the last ``context_len`` tokens, right-padded
-to exactly ``context_len``. An LM backbone is built for that grid (its position table, its slots),
-and under the causal contract the padding after the last real token cannot change that token's
-logits, so every variant generates as it was trained.
+A transformer whose every slot is ``mha`` (without qk convolution or key selection) decodes with a
+KV cache: the prompt once, then each new token alone. Every other model recomputes itself over the
+last ``context_len`` tokens for each new token, right-padded to exactly ``context_len`` (an LM
+backbone is built for that grid, and under the causal contract the padding after the last real
+token cannot change that token's logits), so every variant generates as it was trained
+(``decode_steps``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    cache: bool | None = None,
 ) -> Tensor:
     """``ids`` ``(B, T)`` followed by ``max_new_tokens`` sampled tokens: ``(B, T + max_new_tokens)``.
 
@@ -68,7 +71,8 @@ def generate(
     ``context_len`` is the ``L`` it was built for (an LM backbone's ``shape.grid``). Each
     step reads the logits at the last real position, divides them by ``temperature``, keeps the
     ``top_k`` largest and draws from their softmax with ``generator`` (on the model's device).
-    Runs in eval mode and gives the model back in the mode it came in.
+    ``cache`` (None: whenever the model can, ``decodable``) decodes with a KV cache
+    (``decode_steps``). Runs in eval mode and gives the model back in the mode it came in.
     """
     check_int("context_len", context_len, 1)
     check_int("max_new_tokens", max_new_tokens, 0)
@@ -78,23 +82,66 @@ def generate(
             f"ids must be int64 token ids of shape (batch, length >= 1), got {ids.dtype} "
             f"{tuple(ids.shape)}"
         )
+    if max_new_tokens == 0:
+        return ids
     was_training = model.training
     model.eval()
+    steps = decode_steps(model, ids, context_len, cache)
     try:
-        for _ in range(max_new_tokens):
-            window = ids[:, -context_len:]
-            last = window.shape[1] - 1
-            logits = model(nn.functional.pad(window, (0, context_len - window.shape[1])))
-            if logits.dim() != 3 or logits.shape[:2] != (ids.shape[0], context_len):
-                raise ValueError(
-                    f"generate needs a language model: logits (batch, {context_len}, vocab) for "
-                    f"ids (batch, {context_len}), got {tuple(logits.shape)}"
-                )
-            next_id = _pick(logits[:, last].float(), temperature, top_k, generator)
+        logits = next(steps)
+        for step in range(max_new_tokens):
+            next_id = _pick(logits.float(), temperature, top_k, generator)
             ids = torch.cat([ids, next_id], dim=1)
+            if step < max_new_tokens - 1:
+                logits = steps.send(next_id)
     finally:
+        steps.close()
         model.train(was_training)
     return ids
+
+
+def decode_steps(
+    model: nn.Module, ids: Tensor, context_len: int, cache: bool | None = None
+) -> Generator[Tensor, Tensor, None]:
+    """The next-token logits ``(B, V)`` after ``ids``, then after each id ``(B, 1)`` sent in.
+
+    Without a cache each step recomputes the model over the last ``context_len`` tokens,
+    right-padded to exactly ``context_len`` (an LM backbone is built for that grid; under the
+    causal contract the padding cannot change the last real token's logits). With one
+    (``cache``; None: whenever ``model.decodable``) the prompt's last ``context_len`` tokens run
+    once and each new token alone, every slot attending to the keys and values it keeps
+    (``model.decoding()``), so a step costs O(context) instead of O(context²). Once the cache
+    holds ``context_len`` positions, the next step starts it again over the last
+    ``context_len`` tokens: recomputation's sliding window, so both give the same logits at
+    every step (tests/test_kv_cache.py) up to float rounding."""
+    decodable = bool(getattr(model, "decodable", False))
+    if cache and not decodable:
+        raise ValueError("cache=true needs a model whose every attention slot decodes with a KV cache (mha)")
+    if cache is False or not decodable:
+        yield from _recomputed(model, ids, context_len)
+        return
+    while True:
+        with model.decoding():
+            logits = model(ids[:, -context_len:])[:, -1]
+            while model.decoded < context_len:
+                next_id = yield logits
+                ids = torch.cat([ids, next_id], dim=1)
+                logits = model(next_id)[:, -1]
+            next_id = yield logits  # the cache is full: the next step slides the window
+            ids = torch.cat([ids, next_id], dim=1)
+
+
+def _recomputed(model: nn.Module, ids: Tensor, context_len: int) -> Generator[Tensor, Tensor, None]:
+    while True:
+        window = ids[:, -context_len:]
+        logits = model(nn.functional.pad(window, (0, context_len - window.shape[1])))
+        if logits.dim() != 3 or logits.shape[:2] != (ids.shape[0], context_len):
+            raise ValueError(
+                f"generate needs a language model: logits (batch, {context_len}, vocab) for "
+                f"ids (batch, {context_len}), got {tuple(logits.shape)}"
+            )
+        next_id = yield logits[:, window.shape[1] - 1]
+        ids = torch.cat([ids, next_id], dim=1)
 
 
 def _pick(
