@@ -260,7 +260,7 @@ def _sample_job(cfg: DictConfig) -> list[str]:
     print(text, end="")
     new = settings.num_samples * settings.max_new_tokens
     # stderr: stdout holds the samples alone (a pipe gets the text)
-    print(f"{new} new tokens in {seconds:.2f} s: {new / max(seconds, 1e-9):.1f} tokens/s "
-          "(recomputing the context at each step, no KV cache)", file=sys.stderr)  # fmt: skip
+    print(f"{new} new tokens in {seconds:.2f} s: {new / max(seconds, 1e-9):.1f} tokens/s",
+          file=sys.stderr)  # fmt: skip
     atomic_write_text(Path(HydraConfig.get().runtime.output_dir) / SAMPLES_FILE, text)
     return samples
