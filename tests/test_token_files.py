@@ -228,3 +228,20 @@ def test_fineweb_gpt2_reads_modded_nanogpts_shards(tmp_path):
     assert module.load()["train"].lengths == [3000, 2500] and module.test_split == "val"
     x, y = next(iter(module.train_dataloader()))
     assert x.shape == (2, 32) and int(x.max()) < 50257
+
+
+def test_texts_come_from_a_folder_or_a_saved_hugging_face_dataset(tmp_path):
+    import datasets
+
+    from attnexp.data.bpe import read_texts
+
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text("second")
+    (folder / "sub" / "a.txt").write_text("nested")
+    assert list(read_texts(str(folder))) == ["second", "nested"]  # every file, in path order
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"body": ["one", "two"], "id": [1, 2]}).save_to_disk(str(saved))
+    assert list(read_texts(str(saved), text_column="body")) == ["one", "two"]
+    with pytest.raises(ValueError, match=r"--text-column text is not one of body, id"):
+        list(read_texts(str(saved)))
