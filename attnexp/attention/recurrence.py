@@ -1,0 +1,125 @@
+"""The recurrences under the sub-quadratic mixers, each in the forms that compute it: a
+step-by-step recurrent reference (also generation's O(1) step), a chunkwise-parallel form for
+training, and where one exists the quadratic masked form. Pure PyTorch, written from the papers;
+tests/test_recurrence.py holds the forms equal to 1e-5 in float64, outputs and gradients.
+
+Shapes: ``q, k`` ``(B, H, N, dk)``, ``v`` ``(B, H, N, dv)``; a state ``S`` is ``(B, H, dk, dv)``
+(zeros when ``None``). Decays come as logs ``g <= 0``: ``(B, H, N, dk)`` for a decay per key
+feature, or ``(B, H, N, 1)`` for one per head (a scalar broadcast over the key features).
+
+**Gated linear attention** (``gla_*``): ``S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T``, ``o_t =
+S_t^T q_t``. One per head and fixed is RetNet's retention (Sun et al. 2023); one per head from the
+input is Mamba-2's SSD (Dao & Gu 2024); one per key feature from the input is GLA (Yang et al.
+2024); ``g = 0`` is causal linear attention. With ``G = cumsum(g)``, ``o_i = sum_{j <= i} (q_i
+exp(G_i - G_j) . k_j) v_j``: the quadratic form. Every exponent taken is of ``G_i - G_j`` with
+``j <= i``, never above 0, so no form overflows.
+
+**Delta rule** (``delta_*``): ``S_t = exp(g_t) S_{t-1} (I - b_t k_t k_t^T) + b_t k_t v_t^T`` (in
+``S``'s layout here, ``dk x dv``), ``o_t = S_t^T q_t``, with ``g`` one log decay per head (``None``:
+DeltaNet, Yang et al. 2024; given: Gated DeltaNet, Yang et al. 2025) and ``b_t`` in [0, 1]. It
+has no quadratic form; the chunkwise one is the WY form: within a chunk the written values
+``u_t = b_t (v_t - exp(g_t) S_{t-1}^T k_t)`` solve one unit lower-triangular system.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _state(q: Tensor, v: Tensor, state: Tensor | None) -> Tensor:
+    if state is not None:
+        return state
+    return q.new_zeros(*q.shape[:2], q.shape[-1], v.shape[-1])
+
+
+# --------------------------------------------------------------------------- gated linear attention
+
+
+def gla_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """One position at a time: ``(outputs (B, H, N, dv), final state)``."""
+    s, outs = _state(q, v, state), []
+    for t in range(q.shape[-2]):
+        s = torch.exp(g[..., t, :, None]) * s + k[..., t, :, None] * v[..., t, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[..., t, :], s))
+    return torch.stack(outs, dim=-2), s
+
+
+def gla_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
+    """The masked ``N x N`` form from a zero state (``N^2 dk`` memory: a reference)."""
+    n = q.shape[-2]
+    G = g.expand(*k.shape[:-1], k.shape[-1]).cumsum(-2)
+    lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    gap = (G[..., :, None, :] - G[..., None, :, :]).masked_fill(~lower[..., None], -torch.inf)
+    scores = torch.einsum("bhik,bhjk,bhijk->bhij", q, k, torch.exp(gap))
+    return scores @ v
+
+
+def gla_chunkwise(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, chunk_size: int = 64, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Chunk by chunk: inside one, the masked form relative to its start; across, the carried
+    state. ``O(N C dk)`` time and memory for chunks of ``C``: linear in ``N``."""
+    s, outs = _state(q, v, state), []
+    g = g.expand(*k.shape[:-1], k.shape[-1])
+    for start in range(0, q.shape[-2], chunk_size):
+        qc, kc, vc, gc = (t[..., start : start + chunk_size, :] for t in (q, k, v, g))
+        G = gc.cumsum(-2)  # (B, H, C, dk), relative to the chunk's start
+        c = qc.shape[-2]
+        lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        gap = (G[..., :, None, :] - G[..., None, :, :]).masked_fill(~lower[..., None], -torch.inf)
+        within = torch.einsum("bhik,bhjk,bhijk->bhij", qc, kc, torch.exp(gap)) @ vc
+        before = torch.einsum("bhik,bhkv->bhiv", qc * torch.exp(G), s)
+        outs.append(within + before)
+        last = G[..., -1:, :]  # the decay over the whole chunk
+        s = torch.exp(last[..., 0, :, None]) * s + torch.einsum(
+            "bhjk,bhjv->bhkv", kc * torch.exp(last - G), vc
+        )
+    return torch.cat(outs, dim=-2), s
+
+
+# --------------------------------------------------------------------------- the delta rule
+
+
+def delta_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
+    state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One position at a time: ``beta`` ``(B, H, N)``, ``g`` ``(B, H, N)`` or None."""
+    s, outs = _state(q, v, state), []
+    for t in range(q.shape[-2]):
+        if g is not None:
+            s = torch.exp(g[..., t, None, None]) * s
+        kt, bt = k[..., t, :], beta[..., t, None]
+        written = bt * (v[..., t, :] - torch.einsum("bhk,bhkv->bhv", kt, s))  # u_t
+        s = s + kt[..., :, None] * written[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[..., t, :], s))
+    return torch.stack(outs, dim=-2), s
+
+
+def delta_chunkwise(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
+    chunk_size: int = 64, state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The WY form chunk by chunk. With ``Gam_t = exp(G_t)`` the decay from the chunk's start
+    and ``D_ti = Gam_t / Gam_i``: ``(I + strict_lower(diag(b) (K K^T * D))) U = diag(b) (V -
+    diag(Gam) K S)``; ``O = diag(Gam) Q S + (lower(Q K^T) * D) U``; ``S' = Gam_C S + (K *
+    Gam_C / Gam)^T U``."""
+    s, outs = _state(q, v, state), []
+    for start in range(0, q.shape[-2], chunk_size):
+        qc, kc, vc = (t[..., start : start + chunk_size, :] for t in (q, k, v))
+        bc = beta[..., start : start + chunk_size]
+        c = qc.shape[-2]
+        G = torch.zeros_like(bc) if g is None else g[..., start : start + chunk_size].cumsum(-1)
+        lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf))
+        strict = (kc @ kc.transpose(-1, -2) * decay).tril(-1) * bc[..., :, None]
+        eye = torch.eye(c, dtype=q.dtype, device=q.device)
+        rhs = bc[..., None] * (vc - torch.exp(G)[..., None] * (kc @ s))
+        written = torch.linalg.solve_triangular(eye + strict, rhs, upper=False, unitriangular=True)
+        outs.append(torch.exp(G)[..., None] * (qc @ s) + ((qc @ kc.transpose(-1, -2)) * decay) @ written)
+        to_end = torch.exp(G[..., -1:] - G)  # Gam_C / Gam_i
+        s = torch.exp(G[..., -1, None, None]) * s + (kc * to_end[..., None]).transpose(-1, -2) @ written
+    return torch.cat(outs, dim=-2), s
