@@ -1,6 +1,7 @@
-"""Generation with a KV cache: at every step the cached logits equal the recomputed ones (within
-1e-4 in float32) and the greedy tokens are identical, for plain ``mha`` and with each knob of
-today's language models, also past the context length, where both slide their window."""
+"""Generation from a cache (``mha``'s keys and values, a recurrent mixer's state): at every step the
+cached logits equal the recomputed ones (within 1e-4 in float32) and the greedy tokens are
+identical, for plain ``mha``, with each knob of today's language models, and for ``retnet`` and
+``gla``, also past the context length, where both slide their window."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ KNOBS = {
     "softpick": ["attention.normalize=softpick"],
     "window": ["attention.window=3"],
     "muse_kernel_1": ["attention=muse", "attention.kernel_sizes=[1]"],
+    "retnet": ["attention=retnet", "backbone.positions=none"],  # a recurrent state, not keys
+    "gla": ["attention=gla"],
 }  # fmt: skip
 
 
@@ -80,3 +83,19 @@ def test_models_whose_state_is_not_keys_and_values_recompute(extra):
     assert out.shape == (1, 5)
     with pytest.raises(ValueError, match="cache=true needs a model whose every attention slot"):
         generate(model, prompt, 3, CONTEXT, temperature=0, cache=True)
+
+
+@pytest.mark.parametrize("name", ["retnet", "gla"])
+def test_a_recurrent_mixer_decodes_with_a_state_that_does_not_grow(name):
+    model = language_model(f"attention={name}", "backbone.positions=none")
+    slots = [block.slot.module for block in model.blocks]
+    shapes = []
+    with torch.no_grad(), model.decoding():
+        model(torch.tensor([[1, 2, 3]]))
+        for token in range(4, CONTEXT):
+            model(torch.tensor([[token]]))
+            shapes.append({tuple(s.cache.state.shape) for s in slots})
+    heads, width = slots[0].num_heads, slots[0].dim
+    expected = (1, heads, slots[0].key_dim // heads, width // heads)
+    assert all(shape == {expected} for shape in shapes)  # H x dk x dv floats, whatever the length
+    assert slots[0].cache is None  # emptied on exit

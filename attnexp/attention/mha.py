@@ -199,6 +199,9 @@ class MultiHeadAttention(AttentionModule):
     def decodable(self) -> bool:
         """Whether it can generate with a ``KVCache`` (``AttentionCore.decodable``)."""
         return self.core.decodable
+
+    def empty_cache(self) -> KVCache:
+        return KVCache()
     def attention_heads(self, x: Tensor, mask: Tensor | None, need_weights: bool):
         """Returns ``(attention output before projection (B, N, D), values (B, N, D), weights,
         grid)``; the values come back so ``muse`` can convolve the same value projection.

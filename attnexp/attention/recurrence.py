@@ -47,14 +47,19 @@ def gla_recurrent(
     return torch.stack(outs, dim=-2), s
 
 
-def gla_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
-    """The masked ``N x N`` form from a zero state (``N^2 dk`` memory: a reference)."""
+def gla_scores(q: Tensor, k: Tensor, g: Tensor) -> Tensor:
+    """The implied map ``(B, H, N, N)``: ``q_i exp(G_i - G_j) . k_j`` for ``j <= i``, else 0
+    (``N^2 dk`` memory: a reference, and the weights a mixer shows when asked)."""
     n = q.shape[-2]
     G = g.expand(*k.shape[:-1], k.shape[-1]).cumsum(-2)
     lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     gap = (G[..., :, None, :] - G[..., None, :, :]).masked_fill(~lower[..., None], -torch.inf)
-    scores = torch.einsum("bhik,bhjk,bhijk->bhij", q, k, torch.exp(gap))
-    return scores @ v
+    return torch.einsum("bhik,bhjk,bhijk->bhij", q, k, torch.exp(gap))
+
+
+def gla_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
+    """The masked ``N x N`` form from a zero state: ``gla_scores @ v``."""
+    return gla_scores(q, k, g) @ v
 
 
 def gla_chunkwise(

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention.design import KVCache
 from attnexp.data.shape import DataShape
 from attnexp.models.common import (
     AttentionFactory,
@@ -197,22 +196,23 @@ class Transformer(Backbone):
 
     @property
     def decodable(self) -> bool:
-        """Whether this language model generates with a KV cache: every slot holds a module that
-        decodes with one (``mha`` without qk convolution or key selection)."""
+        """Whether this language model generates from a cache: every slot holds a module that
+        decodes with one (``decodable``: ``mha`` without qk convolution or key selection, whose
+        cache is its keys and values; a causal recurrent mixer, whose cache is its state)."""
         slots = [block.slot for block in self.blocks if block.slot is not None]
         return self.shape.is_lm and all(getattr(s.module, "decodable", False) for s in slots)
 
     @contextmanager
     def decoding(self) -> Iterator[None]:
         """Cached decoding: inside, each forward reads the positions that follow those read
-        before (a prompt, then one token at a time), each slot attending to the keys and values
-        it keeps (``attnexp.attention.design.KVCache``); learned positions continue from there.
-        Left empty and closed on exit."""
+        before (a prompt, then one token at a time), each slot reading what it keeps (its
+        ``empty_cache()``, filled as it goes: ``attnexp.attention.design.KVCache``, a recurrent
+        state); learned positions continue from there. Left empty and closed on exit."""
         if not self.decodable:
-            raise ValueError("this model cannot decode with a KV cache (its slots: not all mha)")
+            raise ValueError("this model cannot decode from a cache (a slot is not decodable)")
         modules = [block.slot.module for block in self.blocks if block.slot is not None]
         for module in modules:
-            module.cache = KVCache()
+            module.cache = module.empty_cache()
         self.decoded = 0
         try:
             yield
