@@ -49,10 +49,20 @@ def gla_recurrent(
 
 def gla_scores(q: Tensor, k: Tensor, g: Tensor) -> Tensor:
     """The implied map ``(B, H, N, N)``: ``q_i exp(G_i - G_j) . k_j`` for ``j <= i``, else 0
-    (``N^2 dk`` memory: a reference, and the weights a mixer shows when asked)."""
+    (``N^2`` memory, ``N^2 dk`` for a decay per key feature: a reference, and the weights a
+    mixer shows when asked)."""
+    return _decayed_scores(q, k, g.cumsum(-2))
+
+
+def _decayed_scores(q: Tensor, k: Tensor, G: Tensor) -> Tensor:
+    """``q_i exp(G_i - G_j) . k_j`` for ``j <= i``, else 0, from cumulative log decays ``G``
+    ``(..., n, dk)`` or ``(..., n, 1)``. One per head needs only the ``n x n`` matrix; one per
+    key feature multiplies inside the dot product (``n x n x dk``)."""
     n = q.shape[-2]
-    G = g.expand(*k.shape[:-1], k.shape[-1]).cumsum(-2)
     lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    if G.shape[-1] == 1:
+        gap = (G[..., :, None, 0] - G[..., None, :, 0]).masked_fill(~lower, -torch.inf)
+        return (q @ k.transpose(-1, -2)) * torch.exp(gap)
     gap = (G[..., :, None, :] - G[..., None, :, :]).masked_fill(~lower[..., None], -torch.inf)
     return torch.einsum("bhik,bhjk,bhijk->bhij", q, k, torch.exp(gap))
 
@@ -68,14 +78,10 @@ def gla_chunkwise(
     """Chunk by chunk: inside one, the masked form relative to its start; across, the carried
     state. ``O(N C dk)`` time and memory for chunks of ``C``: linear in ``N``."""
     s, outs = _state(q, v, state), []
-    g = g.expand(*k.shape[:-1], k.shape[-1])
     for start in range(0, q.shape[-2], chunk_size):
         qc, kc, vc, gc = (t[..., start : start + chunk_size, :] for t in (q, k, v, g))
-        G = gc.cumsum(-2)  # (B, H, C, dk), relative to the chunk's start
-        c = qc.shape[-2]
-        lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-        gap = (G[..., :, None, :] - G[..., None, :, :]).masked_fill(~lower[..., None], -torch.inf)
-        within = torch.einsum("bhik,bhjk,bhijk->bhij", qc, kc, torch.exp(gap)) @ vc
+        G = gc.cumsum(-2)  # (B, H, C, dk or 1), relative to the chunk's start
+        within = _decayed_scores(qc, kc, G) @ vc
         before = torch.einsum("bhik,bhkv->bhiv", qc * torch.exp(G), s)
         outs.append(within + before)
         last = G[..., -1:, :]  # the decay over the whole chunk
