@@ -99,3 +99,20 @@ def test_a_recurrent_mixer_decodes_with_a_state_that_does_not_grow(name):
     expected = (1, heads, slots[0].key_dim // heads, width // heads)
     assert all(shape == {expected} for shape in shapes)  # H x dk x dv floats, whatever the length
     assert slots[0].cache is None  # emptied on exit
+
+
+@pytest.mark.parametrize(
+    ("extra", "per_layer"),
+    [
+        ([], 2 * CONTEXT * 32),  # keys and values of every position: grows with the length
+        (["attention.num_kv_heads=2"], 2 * CONTEXT * 16),  # GQA keeps each k/v head once
+        (["attention.kv_latent_dim=8"], CONTEXT * 8),  # MLA keeps the latent
+        (["attention=retnet"], 4 * 8 * 8),  # H x dk x dv, whatever the length
+        (["attention=gla"], 4 * 4 * 8),  # keys half the width
+        (["attention=linear"], 4 * (8 * 8 + 8)),  # S and z
+    ],
+)  # fmt: skip
+def test_state_size_is_what_a_sequence_keeps_to_continue(extra, per_layer):
+    model = language_model("backbone.dim=32", "attention.num_heads=4", *extra)
+    assert model.state_floats() == 2 * per_layer  # two layers
+    assert language_model("attention=none").state_floats() is None  # no slot: nothing declared

@@ -51,6 +51,7 @@ def test_a_nanogpt_pair_trains_evaluates_and_val_serves_as_test(tmp_path):
     cfg = compose_cfg(tokens_run(nanogpt_pair(tmp_path / "data")), run)
     results = train(cfg)
     assert results["status"] == "completed" and results["test_split"] == "val"
+    assert results["state_floats"] == 2 * 16 * 16  # one layer's keys and values: 16 positions x 16
     m = results["metrics"]
     assert m["test/loss"] == pytest.approx(m["val/loss_best"], rel=1e-6)  # the same tokens
     assert "test/bpb" not in m  # no tokenizer: no bytes to divide by, nothing guessed

@@ -194,6 +194,12 @@ class AttentionModule(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} does not count its FLOPs")
 
+    def state_floats(self, grid: tuple[int, ...]) -> int | None:
+        """Floats one sequence keeps to continue it causally after ``prod(grid)`` positions
+        (Zoology's state size): ``mha``'s keys and values, a recurrent mixer's state. None where
+        the module declares none (the default; not a sequence mixer, or not counted)."""
+        return None
+
 
 def accepts_layer(cls: type) -> bool:
     """Whether ``cls``'s constructor names the optional ``layer`` keyword (the block's index)."""

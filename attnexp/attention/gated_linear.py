@@ -96,6 +96,12 @@ class GatedLinearMixer(AttentionModule):
     def empty_cache(self) -> RecurrentState:
         return RecurrentState()
 
+    def state_floats(self, grid: tuple[int, ...]) -> int:
+        """``S``: ``H x dk x dv`` floats, whatever the length."""
+        self.check_grid(grid)
+        h = self.num_heads
+        return h * (self.key_dim // h) * (self.dim // h)
+
     def log_decay(self, tokens: Tensor) -> Tensor:
         """``g <= 0`` ``(B, H, N, dk / H)`` or ``(B, H, N, 1)`` for ``tokens`` ``(B, N, C)``."""
         raise NotImplementedError

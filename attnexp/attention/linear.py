@@ -89,6 +89,11 @@ class LinearAttention(AttentionModule):
             similarity = similarity.tril()
         return y, {"attn": similarity / (similarity.sum(-1, keepdim=True) + self.eps)}
 
+    def state_floats(self, grid: tuple[int, ...]) -> int:
+        """The summary ``S`` and normaliser ``z`` per head: ``H (d^2 + d)``, whatever the length."""
+        self.check_grid(grid)
+        return self.num_heads * (self.head_dim**2 + self.head_dim)
+
     def flops(self, grid: tuple[int, ...]) -> int:
         n, c, d, h = self.num_positions(grid), self.dim, self.head_dim, self.num_heads
         projections = 2 * n * c * 3 * c + 2 * n * c * c

@@ -269,6 +269,14 @@ class MultiHeadAttention(AttentionModule):
         y = unflatten_grid(self.proj_drop(self.proj(out)), grid)
         return (y, {"attn": weights}) if return_weights else y
 
+    def state_floats(self, grid: tuple[int, ...]) -> int:
+        """The KV cache at N = prod(grid) positions: ``2 N`` key/value heads x head width (a
+        cache holds each key/value head once under GQA), or ``N x kv_latent_dim`` (MLA caches
+        the latent), plus the forget gates' running sums."""
+        n = self.num_positions(grid)
+        floats = n * self.kv_latent_dim if self.kv_up is not None else 2 * n * self.kv_dim
+        return floats + (n * self.num_heads if self.forget is not None else 0)
+
     def flops(self, grid: tuple[int, ...]) -> int:
         """With N = prod(grid), C = dim, D = heads * head_dim, K = kv heads * head_dim: qkv
         2*N*C*(D + 2K) + output projection

@@ -142,6 +142,12 @@ class MUSE(MultiHeadAttention):
             for k in self.kernel_sizes
         ]
 
+    def state_floats(self, grid: tuple[int, ...]) -> int:
+        """``mha``'s cache and the values of the positions its widest causal depthwise
+        convolution reads back (``k_max - 1`` of them)."""
+        widest = max(self.depthwise_sizes, default=1)
+        return super().state_floats(grid) + (widest - 1) * self.inner_dim
+
     @property
     def decodable(self) -> bool:
         """A depthwise convolution reads earlier positions' values, which no cache keeps: only

@@ -178,6 +178,12 @@ class Backbone(nn.Module):
         """Analytic FLOPs of all attention slots for one sample."""
         return sum(slot.flops() for _, slot in self.slots())
 
+    def state_floats(self) -> int | None:
+        """Floats one sequence keeps across the attention slots to continue it (``state_floats``
+        of each slot's module at its grid, summed); None when a slot does not declare it."""
+        sizes = [slot.module.state_floats(slot.grid) for _, slot in self.slots()]
+        return None if not sizes or None in sizes else sum(sizes)
+
     @torch.no_grad()
     def attention_weights(self, x: Tensor) -> tuple[Tensor, dict[str, dict[str, Tensor]]]:
         """Forward with ``return_weights=True`` in every slot: ``(logits, {slot: weights})``."""

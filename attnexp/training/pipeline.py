@@ -216,6 +216,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
                       StopOnSignal()]  # fmt: skip
         trainer = build_trainer(cfg, callbacks, loggers)
         results.update(params=model.trainable_params(), attention_flops=model.attention_flops(),
+                       state_floats=model.state_floats(),
                        wandb_id=wandb_id(loggers) if trainer.is_global_zero else None)  # fmt: skip
         _open_logs(cfg, plan, loggers)
         set_aside_hpc_checkpoints(Path(trainer.default_root_dir))
