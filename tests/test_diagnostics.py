@@ -129,7 +129,8 @@ def test_the_report_shows_the_diagnostics_columns_only_where_a_run_has_them():
     class Row:
         def __init__(self, entropy):
             self.costs = {"attn_entropy": entropy, "attn_sink_mass": math.nan,
-                          "attn_distance": math.nan, "attn_max_logit": math.nan}  # fmt: skip
+                          "attn_distance": math.nan, "attn_max_logit": math.nan,
+                          "state_floats": math.nan}  # fmt: skip
             self.costs |= dict.fromkeys(("params", "attention_flops", "throughput",
                                          "peak_memory_mb", "wall_time_s"), 1.0)  # fmt: skip
 
