@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         out = prepare_text(
             text, args.out, args.vocab_size, args.tokenizer, args.train_fraction,
-            args.val_fraction, digest, progress=lambda m: print(m, file=sys.stderr),
+            args.val_fraction, digest, progress=lambda m: print(m, file=sys.stderr), replace=True,
         )  # fmt: skip
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -62,23 +62,24 @@ def test_a_nanogpt_pair_trains_evaluates_and_val_serves_as_test(tmp_path):
 def test_token_files_stay_memory_mapped_and_a_window_never_spans_two_shards(tmp_path):
     folder = tmp_path / "shards"
     folder.mkdir()
-    # Shard k counts up from 20k: a window that spans two shards would break the count.
-    for k, n in enumerate([40, 25]):
-        write_shard(folder / f"data_train_{k:06d}.bin", np.arange(20 * k, 20 * k + n) % 64)
+    # Shard 0 holds 0..39, shard 1 40..59: a window that spans two shards would break the count,
+    # and a window's first id says which shard it came from.
+    for k, n in enumerate([40, 20]):
+        write_shard(folder / f"data_train_{k:06d}.bin", np.arange(40 * k, 40 * k + n))
     write_shard(folder / "data_val_000000.bin", np.arange(30), version=2)  # uint32 ids read too
     cfg = compose_cfg(tokens_run(folder, "dataset.source.format=llmc", "dataset.context_len=8",
                                  "dataset.batch_size=16"))  # fmt: skip
     module = instantiate(cfg.dataset)
     streams = module.load()
     assert all(isinstance(p, np.memmap) for s in streams.values() for p in s.pieces)
-    assert streams["train"].lengths == [40, 25] and streams["test"].lengths == [30]
+    assert streams["train"].lengths == [40, 20] and streams["test"].lengths == [30]
     starts = set()
     for x, y in module.train_dataloader():
         full = torch.cat([x, y[:, -1:]], 1)
         assert torch.equal(full[:, 1:] - full[:, :-1], torch.ones(16, 8, dtype=torch.long))
         starts |= set(x[:, 0].tolist())
-    assert starts & set(range(0, 32)) and starts & set(range(20, 37))  # both shards drawn
-    assert max(starts) <= 20 + 25 - 9  # the last window of the second shard
+    first, second = set(range(0, 40 - 8)), set(range(40, 60 - 8))  # each shard's window starts
+    assert starts <= first | second and starts & first and starts & second  # both shards drawn
 
 
 def headered(path: Path, magic=MAGIC, version=1, count=None, tokens=(1, 2, 3)) -> Path:

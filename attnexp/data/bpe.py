@@ -82,13 +82,16 @@ def prepare_text(
     val_fraction: float = 0.05,
     source_sha256: str | None = None,
     progress: Callable[[str], None] | None = None,
+    replace: bool = False,
 ) -> Path:
     """Cut ``text`` into train / val / test by characters (``attnexp.data.text.split_text``), train a
     BPE of ``vocab_size`` on the training part (or load ``tokenizer``), and write into the folder
     ``out``: ``train.bin``, ``val.bin``, ``test.bin`` (nanoGPT's format; ``uint16``, so at most
     65,536 tokens), ``tokenizer.json`` and ``manifest.json`` (the source's and tokenizer's hashes,
-    each split's tokens and UTF-8 bytes). Written to a temporary folder, then renamed into place
-(an existing ``out`` is replaced). ``progress`` is told of each step."""
+    each split's tokens and UTF-8 bytes). Written to a temporary folder, then renamed into place:
+    an existing ``out`` is replaced when ``replace`` (the script's choice), and otherwise kept as
+    another process prepared it (a cache two runs fill at once: a reader of the first never sees
+    its files deleted). ``progress`` is told of each step."""
     if (vocab_size is None) == (tokenizer is None):
         raise ValueError("give exactly one of a BPE vocabulary size to train and a tokenizer.json")
     say = progress or (lambda message: None)
@@ -117,7 +120,7 @@ def prepare_text(
             say(f"{split}: {len(part):,} characters -> {len(ids):,} tokens")
         tok.save(tmp / TOKENIZER_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
+        if replace and out.exists():
             shutil.rmtree(out)
         try:
             tmp.rename(out)

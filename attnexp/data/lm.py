@@ -50,14 +50,16 @@ class Stream:
         ``width`` in order (0 .. ``num_starts(width) - 1``)."""
         if len(self.pieces) == 1:
             return self.take(0, starts, width)
+        starts = starts.cpu()
         counts = torch.tensor([max(0, n - width + 1) for n in self.lengths])
         ends = counts.cumsum(0)
-        which = torch.searchsorted(ends, starts.cpu(), right=True)
-        local = starts.cpu() - (ends - counts)[which]
-        rows = [self.take(i, local[which == i], width) for i in range(len(self.pieces))]
-        order = torch.cat([torch.nonzero(which == i)[:, 0] for i in range(len(self.pieces))])
-        out = torch.cat([r.cpu() for r in rows])
-        return out[torch.argsort(order)]
+        which = torch.searchsorted(ends, starts, right=True)
+        local = starts - (ends - counts)[which]
+        out = torch.empty(len(starts), width, dtype=torch.long)
+        for i in which.unique().tolist():
+            rows = which == i
+            out[rows] = self.take(i, local[rows], width).cpu()
+        return out
 
     def take(self, piece: int, starts: Tensor, width: int) -> Tensor:
         """``(B, width)`` ids of piece ``piece`` from each of ``starts``; a position past the

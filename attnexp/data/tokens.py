@@ -7,7 +7,8 @@
   magic 20240520, the version: 1 for ``uint16`` token ids (GPT-2), 2 for ``uint32`` (LLaMA 3), and
   the token count), then the tokens. A split is every shard its glob matches, in name order.
 
-Both hold a training and a validation split only: the validation split also serves as the test
+Both hold a training and a validation split only: unless ``dataset.source.test`` names test files
+(``scripts/prepare_text.py`` writes a ``test.bin``), the validation split also serves as the test
 split (``TokenSplits.test_split`` is ``"val"``; the run records it as ``test_split``).
 
 A file whose header lies, a truncated file, a token id at or above ``dataset.shape.vocab_size`` and

@@ -46,7 +46,9 @@ class TokenMetrics(Metric):
         super().__init__()
         for name in ("loss_sum", "correct", "tokens", "bytes"):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.byte_lengths, self.per_character = byte_lengths, per_character
+        # A buffer: it moves with the metric to the model's device once, not every batch.
+        self.register_buffer("byte_lengths", byte_lengths, persistent=False)
+        self.per_character = per_character
 
     def update(self, logits: Tensor, y: Tensor) -> None:
         logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
@@ -56,7 +58,7 @@ class TokenMetrics(Metric):
         self.correct += ((logits.argmax(-1) == y) & scored).sum()
         self.tokens += scored.sum()
         if self.byte_lengths is not None:
-            self.bytes += self.byte_lengths.to(y.device)[y[scored]].sum()
+            self.bytes += self.byte_lengths[y[scored]].sum()
 
     def compute(self) -> dict[str, Tensor]:
         loss = self.loss_sum / self.tokens

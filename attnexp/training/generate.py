@@ -1,8 +1,9 @@
 """Text from a causal language model: ``generate`` (token ids), ``sample_run`` (a trained run, as
 ``sample.py`` does) and ``record_samples`` (the samples a finished LM run keeps).
 
-A transformer whose every slot is ``mha`` (without qk convolution or key selection) decodes with a
-KV cache: the prompt once, then each new token alone. Every other model recomputes itself over the
+A transformer whose every slot decodes from a cache (``mha`` without qk convolution or key selection
+keeps its keys and values; ``retnet`` and ``gla`` their state) runs the prompt once, then each new
+token alone. Every other model recomputes itself over the
 last ``context_len`` tokens for each new token, right-padded to exactly ``context_len`` (an LM
 backbone is built for that grid, and under the causal contract the padding after the last real
 token cannot change that token's logits), so every variant generates as it was trained
@@ -109,14 +110,15 @@ def decode_steps(
     right-padded to exactly ``context_len`` (an LM backbone is built for that grid; under the
     causal contract the padding cannot change the last real token's logits). With one
     (``cache``; None: whenever ``model.decodable``) the prompt's last ``context_len`` tokens run
-    once and each new token alone, every slot attending to the keys and values it keeps
-    (``model.decoding()``), so a step costs O(context) instead of O(context²). Once the cache
+    once and each new token alone, every slot reading what it keeps (``model.decoding()``: keys
+    and values, or a recurrent state), so a step costs O(context) at most instead of
+    O(context²). Once the cache
     holds ``context_len`` positions, the next step starts it again over the last
     ``context_len`` tokens: recomputation's sliding window, so both give the same logits at
     every step (tests/test_kv_cache.py) up to float rounding."""
     decodable = bool(getattr(model, "decodable", False))
     if cache and not decodable:
-        raise ValueError("cache=true needs a model whose every attention slot decodes with a KV cache (mha)")
+        raise ValueError("cache=true needs a model whose every attention slot decodes from a cache (mha, retnet, gla)")
     if cache is False or not decodable:
         yield from _recomputed(model, ids, context_len)
         return
