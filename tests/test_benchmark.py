@@ -701,6 +701,10 @@ def test_the_position_bias_benchmark_measures_the_kernel_against_float64():
     (timed,) = position_bias.speed([128], repeats=1)
     assert timed["n"] == 128 and all(timed[form] > 0 for form in ("fused", "chunked", "no bias"))
     assert "| 128 |" in position_bias.speed_markdown([timed])
+    (sink,) = position_bias.speed([128], repeats=1, knob="sink")
+    assert "with a sink" in position_bias.speed_markdown([sink])
+    with pytest.raises(ValueError, match="knob must be one of forget, sink; got 'softcap'"):
+        position_bias.speed([128], knob="softcap")
 
 
 def test_the_knob_scaling_benchmark_times_every_preset_and_reads_its_memory():
@@ -713,3 +717,7 @@ def test_the_knob_scaling_benchmark_times_every_preset_and_reads_its_memory():
     assert all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     table = knob_scaling.to_markdown(rows)
     assert table.count("\n| ") == 1 + len(presets)  # the header's separator and one line each
+    chosen = knob_scaling.measure(lengths=[32], progress=lambda _: None, knobs=["sink", "mha"])
+    assert [r["knob"] for r in chosen] == ["sink", "mha"]
+    with pytest.raises(ValueError, match=r"unknown knob presets \['sinks'\]; the presets are mha, "):
+        knob_scaling.measure(lengths=[32], knobs=["sinks"])

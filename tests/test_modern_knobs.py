@@ -625,24 +625,60 @@ def test_each_preset_of_the_study_sets_its_one_knob_on_mha_and_names_the_run_by_
     assert (cfg.attention.num_heads, cfg.attention.num_kv_heads, cfg.choices.attention) == (4, 2, "mha-gqa")
 
 
+@pytest.mark.parametrize(
+    "knobs",
+    [{"is_causal": True}, {"is_causal": True, "forget": True, "alibi": True},
+     {"is_causal": True, "forget": True, "padding": True}, {"padding": True}, {}],
+)  # fmt: skip
+def test_a_sink_is_one_more_key_of_the_kernel_in_every_block(monkeypatch, knobs):
+    """The sink takes the kernel (a key with its logit and a zero value), in blocks of query rows
+    whose key biases are relative to each block's first query: its logit gets back what they
+    leave out of each row. Equal to the explicit path in float64, outputs and gradients."""
+    from attnexp.attention import design
+    from attnexp.attention.design import alibi_slopes, attend
+
+    taken = []
+    original = design._fused_key_feature
+    monkeypatch.setattr(design, "_fused_key_feature", lambda *a: taken.append(1) or original(*a))
+    torch.manual_seed(0)
+    n = 150  # three blocks of at most 64 rows with a position bias
+    q, k, v = (torch.randn(2, HEADS, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    sink = torch.randn(HEADS, dtype=torch.float64, requires_grad=True)
+    rules = {"is_causal": knobs.get("is_causal", False), "sink": sink}
+    if knobs.get("forget"):
+        rules["forget"] = F.logsigmoid(torch.randn(2, HEADS, n, dtype=torch.float64) + 2).cumsum(-1)
+    if knobs.get("alibi"):
+        rules["alibi"] = alibi_slopes(HEADS).double()
+    if knobs.get("padding"):
+        rules["key_padding"] = torch.arange(n) < torch.tensor([[n], [n - 40]])
+    inputs = (q, k, v, sink)
+    fused, _ = attend(q, k, v, block_elements=2 * HEADS * n * 50, **rules)
+    whole, _ = attend(q, k, v, need_weights=True, **rules)
+    assert taken == [1]
+    torch.testing.assert_close(fused, whole, rtol=0, atol=1e-10)
+    grads = [torch.autograd.grad(out.sum(), inputs) for out in (fused, whole)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
 def test_forget_gates_and_causal_alibi_take_the_kernel_with_offsets_relative_to_each_block(monkeypatch):
-    """The kernel path (one more feature per key) is the one taken, and it keeps bf16 precision
-    however far the cumulative forget gates have fallen: shifted by -1000, absolute offsets would
+    """The kernel path (one more feature per key, and a sink key) is the one taken, and it keeps
+    bf16 precision however far the cumulative forget gates have fallen: shifted by -1000, absolute offsets would
     be rounded to multiples of 8 in bf16; each block's are relative to its first query."""
     from attnexp.attention import design
     from attnexp.attention.design import alibi_slopes, attend
 
     taken = []
-    original = design._fused_position_bias
-    monkeypatch.setattr(design, "_fused_position_bias", lambda *a: taken.append(1) or original(*a))
+    original = design._fused_key_feature
+    monkeypatch.setattr(design, "_fused_key_feature", lambda *a: taken.append(1) or original(*a))
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 300, 16) for _ in range(3))
     forget = F.logsigmoid(torch.randn(1, 2, 300) + 2).cumsum(-1) - 1000
-    slopes = alibi_slopes(2)
-    reference, _ = attend(q.double(), k.double(), v.double(), is_causal=True,
+    slopes, sink = alibi_slopes(2), torch.tensor([1.0, -0.5])
+    reference, _ = attend(q.double(), k.double(), v.double(), is_causal=True, sink=sink.double(),
                           forget=forget.double(), alibi=slopes.double(), need_weights=True)  # fmt: skip
     fused, _ = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), is_causal=True, forget=forget,
-                      alibi=slopes, block_elements=2 * 300 * 64)  # fmt: skip
+                      alibi=slopes, sink=sink, block_elements=2 * 300 * 64)  # fmt: skip
     assert len(taken) == 1
     assert (fused.double() - reference).abs().max() < 0.05
     attend(q, k, v, alibi=slopes)  # bidirectional ALiBi is |i - j|: not one feature per key

@@ -101,12 +101,13 @@ fused      every score but ``additive`` with ``softmax``: ``scaled_dot_product_a
            (``is_causal``) in one call; window, global tokens or causal over selected keys in
            blocks of query rows, each with its rows of the mask only. Dropout: the kernel's
            ``dropout_p``.
-fused with position biases   ``forget_gate`` and causal ``alibi`` with a fused score and softmax
-           (no ``softcap``, no ``sink``): the bias ``b_i + beta_j`` loses ``b_i`` to the softmax
-           and ``beta_j`` becomes one more key feature, relative to each block's first query
-           (``_fused_position_bias``).
+fused with a key feature   ``forget_gate``, causal ``alibi`` and ``sink`` with a fused score
+           and softmax (no ``softcap``): the bias ``b_i + beta_j`` loses ``b_i`` to the softmax
+           and ``beta_j`` becomes one more key feature, relative to each block's first query; the
+           sink is one more key whose feature is its logit and whose value is zero, always
+           allowed, so the mask is explicit (``_fused_key_feature``).
 chunked    ``sigmoid``, ``max``, ``softpick``, ``stick_breaking``, the ``additive`` scorer,
-           ``softcap``, ``sink``, bidirectional ``alibi``: blocks of ``b`` query rows, each
+           ``softcap``, bidirectional ``alibi``: blocks of ``b`` query rows, each
            computing its ``(B, h, b, M)`` scores (``(B, h, b, M, a)`` hidden for additive; ``b``
            keeps that under ``BLOCK_ELEMENTS``), its mask rows, normalisation, dropout and
            weights @ v. Every normalisation is row-wise, so blocks are exact. With several blocks
@@ -156,7 +157,7 @@ QK_NORM_EPS = 1e-6
 # (``attnexp.util.memory``): freed blocks kept in glibc's heap would grow the process by about a
 # block per block. Fewer blocks grow it by little and keep the heap's speed.
 MMAP_AFTER_BLOCKS = 8
-# Query rows per block of the kernel path with position biases (``_fused_position_bias``): the
+# Query rows per block of the kernel path with position biases (``_fused_key_feature``): the
 # offsets of a block's keys are relative to its first query, so a query is at most this many
 # positions from the reference of the keys it weighs most.
 BIAS_BLOCK_ROWS = 64
@@ -840,22 +841,24 @@ def _fused_softmax(
     return torch.cat(outs, dim=-2)[..., :width]
 
 
-def _fused_position_bias(
+def _fused_key_feature(
     q: Tensor, k: Tensor, v: Tensor, scale: float, allowed: KeyMask, p: float,
     block_elements: int, modify: ScoreChanges,
 ) -> Tensor:  # fmt: skip
     """Softmax attention with a position bias of the form ``b_i + beta_j`` (the forget gate's
-    ``c_i - c_j``; causal ALiBi's ``m_h (j - i)`` on the allowed keys) through the kernel: the
-    softmax drops ``b_i``, and ``beta_j`` is one more feature, ``1 / scale`` on every query and
-    ``beta_j`` on key j. ``beta_j`` grows with N (``c_j`` falls without bound), so each block of
-    query rows takes it relative to its first query (``ScoreChanges.key_bias``): the keys near the
+    ``c_i - c_j``; causal ALiBi's ``m_h (j - i)`` on the allowed keys) and a ``sink`` through the
+    kernel, by one more feature: ``1 / scale`` on every query, ``beta_j`` on key j (the softmax
+    drops ``b_i``). ``beta_j`` grows with N (``c_j`` falls without bound), so each block of query
+    rows takes it relative to its first query (``ScoreChanges.key_bias``): the keys near the
     block, which hold its weight, get small offsets that keep their precision in bf16, and the far
     ones large negative offsets, which they had anyway. Blocks hold at most ``BIAS_BLOCK_ROWS``
     queries, so no near key is far from its block's start; causal, a block reads the keys up to
-    its last query only. Each block rebuilds its keys, so in training it is recomputed in
-    backward (checkpoint) instead of keeping them."""
-    n, m = q.shape[-2], k.shape[-2]
-    width, features = v.shape[-1], max(k.shape[-1] + 1, v.shape[-1])
+    its last query only. The sink is one more key after them: its feature is the head's logit,
+    its value zero, and every query may see it, so the mask is explicit (the kernel's
+    ``is_causal`` would align a longer key axis at the top left). Each block rebuilds its keys,
+    so in training it is recomputed in backward (checkpoint) instead of keeping them."""
+    n, m, dk = q.shape[-2], k.shape[-2], k.shape[-1]  # the extra feature is feature dk
+    width, features = v.shape[-1], max(dk + 1 + (modify.sink is not None), v.shape[-1])
     q = same_width(torch.cat([q, q.new_full((*q.shape[:-1], 1), 1 / scale)], -1), features)
     v = same_width(v, features)
 
@@ -865,9 +868,14 @@ def _fused_position_bias(
         k = same_width(torch.cat([k, bias.unsqueeze(-1).expand(*k.shape[:-1], 1)], -1), features)
         mask = allowed.rows(start, start + q_rows.shape[-2], m, q.device)
         mask = None if mask is None else mask[..., :keys]
+        if modify.sink is not None:
+            offset = modify.row_offset(start, q_rows.shape[-2], q.device)
+            offset = None if offset is None else offset / scale
+            q_rows, k, v, mask = with_sink_key(q_rows, k, v, mask, modify.sink, dk, offset)
         return F.scaled_dot_product_attention(q_rows, k, v, attn_mask=mask, dropout_p=p, scale=scale)
 
-    b = min(BIAS_BLOCK_ROWS, _score_block_rows(q, m, None, block_elements))
+    rows = _score_block_rows(q, m, None, block_elements)
+    b = rows if modify.alibi is None and modify.forget is None else min(BIAS_BLOCK_ROWS, rows)
     causal = allowed.causal and allowed.key_positions is None
 
     def args_at(i: int) -> tuple:  # causal over keys at the positions: none past the last query
@@ -875,6 +883,27 @@ def _fused_position_bias(
         return q[..., i : i + b, :], k[..., :stop, :], v[..., :stop, :], i
 
     return _over_blocks(block, n, b, args_at, p)[..., :width]
+
+
+def with_sink_key(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, sink: Tensor, feature: int,
+    row_offset: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """The kernel's ``q`` ``(B, h, rows, f)``, ``k``, ``v`` ``(B, h, M, f)`` and ``mask`` with one
+    more key after the others, allowed for every query, with a zero value: the head's ``sink``
+    logit (``(h,)``) at ``feature`` (where each query holds ``1 / scale``) and 1 at ``feature +
+    1``, where each query gets ``-row_offset`` (``(B or 1, h, rows)``, already over the scale):
+    what the kernel's relative key biases left out of its row (``ScoreChanges.row_offset``)."""
+    unit = torch.zeros(k.shape[-1], dtype=k.dtype, device=k.device)
+    unit[feature] = 1
+    key = sink.to(k.dtype).view(-1, 1, 1) * unit + unit.roll(1)  # (h, 1, f)
+    k = torch.cat([k, key.expand(k.shape[0], -1, 1, -1)], -2)
+    v = torch.cat([v, v.new_zeros((*v.shape[:-2], 1, v.shape[-1]))], -2)
+    if row_offset is not None:
+        q = q - row_offset.to(q.dtype).unsqueeze(-1) * unit.roll(1)
+    if mask is not None:
+        mask = torch.cat([mask, mask.new_ones((*mask.shape[:-1], 1))], -1)
+    return q, k, v, mask
 
 
 class ScoreChanges:
@@ -896,11 +925,11 @@ class ScoreChanges:
         return self.softcap is None and self.sink is None and self.alibi is None and self.forget is None
 
     def fused(self, allowed: KeyMask) -> bool:
-        """Whether the fused kernel can apply these changes (``_fused_position_bias``): no
-        ``softcap`` or ``sink``, and ALiBi only causal over keys at the positions, where its
-        ``-m_h |i - j|`` is ``m_h (j - i)``."""
+        """Whether the fused kernel can apply these changes (``_fused_key_feature``): no
+        ``softcap``, and ALiBi only causal over keys at the positions, where its ``-m_h |i - j|``
+        is ``m_h (j - i)``."""
         aligned_causal = allowed.causal and allowed.key_positions is None
-        return self.softcap is None and self.sink is None and (self.alibi is None or aligned_causal)
+        return self.softcap is None and (self.alibi is None or aligned_causal)
 
     def key_bias(self, start: int, m: int, device: torch.device) -> Tensor:
         """``beta_j`` of the position biases, ``(B or 1, h, M)`` in float32 at least, relative to
@@ -913,6 +942,20 @@ class ScoreChanges:
             j = torch.arange(m, device=device, dtype=self.alibi.dtype) - start
             bias = bias + (self.alibi.view(-1, 1) * j).to(torch.promote_types(self.alibi.dtype, torch.float32))
         return bias if bias.dim() == 3 else bias.unsqueeze(0)
+
+    def row_offset(self, start: int, rows: int, device: torch.device) -> Tensor | None:
+        """What ``key_bias`` leaves out of the logits of queries ``start..start + rows - 1``
+        (``(B or 1, h, rows)``), the same for every key of a row, so the softmax over the keys
+        drops it but a sink's logit must not: ``c_i - c_start`` and ``-m_h (i - start)``."""
+        offset = None
+        if self.forget is not None:
+            c = self.forget
+            offset = c[..., start : start + rows] - c[..., start : start + 1]
+        if self.alibi is not None:
+            i = torch.arange(rows, device=device, dtype=self.alibi.dtype)
+            alibi = -(self.alibi.view(-1, 1) * i).unsqueeze(0)
+            offset = alibi if offset is None else offset + alibi
+        return offset
 
     def capped(self, scores: Tensor) -> Tensor:
         """The logits: ``scores`` after ``softcap``."""
@@ -1054,7 +1097,7 @@ def attend(
         return _fused_softmax(q, k, v, scorer, allowed, p, block_elements), None
     if normalize == "softmax" and score in FUSED_SCORES and modify.fused(allowed):
         q, k, scale = _kernel_inputs(q, k, scorer)
-        return _fused_position_bias(q, k, v, scale, allowed, p, block_elements, modify), None
+        return _fused_key_feature(q, k, v, scale, allowed, p, block_elements, modify), None
     return _chunked(q, k, v, scorer, normalize, allowed, p, block_elements, modify), None
 
 

@@ -33,18 +33,27 @@ def presets() -> dict[str, dict[str, Any]]:
     return {"mha": found.pop("mha"), **found}
 
 
-def measure(lengths: Sequence[int] = LENGTHS, progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def measure(
+    lengths: Sequence[int] = LENGTHS, progress: Callable[[str], None] = print,
+    knobs: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each preset's row per length (``knobs``: only these presets, in their order)."""
     from attnexp.attention.mha import MultiHeadAttention
     from attnexp.bench.measure import timed_peak_memory
     from attnexp.util.memory import mmap_large_blocks
 
     device = torch.device("cpu")
     mmap_large_blocks(4 << 20)  # the process stays near its tensors (docs/benchmarks.md)
+    found = presets()
+    unknown = sorted(set(knobs or ()) - set(found))
+    if unknown:
+        raise ValueError(f"unknown knob presets {unknown}; the presets are {', '.join(found)}")
+    chosen = {name: found[name] for name in knobs} if knobs else found
     rows = []
     for n in lengths:
-        for name, knobs in presets().items():
+        for name, preset in chosen.items():
             torch.manual_seed(0)
-            module = MultiHeadAttention(DIM, causal=True, num_heads=HEADS, **knobs)
+            module = MultiHeadAttention(DIM, causal=True, num_heads=HEADS, **preset)
             x = torch.randn(1, n, DIM, requires_grad=True)
 
             def step(module=module, x=x) -> None:
@@ -87,8 +96,13 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnexp.bench.knob_scaling")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
+    parser.add_argument("--knobs", nargs="+", help="only these presets (default: all)")
     args = parser.parse_args(argv)
-    print(to_markdown(measure(args.lengths)))
+    try:
+        rows = measure(args.lengths, knobs=args.knobs)
+    except ValueError as err:
+        parser.error(str(err))
+    print(to_markdown(rows))
     return 0
 
 

@@ -71,28 +71,34 @@ def measure(lengths: Sequence[int] = LENGTHS, progress: Callable[[str], None] = 
     return rows
 
 
-def speed(lengths: Sequence[int] = (1024, 4096), repeats: int = 3) -> list[dict[str, Any]]:
-    """Seconds of one forward and backward of causal attention with a forget gate (float32): the
-    fused path, the chunked path (``fused=False``) and the plain causal kernel with no bias,
-    interleaved, the median of ``repeats`` each."""
+# The changes ``speed`` can time beside plain causal attention.
+SPEED_KNOBS = ("forget", "sink")
+
+
+def speed(lengths: Sequence[int] = (1024, 4096), repeats: int = 3, knob: str = "forget") -> list[dict[str, Any]]:
+    """Seconds of one forward and backward of causal attention with a forget gate or a sink
+    (float32): the fused path, the chunked path (``fused=False``) and the plain causal kernel
+    with neither, interleaved, the median of ``repeats`` each."""
     import statistics
     import time
 
     from attnexp.attention.design import attend
 
+    if knob not in SPEED_KNOBS:
+        raise ValueError(f"knob must be one of {', '.join(SPEED_KNOBS)}; got {knob!r}")
     rows = []
     for n in lengths:
         q, k, v, forget = inputs(n)
+        change = {"forget": forget} if knob == "forget" else {"sink": torch.tensor([0.5, -1.0])}
         qkv = [t.requires_grad_() for t in (q, k, v)]
-        forms = {"fused": {"forget": forget}, "chunked": {"forget": forget, "fused": False},
-                 "no bias": {}}  # fmt: skip
+        forms = {"fused": change, "chunked": {**change, "fused": False}, "no bias": {}}
         times: dict[str, list[float]] = {form: [] for form in forms}
         for _ in range(repeats):
             for form, knobs in forms.items():
                 start = time.perf_counter()
                 attend(*qkv, is_causal=True, **knobs)[0].sum().backward()
                 times[form].append(time.perf_counter() - start)
-        rows.append({"n": n, **{form: statistics.median(t) for form, t in times.items()}})
+        rows.append({"n": n, "knob": knob, **{form: statistics.median(t) for form, t in times.items()}})
     return rows
 
 
@@ -101,8 +107,9 @@ def speed_markdown(rows: list[dict[str, Any]]) -> str:
 
     lines = [[f"{r['n']:,}", f"{r['fused']:.3f}", f"{r['chunked']:.3f}", f"{r['no bias']:.3f}",
               f"{r['fused'] / r['chunked']:.2f}", f"{r['fused'] / r['no bias']:.1f}"] for r in rows]  # fmt: skip
+    knob = {"forget": "a forget gate", "sink": "a sink"}[rows[0]["knob"]] if rows else "a forget gate"
     return (
-        "One forward and backward of causal attention with a forget gate (1 x 2 heads x 16 "
+        f"One forward and backward of causal attention with {knob} (1 x 2 heads x 16 "
         "features, float32), the median of 3, the three forms interleaved:\n\n"
         + md_table(["N", "fused (s)", "chunked (s)", "no bias (s)", "fused / chunked",
                     "fused / no bias"], lines)  # fmt: skip
@@ -127,8 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m attnexp.bench.position_bias")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--speed", action="store_true", help="time the three forms instead")
+    parser.add_argument("--knob", choices=SPEED_KNOBS, default="forget", help="what --speed times")
     args = parser.parse_args(argv)
-    print(speed_markdown(speed(args.lengths)) if args.speed else to_markdown(measure(args.lengths)))
+    if args.speed:
+        print(speed_markdown(speed(args.lengths, knob=args.knob)))
+    else:
+        print(to_markdown(measure(args.lengths)))
     return 0
 
 
