@@ -1,7 +1,8 @@
 """Generation from a cache (``mha``'s keys and values, a recurrent mixer's state): at every step the
 cached logits equal the recomputed ones (within 1e-4 in float32) and the greedy tokens are
-identical, for plain ``mha``, with each knob of today's language models, and for ``retnet`` and
-``gla``, also past the context length, where both slide their window."""
+identical, for plain ``mha``, with each knob of today's language models, and for the recurrent
+mixers (``retnet``, ``gla``, ``mamba2``, ``deltanet``, ``gated_deltanet``), also past the context
+length, where they slide their window."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ KNOBS = {
     "muse_kernel_1": ["attention=muse", "attention.kernel_sizes=[1]"],
     "retnet": ["attention=retnet", "backbone.positions=none"],  # a recurrent state, not keys
     "gla": ["attention=gla"],
+    "mamba2": ["attention=mamba2", "backbone.positions=none"],  # its state and its conv's inputs
+    "deltanet": ["attention=deltanet"],
+    "gated_deltanet": ["attention=gated_deltanet"],
 }  # fmt: skip
 
 
@@ -85,7 +89,15 @@ def test_models_whose_state_is_not_keys_and_values_recompute(extra):
         generate(model, prompt, 3, CONTEXT, temperature=0, cache=True)
 
 
-@pytest.mark.parametrize("name", ["retnet", "gla"])
+def state_shape(slot) -> tuple[int, ...]:
+    """The state one sequence keeps, ``(1, H, dk, dv)``, from the module's own widths."""
+    if slot.__class__.__name__ == "Mamba2":
+        return (1, slot.num_heads, slot.state_dim, slot.head_dim)
+    key_dim = getattr(slot, "key_dim", slot.dim)
+    return (1, slot.num_heads, key_dim // slot.num_heads, slot.dim // slot.num_heads)
+
+
+@pytest.mark.parametrize("name", ["retnet", "gla", "mamba2", "deltanet", "gated_deltanet"])
 def test_a_recurrent_mixer_decodes_with_a_state_that_does_not_grow(name):
     model = language_model(f"attention={name}", "backbone.positions=none")
     slots = [block.slot.module for block in model.blocks]
@@ -94,10 +106,10 @@ def test_a_recurrent_mixer_decodes_with_a_state_that_does_not_grow(name):
         model(torch.tensor([[1, 2, 3]]))
         for token in range(4, CONTEXT):
             model(torch.tensor([[token]]))
-            shapes.append({tuple(s.cache.state.shape) for s in slots})
-    heads, width = slots[0].num_heads, slots[0].dim
-    expected = (1, heads, slots[0].key_dim // heads, width // heads)
-    assert all(shape == {expected} for shape in shapes)  # H x dk x dv floats, whatever the length
+            shapes.append({(tuple(s.cache.state.shape), *(tuple(t.shape) for t in s.cache.tails.values()))
+                           for s in slots})  # fmt: skip
+    assert all(shape == shapes[0] for shape in shapes)  # whatever the length
+    assert {shape[0] for shape in shapes[0]} == {state_shape(slots[0])}  # H x dk x dv floats
     assert slots[0].cache is None  # emptied on exit
 
 
@@ -110,9 +122,11 @@ def test_a_recurrent_mixer_decodes_with_a_state_that_does_not_grow(name):
         (["attention=retnet"], 4 * 8 * 8),  # H x dk x dv, whatever the length
         (["attention=gla"], 4 * 4 * 8),  # keys half the width
         (["attention=linear"], 4 * (8 * 8 + 8)),  # S and z
+        (["attention=mamba2"], 4 * 16 * 16 + 3 * (64 + 2 * 16)),  # S, the conv's last 3 inputs
+        (["attention=deltanet"], 4 * 8 * 8 + 3 * 3 * 32),  # S, three convs' last 3 inputs
     ],
 )  # fmt: skip
 def test_state_size_is_what_a_sequence_keeps_to_continue(extra, per_layer):
-    model = language_model("backbone.dim=32", "attention.num_heads=4", *extra)
+    model = language_model("backbone.dim=32", *extra)  # every variant here has 4 heads by default
     assert model.state_floats() == 2 * per_layer  # two layers
     assert language_model("attention=none").state_floats() is None  # no slot: nothing declared

@@ -10,6 +10,7 @@ import torch
 
 from attnexp.attention.recurrence import (
     delta_chunkwise,
+    delta_quadratic,
     delta_recurrent,
     gla_chunkwise,
     gla_quadratic,
@@ -71,14 +72,16 @@ def delta_inputs(gated: bool, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("gated", [False, True], ids=["deltanet", "gated_deltanet"])
-def test_delta_rule_chunkwise_wy_form_equals_the_recurrence(gated):
+def test_delta_rule_wy_and_quadratic_forms_equal_the_recurrence(gated):
     x = delta_inputs(gated)
     reference, final = delta_recurrent(**x)
     out, state = delta_chunkwise(**x, chunk_size=8)
-    torch.testing.assert_close(out, reference, **TOL)
     torch.testing.assert_close(state, final, **TOL)
-    for mine, theirs in zip(grads(out, x), grads(reference, x), strict=True):
-        torch.testing.assert_close(mine, theirs, **TOL)
+    expected = grads(reference, x)
+    for form in (out, delta_quadratic(**x)):  # the WY form, and the map times the values
+        torch.testing.assert_close(form, reference, **TOL)
+        for mine, theirs in zip(grads(form, x), expected, strict=True):
+            torch.testing.assert_close(mine, theirs, **TOL)
 
 
 def test_the_delta_rule_with_orthonormal_keys_stores_each_value_and_overwrites_it():

@@ -23,41 +23,29 @@ sequence (as Hydra and Vision Mamba make a causal mixer bidirectional), over the
 each position so reads every other, its own state twice.
 
 **Generation** (``decodable``): a causal mixer keeps only ``S`` (``H x dk x dv`` floats per layer)
-and its position count while ``Transformer.decoding()`` is open (``RecurrentState``): each new
-token costs the same whatever the context.
+and its position count while ``Transformer.decoding()`` is open (``scan_mixer.RecurrentState``):
+each new token costs the same whatever the context.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnexp.attention.base import AttentionModule, Kind, WeightKind, flatten_grid, unflatten_grid
+from attnexp.attention.base import flatten_grid, unflatten_grid
 from attnexp.attention.design import rotary
 from attnexp.attention.recurrence import gla_chunkwise, gla_scores
+from attnexp.attention.scan_mixer import ScanMixer, implied_map
 from attnexp.util.checks import check_positive, check_ratio
 
 GLA_GATE_RANK = 16  # the low-rank gate projection's width (GLA's)
 GLA_GATE_NORMALIZER = 16  # g = logsigmoid(.) / 16 (GLA's tau)
 
 
-@dataclass
-class RecurrentState:
-    """What a causal recurrent mixer keeps while decoding: ``S`` ``(B, H, dk, dv)`` (None before
-    the first token) and how many positions it has read."""
-
-    state: Tensor | None = None
-    length: int = 0
-
-
-class GatedLinearMixer(AttentionModule):
+class GatedLinearMixer(ScanMixer):
     """The layer both variants share; a subclass gives the log decays (``log_decay``)."""
 
-    kind = Kind.MIXER
-    weight_kinds = {"attn": WeightKind.ATTENTION_MAP}
     rope = False  # rotary positions on q and k
     scale_keys = False  # dk^-1/2 on k (RetNet) rather than on q (GLA)
 
@@ -86,15 +74,6 @@ class GatedLinearMixer(AttentionModule):
         self.gate = nn.Linear(dim, dim, bias=False)
         self.head_norm = nn.RMSNorm(dim // num_heads, eps=1e-5)
         self.proj = nn.Linear(dim, dim)
-        self.cache: RecurrentState | None = None  # set while decoding (Transformer.decoding)
-
-    @property
-    def decodable(self) -> bool:
-        """Whether it generates with a ``RecurrentState`` (causal mixers do)."""
-        return self.causal
-
-    def empty_cache(self) -> RecurrentState:
-        return RecurrentState()
 
     def state_floats(self, grid: tuple[int, ...]) -> int:
         """``S``: ``H x dk x dv`` floats, whatever the length."""
@@ -122,26 +101,12 @@ class GatedLinearMixer(AttentionModule):
         if mask is not None:  # a padded position writes nothing and decays nothing
             real = mask.flatten(1)[:, None, :, None]
             k, v, g = k * real, v * real, g * real
-        out = self._scan(q, k, v, g)
+        out = self.scan(lambda *t, state: gla_chunkwise(*t, self.chunk_size, state), q, k, v, g)
         out = self.head_norm(out).transpose(1, 2).flatten(2) * F.silu(self.gate(tokens))
         y = unflatten_grid(self.proj(out), grid)
         if not return_weights:
             return y
-        weights = gla_scores(q, k, g)
-        if not self.causal:
-            weights = weights + gla_scores(*(t.flip(-2) for t in (q, k, g))).flip(-2, -1)
-        return y, {"attn": weights}
-
-    def _scan(self, q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
-        if self.cache is not None:  # decoding: continue from the kept state
-            out, self.cache.state = gla_chunkwise(q, k, v, g, self.chunk_size, self.cache.state)
-            self.cache.length += q.shape[-2]
-            return out
-        out, _ = gla_chunkwise(q, k, v, g, self.chunk_size)
-        if self.causal:
-            return out
-        backward, _ = gla_chunkwise(*(t.flip(-2) for t in (q, k, v, g)), self.chunk_size)
-        return out + backward.flip(-2)
+        return y, {"attn": implied_map(gla_scores, self.causal, q, k, g)}
 
     def flops(self, grid: tuple[int, ...]) -> int:
         """Projections ``2 N C (2 K + 3 C)`` (q, k of width K; v, gate, output), the chunkwise

@@ -16,12 +16,16 @@ exp(G_i - G_j) . k_j) v_j``: the quadratic form. Every exponent taken is of ``G_
 
 **Delta rule** (``delta_*``): ``S_t = exp(g_t) S_{t-1} (I - b_t k_t k_t^T) + b_t k_t v_t^T`` (in
 ``S``'s layout here, ``dk x dv``), ``o_t = S_t^T q_t``, with ``g`` one log decay per head (``None``:
-DeltaNet, Yang et al. 2024; given: Gated DeltaNet, Yang et al. 2025) and ``b_t`` in [0, 1]. It
-has no quadratic form; the chunkwise one is the WY form: within a chunk the written values
-``u_t = b_t (v_t - exp(g_t) S_{t-1}^T k_t)`` solve one unit lower-triangular system.
+DeltaNet, Yang et al. 2024; given: Gated DeltaNet, Yang et al. 2025) and ``b_t`` in [0, 1]. The
+chunkwise form is the WY form: within a chunk the written values ``u_t = b_t (v_t - exp(g_t)
+S_{t-1}^T k_t)`` solve one unit lower-triangular system. The outputs are linear in the values,
+so the whole sequence as one chunk from a zero state gives the quadratic form: ``O = M V`` with
+the map ``M = (lower(Q K^T) * D) T^{-1} diag(b)`` (``delta_scores``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -110,6 +114,34 @@ def delta_recurrent(
     return torch.stack(outs, dim=-2), s
 
 
+def solve_unit_lower(t: Tensor, rhs: Tensor) -> Tensor:
+    """``t^{-1} rhs`` for a unit lower-triangular ``t``, in float32 at least (the solve has no
+    half-precision kernel on CPU), returned in ``rhs``'s dtype."""
+    dtype = torch.promote_types(rhs.dtype, torch.float32)
+    out = torch.linalg.solve_triangular(t.to(dtype), rhs.to(dtype), upper=False, unitriangular=True)
+    return out.to(rhs.dtype)
+
+
+def delta_scores(q: Tensor, k: Tensor, beta: Tensor, g: Tensor | None = None) -> Tensor:
+    """The implied map ``(B, H, N, N)`` of the delta rule from a zero state: ``M = (lower(Q K^T)
+    * D) T^{-1} diag(b)`` with ``T = I + strict_lower(diag(b) (K K^T * D))`` and ``D_ij =
+    exp(G_i - G_j)`` for ``j <= i`` (``N^2`` memory: a reference, and the weights a mixer shows
+    when asked). Lower triangular: ``o_i`` reads ``v_j`` for ``j <= i`` only."""
+    n = q.shape[-2]
+    lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    G = torch.zeros_like(beta) if g is None else g.cumsum(-1)
+    decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf))
+    strict = (k @ k.transpose(-1, -2) * decay).tril(-1) * beta[..., :, None]
+    eye = torch.eye(n, dtype=q.dtype, device=q.device)
+    written = solve_unit_lower(eye + strict, torch.diag_embed(beta))
+    return ((q @ k.transpose(-1, -2)) * decay) @ written
+
+
+def delta_quadratic(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None) -> Tensor:
+    """The quadratic form from a zero state: ``delta_scores @ v``."""
+    return delta_scores(q, k, beta, g) @ v
+
+
 def delta_chunkwise(
     q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
     chunk_size: int = 64, state: Tensor | None = None,
@@ -129,8 +161,16 @@ def delta_chunkwise(
         strict = (kc @ kc.transpose(-1, -2) * decay).tril(-1) * bc[..., :, None]
         eye = torch.eye(c, dtype=q.dtype, device=q.device)
         rhs = bc[..., None] * (vc - torch.exp(G)[..., None] * (kc @ s))
-        written = torch.linalg.solve_triangular(eye + strict, rhs, upper=False, unitriangular=True)
+        written = solve_unit_lower(eye + strict, rhs)
         outs.append(torch.exp(G)[..., None] * (qc @ s) + ((qc @ kc.transpose(-1, -2)) * decay) @ written)
         to_end = torch.exp(G[..., -1:] - G)  # Gam_C / Gam_i
         s = torch.exp(G[..., -1, None, None]) * s + (kc * to_end[..., None]).transpose(-1, -2) @ written
     return torch.cat(outs, dim=-2), s
+
+
+def both_ways(scan: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+    """``scan(*tensors)`` plus the scan of the reversed sequence, reversed back: a causal scan
+    made bidirectional (as Hydra and Vision Mamba do). Time is dimension 2 of every tensor
+    (``(B, H, N, ...)``), so each position reads every other, itself twice."""
+    forward = scan(*tensors)
+    return forward + scan(*(t.flip(2) for t in tensors)).flip(2)
