@@ -1,8 +1,8 @@
 """Generation from a cache (``mha``'s keys and values, a recurrent mixer's state): at every step the
 cached logits equal the recomputed ones (within 1e-4 in float32) and the greedy tokens are
 identical, for plain ``mha``, with each knob of today's language models, and for the recurrent
-mixers (``retnet``, ``gla``, ``mamba2``, ``deltanet``, ``gated_deltanet``), also past the context
-length, where they slide their window."""
+mixers (``retnet``, ``gla``, ``mamba2``, ``deltanet``, ``gated_deltanet``, ``based``), also past the
+context length, where they slide their window. Long convolutions recompute."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ KNOBS = {
     "mamba2": ["attention=mamba2", "backbone.positions=none"],  # its state and its conv's inputs
     "deltanet": ["attention=deltanet"],
     "gated_deltanet": ["attention=gated_deltanet"],
+    "based": ["attention=based"],  # a short conv's last inputs, then the Taylor map's sums
+    "based_window": ["attention=based", "attention.pattern=[window,taylor]"],
 }  # fmt: skip
 
 
@@ -78,7 +80,7 @@ def test_generate_takes_the_cache_when_it_can_and_samples_the_same_tokens():
 
 
 @pytest.mark.parametrize("extra", [["attention=muse"], ["attention=linear"], ["attention.qk_conv=3"],
-                                   ["lm_backbone=cnn"]])  # fmt: skip
+                                   ["lm_backbone=cnn"], ["attention=hyena"], ["attention=base_conv"]])  # fmt: skip
 def test_models_whose_state_is_not_keys_and_values_recompute(extra):
     model = language_model(*extra)
     assert not getattr(model, "decodable", False)
@@ -124,6 +126,7 @@ def test_a_recurrent_mixer_decodes_with_a_state_that_does_not_grow(name):
         (["attention=linear"], 4 * (8 * 8 + 8)),  # S and z
         (["attention=mamba2"], 4 * 16 * 16 + 3 * (64 + 2 * 16)),  # S, the conv's last 3 inputs
         (["attention=deltanet"], 4 * 8 * 8 + 3 * 3 * 32),  # S, three convs' last 3 inputs
+        (["attention=hyena"], CONTEXT * 32 + 2 * 3 * 32),  # the long conv's whole input, grows with N
     ],
 )  # fmt: skip
 def test_state_size_is_what_a_sequence_keeps_to_continue(extra, per_layer):

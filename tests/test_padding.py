@@ -31,7 +31,9 @@ SMALL = [o for o in TINY if not o.startswith("backbone.depth")] + ["backbone.dep
 
 
 def assert_same(actual, expected):
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    """Equal to 1e-5, or to 1e-9 of the value: the models run in float64, where a leak shows far
+    above 1e-9, and a cubic gate (hyena's) with perturbed weights reaches 1e11 in eval mode."""
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-9)
 
 
 def perturb(model: nn.Module) -> nn.Module:

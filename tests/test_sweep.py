@@ -41,7 +41,7 @@ EXPECTED_JOBS = {
     "design_space_mqar": 5 * 3 * 3,
     "listops": 7 * 3,  # every variant but pool, which cannot read the CLS token
     "listops_small": 8 * 3,
-    "lm_ablation": 12 * 2 * 3,
+    "lm_ablation": 15 * 2 * 3,
     "modern_attention": 12 * 3,  # mha and 11 presets of conf/attention_knob
     "modern_attention_mqar": 12 * 3,  # the same on one MQAR cell
     "mqar_length": 6 * 3 * 3,

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from attnexp.attention import WeightKind
+from attnexp.attention import AttentionModule, WeightKind
 from attnexp.training.pipeline import build_model
 from attnexp.training.viz import PLOTTERS, save_attention_figures, save_model_figures
 from tests.conftest import ATTENTIONS, compose_cfg, tiny
@@ -116,8 +116,11 @@ def test_every_variant_in_a_model_is_drawn_whole(attention, data_dir, tmp_path):
         warnings.simplefilter("error", UserWarning)
         paths = save_model_figures(model, torch.randn(3, 40, 1), tmp_path / "f", max_samples=2)
     assert model.training  # the mode is restored
-    assert bool(paths) == (attention != "none")
-    assert (tmp_path / "f").exists() == (attention != "none")
+    # a slot whose module declares weight kinds draws them (none: no slot; a convolution: no map)
+    drawn = any(m.weight_kinds for m in model.modules() if isinstance(m, AttentionModule))
+    assert drawn == (attention not in ("none", "hyena", "base_conv", "based"))  # based's block 0: conv
+    assert bool(paths) == drawn
+    assert (tmp_path / "f").exists() == drawn
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in paths)
 
 

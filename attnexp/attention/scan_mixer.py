@@ -1,7 +1,8 @@
 """What the recurrent mixers share (``retnet``, ``gla``, ``mamba2``, ``deltanet``,
-``gated_deltanet``): a causal scan over the flattened grid, made bidirectional for a classifier by
-adding the scan of the reversed sequence (as Hydra and Vision Mamba do), and generation from a
-kept state.
+``gated_deltanet``, ``based``'s linear attention; the convolutional ones build on it too): a causal
+scan over the flattened grid, made bidirectional for a classifier by adding the scan of the
+reversed sequence (as Hydra and Vision Mamba do), and generation from a kept state (a recurrent
+state, short convolutions' last inputs).
 
 ``ScanMixer.scan(chunkwise, *tensors)`` runs a chunkwise recurrence (``attnexp.attention.
 recurrence``): from a zero state in training, both ways when not causal; while
@@ -42,7 +43,8 @@ def implied_map(scores: Callable[..., Tensor], causal: bool, *tensors: Tensor) -
 
 
 class ScanMixer(AttentionModule):
-    """A token mixer computed by a recurrence over the positions (raster order on an image)."""
+    """A token mixer computed by a recurrence over the positions (raster order on an image), or
+    one that generates from a kept state."""
 
     kind = Kind.MIXER
     weight_kinds = {"attn": WeightKind.ATTENTION_MAP}
