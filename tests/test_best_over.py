@@ -29,7 +29,7 @@ LR_COL = best_column(LR)
 
 def make_run(root, name, *, attention="mha", dim=64, seq_len=64, lr=1e-3, seed=0, val=None,
              test=None, lm=False, status="completed", config=None, backbone="transformer",
-             dataset="zoology_mqar"):  # fmt: skip
+             dataset="zoology_mqar", state=None):  # fmt: skip
     """A run dir: results.json with the validation objective and test metrics given, and the
     saved .hydra/config.yaml holding the swept keys."""
     task = language_modelling() if lm else classification(10)
@@ -43,6 +43,7 @@ def make_run(root, name, *, attention="mha", dim=64, seq_len=64, lr=1e-3, seed=0
         "choices": {"attention": attention, "backbone": backbone, "dataset": dataset,
                     "seed": seed, "experiment": None},
         "task": task.to_json(), "metrics": metrics,
+        **({} if state is None else {"state_floats": state}),
     })  # fmt: skip
     cfg = config or {"seed": seed, "backbone": {"dim": dim}, "dataset": {"seq_len": seq_len},
                      "optim": {"optimizer": {"lr": lr}}}  # fmt: skip
@@ -155,6 +156,20 @@ def test_the_width_figure_is_written_when_rows_split_by_width_and_length(tmp_pat
     assert not (plain / FIGURE_FILE).exists()
 
 
+def test_the_width_figure_adds_a_row_against_the_state_size_when_every_run_recorded_it(tmp_path, monkeypatch):
+    from attnexp.report import zoology_figure
+
+    shapes = []
+    original = zoology_figure.new_figure
+    monkeypatch.setattr(zoology_figure, "new_figure", lambda *a, **k: shapes.append(a[:2]) or original(*a, **k))
+    for i, (attention, dim, state) in enumerate([("mha", 64, 8192), ("mha", 128, 16384), ("gla", 64, 512)]):
+        make_run(tmp_path, f"{i}", attention=attention, dim=dim, val=0.5, test=0.5, state=state)
+    build_report([tmp_path], tmp_path / "with", by=[DIM, SEQ])
+    make_run(tmp_path, "3", attention="linear", val=0.5, test=0.5)  # no state recorded
+    build_report([tmp_path], tmp_path / "without", by=[DIM, SEQ])
+    assert shapes == [(2, 1), (1, 1)]  # rows: width and state size, then width alone
+
+
 def test_config_values_resolve_interpolations_and_keep_hydra_runtime_ones_as_written(tmp_path):
     run = make_run(tmp_path, "0", val=0.5, test=0.5, config={
         "width": 96, "backbone": {"dim": "${width}"},
@@ -235,3 +250,30 @@ def test_a_line_per_variant_though_backbone_and_dataset_names_carry_the_width_an
     points = {(n, r.labels[DIM], r.labels[SEQ]) for n, r in zip(names, rows, strict=True)}
     assert len(points) == len(rows) == 9
     assert "mha / cnn" in names and "mha / transformer-d64" in names and "linear" not in names
+
+
+def test_select_seeds_picks_the_value_on_those_seeds_and_reports_the_fresh_ones(tmp_path):
+    """Seed 0 picks lr 1e-2 (its lucky validation); the row reports seeds 1 and 2 at 1e-2, not
+    seed 0's run, and names the value; the plain selection would keep 1e-3 (best over all seeds)."""
+    for seed, lr, val, test in [(0, 1e-2, 0.9, 0.95), (0, 1e-3, 0.5, 0.5),
+                                (1, 1e-2, 0.4, 0.30), (1, 1e-3, 0.8, 0.8),
+                                (2, 1e-2, 0.4, 0.40), (2, 1e-3, 0.8, 0.8)]:  # fmt: skip
+        make_run(tmp_path, f"{seed}-{lr}", seed=seed, lr=lr, val=val, test=test)
+    runs = [load_record(p) for p in sorted(tmp_path.glob("*/results.json"))]
+    (fresh,) = summarize_by(runs, (), LR, select_seeds=[0])
+    assert fresh.labels[LR_COL] == 1e-2 and fresh.n_seeds == 2
+    assert fresh.stat("test/acc").mean == pytest.approx(0.35)  # seeds 1 and 2, not seed 0's 0.95
+    (same_runs,) = summarize_by(runs, (), LR)
+    assert same_runs.labels[LR_COL] == 1e-3  # mean val 0.7 against 0.567
+    report = build_report([tmp_path], tmp_path / "out", best_over=LR, select_seeds=[0])
+    assert "completed runs of seeds 0 have the best" in (tmp_path / "out" / rp.MD_FILE).read_text()
+    assert report.rows[0].n_seeds == 2
+
+
+def test_select_seeds_needs_best_over_and_integer_seeds(tmp_path, capsys):
+    make_run(tmp_path, "0", val=0.5, test=0.5)
+    with pytest.raises(ReportError, match="--select-seeds picks the --best-over value: give --best-over too"):
+        build_report([tmp_path], select_seeds=[0])
+    with pytest.raises(SystemExit):
+        rp.main([str(tmp_path), "--best-over", LR, "--select-seeds", "zero"])
+    assert "comma-separated integer seeds, got 'zero'" in capsys.readouterr().err

@@ -50,8 +50,8 @@ EXPECTED_JOBS = {
     "shakespeare_bpe_cpu": 1,
     "shakespeare_char": 1,
     "shakespeare_char_cpu": 1,
-    "zoology_mqar": 7 * 4 * 4 * 4,
-    "zoology_mqar_small": 7 * 2 * 2 * 2,  # two learning rates on a CPU
+    "zoology_mqar": 15 * 4 * 4 * 4,
+    "zoology_mqar_small": 15 * 2 * 2 * 2,  # two learning rates on a CPU
 }
 
 

@@ -16,6 +16,15 @@ from attnexp.tasks.spec import task_of
 from tests.conftest import compose_cfg
 
 MIXERS = ["mha", "linear", "muse", "none", "window", "kv_stride", "cosine"]
+# The sub-quadratic mixers, each with Zoology's settings where it has the mixer.
+SUBQUADRATIC = {
+    "retnet": {}, "gla": {}, "deltanet": {"num_heads": 4, "conv_size": 4},
+    "gated_deltanet": {"num_heads": 4, "conv_size": 4},
+    "mamba2": {"state_dim": 16, "head_dim": 64, "expand": 2, "conv_size": 4},
+    "hyena": {"filter_order": 64, "short_conv_size": 3, "max_len": 64},
+    "base_conv": {"kernel_sizes": [3, -1], "max_len": 64},
+    "based": {"pattern": ["conv", "taylor"], "feature_dim": 8, "num_heads": 1, "conv_size": 3},
+}  # fmt: skip
 LENGTHS = {"L64": (64, 4, 512), "L128": (128, 8, 512), "L256": (256, 16, 256), "L512": (512, 64, 128)}  # fmt: skip
 
 
@@ -37,6 +46,19 @@ def test_each_mixer_preset_builds_a_causal_model_with_zoologys_attention(mixer, 
         assert cfg.attention.attn_drop == 0.1
     names = {"window": "mha-window16", "kv_stride": "mha-kvstride2", "cosine": "mha-cosine"}
     assert cfg.choices.attention == names.get(mixer, mixer)
+
+
+@pytest.mark.parametrize("mixer", sorted(SUBQUADRATIC))
+def test_each_subquadratic_preset_sets_zoologys_settings_and_builds_in_the_study(mixer):
+    from omegaconf import OmegaConf
+
+    cfg = zoology(f"zoology_mixer={mixer}")
+    assert cfg.choices.attention == mixer
+    attention = OmegaConf.to_container(cfg.attention, resolve=True)
+    assert {k: attention[k] for k in SUBQUADRATIC[mixer]} == SUBQUADRATIC[mixer]
+    model = build_model(cfg)
+    assert all(slot.module.causal for _, slot in model.slots())
+    assert model.state_floats() > 0  # the state-size axis of the figure
 
 
 def zoology(*overrides: str):

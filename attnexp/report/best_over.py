@@ -13,6 +13,11 @@ its learning rates. Here that is two report options, both naming dotted keys of 
   or ``val/loss_best``) make the row; their test metrics are
   reported and the value is named in the column ``<key> (best)``. The cell's failed runs, whatever
   their value, still count in its ``failed`` column. Ties go to the smallest value.
+- ``select_seeds`` (with ``best_over``; ``--select-seeds 0``): the value is picked by the runs of
+  these seeds only, and the row reports the runs of the other seeds at that value. The winner of a
+  noisy maximum is partly luck, and reporting the runs that won keeps that luck; fresh seeds at the
+  chosen value do not (modded-nanogpt's records warn of the same). A cell without fresh seeds at
+  its value has no completed run to report.
 """
 
 from __future__ import annotations
@@ -40,8 +45,16 @@ def best_column(key: str) -> str:
     return f"{key}{BEST_SUFFIX}"
 
 
-def best_over_note(key: str) -> str:
+def best_over_note(key: str, select_seeds: Sequence[int] | None = None) -> str:
     """The report's sentence on what a ``best_over`` row holds."""
+    if select_seeds is not None:
+        seeds = ", ".join(str(s) for s in select_seeds)
+        return (
+            f"Each row's `{key}` value is the one whose completed runs of seeds {seeds} have the best "
+            f"mean validation objective (each run's own), named in the column `{best_column(key)}`; "
+            "the metrics are the test metrics of the other seeds' runs at that value (fresh seeds: "
+            "the selection's luck stays out)."
+        )
     return (
         f"Each row keeps only the runs of the `{key}` value whose completed runs have the best "
         f"mean validation objective (each run's own: by default val/acc_best max for classification, "
@@ -49,9 +62,17 @@ def best_over_note(key: str) -> str:
     )
 
 
-def check_keys(by: Sequence[str], best_over: str | None) -> None:
-    """A ReportError naming the option unless ``by`` is a list of dotted keys and ``best_over``
-    one key (or None) that is not also a ``by`` key."""
+def check_keys(
+    by: Sequence[str], best_over: str | None, select_seeds: Sequence[int] | None = None
+) -> None:
+    """A ReportError naming the option unless ``by`` is a list of dotted keys, ``best_over``
+    one key (or None) that is not also a ``by`` key, and ``select_seeds`` (or None) a non-empty
+    list of seeds given with ``best_over``."""
+    if select_seeds is not None:
+        if best_over is None:
+            raise ReportError("--select-seeds picks the --best-over value: give --best-over too")
+        if not select_seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in select_seeds):
+            raise ReportError(f"--select-seeds must be a non-empty list of seeds (integers), got {select_seeds!r}")
     if isinstance(by, str) or not all(isinstance(k, str) and k for k in by):
         raise ReportError(f"--by / report_by must be a list of config keys, got {by!r}")
     if best_over is not None and (not isinstance(best_over, str) or not best_over):
@@ -109,13 +130,20 @@ def value_order(value: Any) -> tuple:
     return (0, value, "") if number else (1, 0, str(value))
 
 
-def select_best(cell: Sequence[RunRecord], key: str) -> tuple[Any, list[RunRecord]]:
-    """The value of ``key`` whose completed runs of ``cell`` have the best mean validation
-    objective, and the runs a row keeps: those runs and the cell's failed ones. ``(None, cell)``
-    when no run of the cell completed."""
-    done = [r for r in cell if r.status == COMPLETED]
+def select_best(
+    cell: Sequence[RunRecord], key: str, select_seeds: Sequence[int] | None = None
+) -> tuple[Any, list[RunRecord]]:
+    """The value of ``key`` whose completed runs of ``cell`` (of ``select_seeds`` only, when
+    given) have the best mean validation objective, and the runs a row keeps: those runs (the
+    other seeds' runs at that value, when ``select_seeds`` is given) and the cell's failed ones.
+    ``(None, cell)`` when no run that could select completed."""
+    chosen, fresh = list(cell), []
+    if select_seeds is not None:
+        chosen = [r for r in cell if r.seed in select_seeds]
+        fresh = [r for r in cell if r.seed not in select_seeds and r.status == COMPLETED]
+    done = [r for r in chosen if r.status == COMPLETED]
     if not done:
-        return None, list(cell)
+        return None, list(cell) if select_seeds is None else [r for r in cell if r.status == FAILED]
     task = done[0].task
     objective = task.objective
     direction = task.direction_of(objective) if objective else None
@@ -134,15 +162,20 @@ def select_best(cell: Sequence[RunRecord], key: str) -> tuple[Any, list[RunRecor
         )
     pick = max if direction == MAX else min
     best = pick(candidates, key=lambda v: scores[v])  # the first of equals: the smallest value
-    return best, by_value[best] + [r for r in cell if r.status == FAILED]
+    kept = by_value[best] if select_seeds is None else [
+        r for r in fresh if config_value(r.path, key, "--best-over") == best
+    ]  # fmt: skip
+    return best, kept + [r for r in cell if r.status == FAILED]
 
 
 def summarize_by(
-    runs: Sequence[RunRecord], by: Sequence[str] = (), best_over: str | None = None
-) -> list[Row]:
+    runs: Sequence[RunRecord], by: Sequence[str] = (), best_over: str | None = None,
+    select_seeds: Sequence[int] | None = None,
+) -> list[Row]:  # fmt: skip
     """The report's rows (``attnexp.report.summarize``) with cells also split by the ``by`` config
-    values and, with ``best_over``, reduced to the winning value's runs (module docstring)."""
-    check_keys(by, best_over)
+    values and, with ``best_over``, reduced to the winning value's runs, or to the fresh seeds'
+    runs at the value ``select_seeds`` chose (module docstring)."""
+    check_keys(by, best_over, select_seeds)
     if not by and best_over is None:
         return summarize(runs)
     cells: dict[tuple, list[RunRecord]] = {}
@@ -153,7 +186,7 @@ def summarize_by(
     for (*_, values), cell in cells.items():
         labels = dict(zip(by, values, strict=True))
         if best_over is not None:
-            labels[best_column(best_over)], cell = select_best(cell, best_over)
+            labels[best_column(best_over)], cell = select_best(cell, best_over, select_seeds)
         (row,) = summarize(cell)  # one cell: one identity
         row.labels = labels
         rows.append(row)

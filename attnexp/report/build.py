@@ -117,10 +117,12 @@ def build_report(
     by: Sequence[str] = (),
     best_over: str | None = None,
     baseline: str | None = None,
+    select_seeds: Sequence[int] | None = None,
 ) -> Report:
     """Read ``dirs``, write the Markdown, CSV and PNGs into ``out_dir`` (default: the first dir).
     ``by`` and ``best_over``: config keys that split rows and that each row is the best over
-    (``attnexp.report.best_over``); with ``baseline`` (``"attention=none"``), compare every row with it
+    (``attnexp.report.best_over``), picked on the runs of ``select_seeds`` and reported on the
+    other seeds when given; with ``baseline`` (``"attention=none"``), compare every row with it
     (``compare_to_baseline``)."""
     from attnexp.report.best_over import best_over_note, check_keys, summarize_by
     from attnexp.report.curves import learning_curves
@@ -129,17 +131,17 @@ def build_report(
 
     if not dirs:
         raise ReportError("give at least one sweep dir")
-    check_keys(by, best_over)
+    check_keys(by, best_over, select_seeds)
     if baseline is not None:
         parse_baseline(baseline)  # a bad key fails before any file is read
     runs, unreadable = load_runs(dirs)
     out = Path(out_dir if out_dir is not None else dirs[0])
     report = Report(
-        rows=summarize_by([r for r in runs if r.status not in UNFINISHED], by, best_over),
+        rows=summarize_by([r for r in runs if r.status not in UNFINISHED], by, best_over, select_seeds),
         failures=[r for r in runs if r.status == FAILED],
         unreadable=unreadable,
         running=[r for r in runs if r.status in UNFINISHED],
-        notes=[best_over_note(best_over)] if best_over else [],
+        notes=[best_over_note(best_over, select_seeds)] if best_over else [],
     )
     if baseline is not None:
         compare_to_baseline(report.rows, baseline)
@@ -154,6 +156,14 @@ def build_report(
     atomic_write_text(out / HTML_FILE, markdown_to_html(markdown, out))
     report.files += [out / MD_FILE, out / HTML_FILE, out / CSV_FILE]
     return report
+
+
+def seed_list(text: str) -> list[int]:
+    """``--select-seeds``'s value: comma-separated integer seeds."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated integer seeds, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -178,6 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "best validation objective, and name it (e.g. optim.optimizer.lr)",
     )  # fmt: skip
     parser.add_argument(
+        "--select-seeds", metavar="SEEDS", type=seed_list,
+        help="with --best-over: pick the value on these seeds' runs (e.g. 0 or 0,1) and report "
+        "the other seeds' runs at that value, so the selection's luck stays out",
+    )  # fmt: skip
+    parser.add_argument(
         "--skip-unreadable", action="store_true",
         help="write the report even when a results.json cannot be read (it is listed as "
         "unreadable); without it, such a file ends the command with exit status 1",
@@ -194,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report = build_report(
-            args.dirs, args.out, by=args.by, best_over=args.best_over, baseline=args.baseline
+            args.dirs, args.out, by=args.by, best_over=args.best_over, baseline=args.baseline,
+            select_seeds=args.select_seeds,
         )
     except ReportError as e:
         print(f"attnexp-compare: error: {e}", file=sys.stderr)
