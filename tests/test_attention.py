@@ -57,7 +57,7 @@ def test_the_library_is_discovered():
 
 
 def test_an_unknown_variant_or_key_is_refused_naming_the_choices():
-    with pytest.raises(ValueError, match="attention='nope' is not a variant; available: cbam, "):
+    with pytest.raises(ValueError, match="attention='nope' is not a variant; available: base_conv, based, cbam, "):
         create("nope", 16)
     with pytest.raises(ValueError, match="attention=mha has no key scroe; its keys: num_heads"):
         create("mha", 16, scroe="cosine")

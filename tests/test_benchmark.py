@@ -118,7 +118,7 @@ def test_smoke_run_checks_every_reference_numerically(smoke):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--variants", "nope"], "unknown variants ['nope']; discovered: cbam, "),
+        (["--variants", "nope"], "unknown variants ['nope']; discovered: base_conv, based, cbam, "),
         (["--threads", "0"], "--threads must be"),
         (["--design-scaling", "--lengths", "1"], "--lengths must be at least 2"),
     ],

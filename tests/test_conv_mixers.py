@@ -52,14 +52,14 @@ def test_hyenas_filter_decays_from_one_percent_at_one_and_a_half_to_point_three_
     torch.testing.assert_close(ratio[[0, -1]], expected, rtol=1e-6, atol=0)  # offsets in float32
 
 
-def test_base_conv_cycles_its_kernel_sizes_over_the_layers_and_refuses_a_bad_one():
+def test_base_conv_cycles_its_kernels_over_the_layers_and_refuses_a_bad_one():
     build = factory(attention_config("base_conv"))
     kinds = [build(dim=8, layer=i).kernel_size for i in range(4)]
     assert kinds == [3, -1, 3, -1]
     assert build(dim=8, layer=0).decodable is False  # not causal
     assert build(dim=8, causal=True, layer=0).decodable and not build(dim=8, causal=True, layer=1).decodable
-    with pytest.raises(ValueError, match=r"kernel_sizes must be a non-empty list of widths >= 1 or -1"):
-        build(dim=8, kernel_sizes=[0])
+    with pytest.raises(ValueError, match=r"kernel_by_layer must be a non-empty list of widths >= 1 or -1"):
+        build(dim=8, kernel_by_layer=[0])
 
 
 def test_based_picks_its_block_by_layer_and_refuses_an_unknown_kind():

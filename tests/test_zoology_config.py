@@ -22,7 +22,7 @@ SUBQUADRATIC = {
     "gated_deltanet": {"num_heads": 4, "conv_size": 4},
     "mamba2": {"state_dim": 16, "head_dim": 64, "expand": 2, "conv_size": 4},
     "hyena": {"filter_order": 64, "short_conv_size": 3, "max_len": 64},
-    "base_conv": {"kernel_sizes": [3, -1], "max_len": 64},
+    "base_conv": {"kernel_by_layer": [3, -1], "max_len": 64},
     "based": {"pattern": ["conv", "taylor"], "feature_dim": 8, "num_heads": 1, "conv_size": 3},
 }  # fmt: skip
 LENGTHS = {"L64": (64, 4, 512), "L128": (128, 8, 512), "L256": (256, 16, 256), "L512": (512, 64, 128)}  # fmt: skip

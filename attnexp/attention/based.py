@@ -111,13 +111,13 @@ class Based(AttentionModule):
         kinds = list(pattern)
         if not kinds or any(kind not in LAYER_KINDS for kind in kinds):
             raise ValueError(f"pattern must be a non-empty list of {', '.join(LAYER_KINDS)}; got {pattern!r}")
+        check_positive("window", window)
         self.layer_kind = kinds[layer % len(kinds)]
         if self.layer_kind == "conv":
-            self.mixer: AttentionModule = BaseConv(dim, grid_ndim, causal, kernel_sizes=[conv_size])
+            self.mixer: AttentionModule = BaseConv(dim, grid_ndim, causal, kernel_by_layer=[conv_size])
         elif self.layer_kind == "taylor":
             self.mixer = TaylorLinearAttention(dim, grid_ndim, causal, num_heads, feature_dim, chunk_size)
         else:
-            check_positive("window", window)
             self.mixer = MultiHeadAttention(dim, grid_ndim, causal, num_heads=num_heads, window=window)
         self.weight_kinds = self.mixer.weight_kinds  # a conv block has no map
 

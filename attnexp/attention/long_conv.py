@@ -13,7 +13,7 @@ later inputs into earlier outputs at float32's 1e-5):
   modulated by ``exp(-|delta_c| r)`` (``r = |offset| / max_len``; ``delta_c`` spaced from
   ``log(0.01)/1.5`` to ``log(0.01)/0.3`` over the channels, fixed), Hyena's exponential decay.
 - ``base_conv``: ``y = conv(u) * (u W + b) + u``; ``conv`` is, by the layer's index, a short conv
-  of width ``kernel_sizes[layer]`` (no activation) or, where it is -1, a long conv with an
+  of width ``kernel_by_layer[layer]`` (no activation) or, where it is -1, a long conv with an
   implicit filter (an MLP 3 -> 16 -> C with ReLU, no decay) plus ``u`` (Zoology's ``fft_conv``
   adds it). Zoology's figure 2 alternates ``[3, -1]``; the list is cycled over the layers.
 
@@ -197,15 +197,16 @@ class BaseConv(LongConvMixer):
     """Zoology's BaseConv (``base_conv``): a projection gated by a short or a long convolution."""
 
     def __init__(
-        self, dim: int, grid_ndim: int = 1, causal: bool = False, kernel_sizes: Sequence[int] = (3, -1),
+        self, dim: int, grid_ndim: int = 1, causal: bool = False, kernel_by_layer: Sequence[int] = (3, -1),
         filter_hidden: int = 16, max_len: int = 1024, layer: int = 0,
     ) -> None:  # fmt: skip
         super().__init__(dim, grid_ndim, causal)
-        sizes = list(kernel_sizes)
+        check_positive("filter_hidden", filter_hidden)
+        sizes = list(kernel_by_layer)
         if not sizes or any(not isinstance(k, int) or (k < 1 and k != -1) for k in sizes):
             raise ValueError(
-                f"kernel_sizes must be a non-empty list of widths >= 1 or -1 (a long convolution), "
-                f"got {kernel_sizes!r}"
+                f"kernel_by_layer must be a non-empty list of widths >= 1 or -1 (a long convolution), "
+                f"got {kernel_by_layer!r}"
             )
         self.kernel_size = sizes[layer % len(sizes)]
         self.projection = nn.Linear(dim, dim)
