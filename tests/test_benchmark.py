@@ -721,3 +721,11 @@ def test_the_knob_scaling_benchmark_times_every_preset_and_reads_its_memory():
     assert [r["knob"] for r in chosen] == ["sink", "mha"]
     with pytest.raises(ValueError, match=r"unknown knob presets \['sinks'\]; the presets are mha, "):
         knob_scaling.measure(lengths=[32], knobs=["sinks"])
+
+
+def test_the_decoding_benchmark_times_a_mixer_with_its_state_and_by_recomputation():
+    from attnexp.bench import decoding
+
+    (row,) = decoding.tokens_per_second([16], repeats=1, attention="gla", new_tokens=4)
+    assert (row["attention"], row["context"], row["new"]) == ("gla", 16, 4)
+    assert row["same"] and row["cached"] > 0 and row["recomputed"] > 0
