@@ -729,3 +729,14 @@ def test_the_decoding_benchmark_times_a_mixer_with_its_state_and_by_recomputatio
     (row,) = decoding.tokens_per_second([16], repeats=1, attention="gla", new_tokens=4)
     assert (row["attention"], row["context"], row["new"]) == ("gla", 16, 4)
     assert row["same"] and row["cached"] > 0 and row["recomputed"] > 0
+
+
+def test_the_process_memory_benchmark_measures_any_variant_and_tabulates_its_growth():
+    from attnexp.bench import process_memory
+
+    cell = process_memory.child(64, True, "gla")
+    assert cell["variant"] == "gla" and cell["n"] == 64 and cell["peak_rss_mb"] > 0 and cell["step_s"] > 0
+    rows = [{"variant": "gla", "n": n, "growth_mb": mb, "step_s": s}
+            for n, mb, s in ((1024, 10.0, 0.1), (4096, 40.0, 0.4))]  # fmt: skip
+    table = process_memory.scaling_markdown(rows)
+    assert "| gla | 10 | 40 | 0.100 | 0.400 | 4.00 | 4.00 |" in table
