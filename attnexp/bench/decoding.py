@@ -36,7 +36,8 @@ def tokens_per_second(
     """For each context length: new tokens per second cached and recomputed (medians of
     ``repeats``, interleaved), their ratio, and whether both generated the same tokens. The
     prompt fills the context but ``new_tokens`` (None: a one-token prompt and a whole context of
-    new tokens), so the last steps read a full context."""
+    new tokens), so the last steps read a full context. A rate is of the tokens after the first:
+    ``(new - 1) / (T(new) - T(1))``, so the prompt's own pass (the same for both) stays out."""
     from attnexp.training.generate import generate
 
     rows = []
@@ -44,14 +45,16 @@ def tokens_per_second(
         new = context if new_tokens is None else min(new_tokens, context)
         model = model_at(context, attention)
         prompt = torch.zeros(1, max(1, context - new), dtype=torch.long)
-        times: dict[bool, list[float]] = {True: [], False: []}
+        times: dict[tuple[bool, int], list[float]] = {(c, k): [] for c in (True, False) for k in (1, new)}
         outs = {}
         for _ in range(repeats):
-            for cache in (True, False):
+            for cache, count in times:
                 start = time.perf_counter()
-                outs[cache] = generate(model, prompt, new, context, temperature=0, cache=cache)
-                times[cache].append(time.perf_counter() - start)
-        cached, recomputed = (new / statistics.median(times[c]) for c in (True, False))
+                outs[cache] = generate(model, prompt, count, context, temperature=0, cache=cache)
+                times[cache, count].append(time.perf_counter() - start)
+        cached, recomputed = (
+            (new - 1) / (statistics.median(times[c, new]) - statistics.median(times[c, 1])) for c in (True, False)
+        )
         rows.append({"attention": attention, "context": context, "new": new, "cached": cached,
                      "recomputed": recomputed, "ratio": cached / recomputed,
                      "same": bool(torch.equal(outs[True], outs[False]))})  # fmt: skip
