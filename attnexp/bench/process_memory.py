@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
+
 DIM, HEADS, BATCH = 64, 4, 1
 SHORT, LONG = 256, 8192
 TIMED_STEPS = 2
@@ -35,14 +37,17 @@ def child(n: int, mmap: bool, variant: str = "mha", **knobs: Any) -> dict[str, A
     then ``TIMED_STEPS`` timed steps."""
     import torch
 
-    from attnexp.config.attention import create
+    from attnexp.attention import factory
+    from attnexp.config.attention import attention_config
     from attnexp.util import memory
 
     torch.manual_seed(0)
     if not mmap:
         memory.AUTO_MMAP = False
     heads = {"num_heads": HEADS} if variant == "mha" else {}
-    module = create(variant, DIM, **heads, **knobs)
+    layer = knobs.pop("layer", 0)  # a block-dependent variant (based, base_conv): that block
+    build = factory(attention_config(variant))
+    module = build(dim=DIM, **heads, **knobs, **({"layer": layer} if layer else {}))
     x = torch.randn(BATCH, n, DIM, requires_grad=True)
 
     def step() -> None:
@@ -54,7 +59,7 @@ def child(n: int, mmap: bool, variant: str = "mha", **knobs: Any) -> dict[str, A
     for _ in range(TIMED_STEPS):
         step()
     return {
-        "variant": variant, **knobs, "n": n, "mmap": memory.mmapped(),
+        "variant": variant, **knobs, "layer": layer, "n": n, "mmap": memory.mmapped(),
         "peak_rss_mb": peak_mb, "step_s": (time.perf_counter() - start) / TIMED_STEPS,
     }  # fmt: skip
 
@@ -87,11 +92,13 @@ def scaling(
     """Per variant and length: the process's growth at that length over ``short`` (MB, the
     chunked path's mmap setting) and the step time, each from a fresh process."""
     rows = []
-    for variant in variants:
-        base = run_cell(short, "mmap", threads, variant)["peak_rss_mb"]
+    for spec in variants:  # "name" or "name:key=value:key=value" (based:layer=1)
+        variant, *pairs = spec.split(":")
+        knobs = dict(pair.split("=", 1) for pair in pairs)
+        base = run_cell(short, "mmap", threads, variant, **knobs)["peak_rss_mb"]
         for n in lengths:
-            at = run_cell(n, "mmap", threads, variant)
-            rows.append({"variant": variant, "n": n, "growth_mb": at["peak_rss_mb"] - base,
+            at = run_cell(n, "mmap", threads, variant, **knobs)
+            rows.append({"variant": spec, "n": n, "growth_mb": at["peak_rss_mb"] - base,
                          "step_s": at["step_s"]})  # fmt: skip
             progress(f"{variant:>15} N={n}: +{rows[-1]['growth_mb']:.0f} MB, {at['step_s']:.3f} s")
     return rows
@@ -173,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--child", nargs=2, metavar=("N", "MODE"))
     parser.add_argument("--variant", default="mha", help="with --child: the variant it builds")
     parser.add_argument("--knob", action="append", default=[], help="with --child: KEY=VALUE")
-    parser.add_argument("--variants", help="variant,... : growth and time at --lengths instead")
+    parser.add_argument("--variants", help="variant[:key=value...],... : growth and time at --lengths instead")
     parser.add_argument("--lengths", default="1024,4096,16384", help="with --variants")
     parser.add_argument("--long", type=int, default=LONG)
     parser.add_argument("--threads", type=int, default=1)
@@ -182,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         n, mode = args.child
-        knobs = dict(k.split("=", 1) for k in args.knob)
+        knobs = {k: yaml.safe_load(v) for k, v in (pair.split("=", 1) for pair in args.knob)}
         print(json.dumps(child(int(n), mode != "heap", args.variant, **knobs)))
         return 0
     if args.variants:
