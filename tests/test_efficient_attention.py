@@ -163,11 +163,13 @@ def test_key_padding_reaches_the_kernel_as_one_broadcast_row(monkeypatch):
     assert [m.shape for m in masks] == [(BATCH, 1, 1, 10)]
 
 
-def test_a_window_reaches_the_kernel_in_blocks_of_mask_rows(monkeypatch):
+def test_a_window_reaches_the_kernel_in_blocks_of_mask_rows_over_the_keys_they_span(monkeypatch):
+    """80 = B x 4 rows x 10 keys; rows 0-3 with a window of 1 reach keys 0-4, rows 4-7 keys 3-8,
+    rows 8-9 keys 7-9: windowed attention costs O(N (b + 2 w)), not O(N^2)."""
     q, k, v = tensors(10)
     window = KeyMask(grid=GRID_1D, window=1)
     masks = sdpa_masks(monkeypatch, lambda: attend(q, k, v, mask=window, block_elements=80))
-    assert [m.shape for m in masks] == [(4, 10), (4, 10), (2, 10)]  # 80 = B x 4 rows x 10 keys
+    assert [m.shape for m in masks] == [(4, 5), (4, 6), (2, 3)]
 
 
 def test_checkpointed_blocks_replay_their_dropout_in_backward():

@@ -161,6 +161,9 @@ MMAP_AFTER_BLOCKS = 8
 # offsets of a block's keys are relative to its first query, so a query is at most this many
 # positions from the reference of the keys it weighs most.
 BIAS_BLOCK_ROWS = 64
+# Query rows per block of the kernel path under a window (at least the window): each block reads
+# only the keys within its window, so a sequence's windowed attention costs O(N (b + 2w)).
+WINDOW_BLOCK_ROWS = 128
 
 # Rough per-entry costs of the elementwise work, for analytic FLOP counts (one op = 1 FLOP).
 _NORMALIZE_FLOPS_PER_ENTRY = {  # e.g. sub, exp, sum, div
@@ -505,24 +508,27 @@ def window_mask(
     window: int,
     device: torch.device | None = None,
     rows: slice = slice(None),
+    keys: slice = slice(None),
 ) -> Tensor:
     """``(N, N)`` bool: positions within Chebyshev distance ``window`` (``|i - j|`` in 1-D).
-    ``rows``: only those query rows (``(b, N)``), one axis at a time (no ``(b, N, ndim)``)."""
+    ``rows``, ``keys``: only those query rows and keys (``(b, k)``), one axis at a time (no
+    ``(b, k, ndim)``)."""
     coords = grid_coordinates(grid, device)
     allowed = None
     for axis in range(coords.shape[-1]):
-        near = (coords[rows, None, axis] - coords[None, :, axis]).abs() <= window
+        near = (coords[rows, None, axis] - coords[None, keys, axis]).abs() <= window
         allowed = near if allowed is None else allowed & near
     return allowed
 
 
 def global_mask(
-    n: int, global_tokens: int, device: torch.device | None = None, rows: slice = slice(None)
-) -> Tensor:
-    """``(N, N)`` bool: row or column among the first ``global_tokens`` positions (``rows``:
-    only those query rows)."""
+    n: int, global_tokens: int, device: torch.device | None = None, rows: slice = slice(None),
+    keys: slice = slice(None),
+) -> Tensor:  # fmt: skip
+    """``(N, N)`` bool: row or column among the first ``global_tokens`` positions (``rows``,
+    ``keys``: only those query rows and keys)."""
     is_global = torch.arange(n, device=device) < global_tokens
-    return is_global[rows, None] | is_global[None, :]
+    return is_global[rows, None] | is_global[None, keys]
 
 
 def attention_mask(
@@ -541,13 +547,14 @@ def causal_mask(
     key_positions: Tensor | None = None,
     device: torch.device | None = None,
     rows: slice = slice(None),
+    keys: slice = slice(None),
 ) -> Tensor:
     """Bool, True where key m's position is <= query i's: ``(N, M)``, or ``(B, 1, N, M)`` for
     per-sample ``key_positions`` ``(B, M)``. ``key_positions=None``: keys are positions 0..N-1.
-    ``rows``: only those query rows."""
-    keys = torch.arange(n, device=device) if key_positions is None else key_positions
-    queries = torch.arange(n, device=keys.device)[rows]
-    mask = keys.unsqueeze(-2) <= queries.unsqueeze(-1)
+    ``rows``, ``keys``: only those query rows and keys."""
+    positions = torch.arange(n, device=device) if key_positions is None else key_positions
+    queries = torch.arange(n, device=positions.device)[rows]
+    mask = positions[..., keys].unsqueeze(-2) <= queries.unsqueeze(-1)
     return mask.unsqueeze(1) if mask.dim() == 3 else mask
 
 
@@ -603,25 +610,38 @@ class KeyMask:
         dense_rows = self.dense is not None and self.dense.dim() >= 2 and self.dense.shape[-2] > 1
         return self.window is None and not self.causal and not dense_rows
 
+    def key_span(self, start: int, stop: int, n_keys: int) -> tuple[int, int]:
+        """The keys ``[lo, hi)`` outside which no query of rows ``start:stop`` may look: a
+        sequence's window (with no global tokens, keys at the positions) bounds them to
+        ``[start - window, stop + window)``, causal to ``stop``; else every key."""
+        lo, hi = 0, n_keys
+        if self.window is not None and len(self.grid) == 1 and not self.global_tokens and self.key_positions is None and self.dense is None:  # fmt: skip
+            lo, hi = max(0, start - self.window), min(n_keys, stop + self.window)
+        if self.causal and self.key_positions is None:
+            hi = min(hi, stop)
+        return lo, hi
+
     def rows(
-        self, start: int, stop: int, n_keys: int, device: torch.device | None = None
-    ) -> Tensor | None:
-        """The mask of query rows ``start:stop`` over ``n_keys`` keys, broadcastable to
-        ``(B, h, stop - start, n_keys)``, or ``None`` when nothing is masked."""
+        self, start: int, stop: int, n_keys: int, device: torch.device | None = None,
+        keys: slice = slice(None),
+    ) -> Tensor | None:  # fmt: skip
+        """The mask of query rows ``start:stop`` over ``n_keys`` keys (``keys``: only those),
+        broadcastable to ``(B, h, stop - start, keys)``, or ``None`` when nothing is masked."""
         rows, masks = slice(start, stop), []
         if self.window is not None:
-            masks.append(window_mask(self.grid, self.window, device, rows))
+            masks.append(window_mask(self.grid, self.window, device, rows, keys))
             if self.global_tokens:
                 n = math.prod(self.grid)
-                masks[-1] = masks[-1] | global_mask(n, self.global_tokens, device, rows)
+                masks[-1] = masks[-1] | global_mask(n, self.global_tokens, device, rows, keys)
         if self.causal:  # keys 0..M-1 are the positions (N = M), or at key_positions
             n = n_keys if self.key_positions is None else stop
-            masks.append(causal_mask(n, self.key_positions, device, rows))
+            masks.append(causal_mask(n, self.key_positions, device, rows, keys))
         if self.dense is not None:
             dense_rows = self.dense.dim() >= 2 and self.dense.shape[-2] > 1
-            masks.append(self.dense[..., rows, :] if dense_rows else self.dense)
+            dense_keys = self.dense.shape[-1] > 1
+            masks.append(self.dense[..., rows if dense_rows else slice(None), keys if dense_keys else slice(None)])
         if self.key_padding is not None:
-            masks.append(self.key_padding[:, None, None, :])
+            masks.append(self.key_padding[:, None, None, keys])
         if not masks:
             return None
         mask = masks[0]
@@ -831,13 +851,21 @@ def _fused_softmax(
         )
         return out[..., :width]
     b = block_rows(q.shape[0] * m, block_elements)  # the mask rows are (B, 1, b, M) at most
-    outs = [
-        F.scaled_dot_product_attention(
-            q[..., i : i + b, :], k, v, attn_mask=allowed.rows(i, min(i + b, n), m, q.device),
-            dropout_p=p, scale=scale,
-        )
-        for i in range(0, n, b)
-    ]  # fmt: skip
+    if allowed.window is not None:  # each block reads only the keys its window spans
+        b = min(b, max(WINDOW_BLOCK_ROWS, allowed.window))
+    outs = []
+    for i in range(0, n, b):
+        stop = min(i + b, n)
+        lo, hi = allowed.key_span(i, stop, m)
+        if allowed.key_padding is not None:  # a row padding leaves without keys sees every key
+            full = allowed.rows(i, stop, m, q.device)  # (masking.nonempty), outside the span too
+            if full[..., :lo].any() or full[..., hi:].any():
+                lo, hi = 0, m
+        mask = allowed.rows(i, stop, m, q.device, slice(lo, hi))
+        outs.append(F.scaled_dot_product_attention(
+            q[..., i:stop, :], k[..., lo:hi, :], v[..., lo:hi, :], attn_mask=mask, dropout_p=p,
+            scale=scale,
+        ))  # fmt: skip
     return torch.cat(outs, dim=-2)[..., :width]
 
 
