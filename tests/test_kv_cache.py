@@ -54,7 +54,7 @@ def test_cached_logits_equal_recomputed_ones_at_every_step_past_the_context(knob
     model = language_model(*KNOBS[knobs])
     assert model.decodable
     prompt = torch.randint(0, 256, (2, 3), generator=torch.Generator().manual_seed(1))
-    cached = decode_steps(model, prompt, CONTEXT, cache=True)
+    cached = decode_steps(model, prompt, CONTEXT, cache=True, slide=True)
     recomputed = decode_steps(copy.deepcopy(model), prompt, CONTEXT, cache=False)
     with torch.no_grad():
         a, b = next(cached), next(recomputed)
@@ -67,6 +67,33 @@ def test_cached_logits_equal_recomputed_ones_at_every_step_past_the_context(knob
     assert model.decoded is None and all(
         block.slot.module.cache is None for block in model.blocks
     )  # closing the generator empties the caches
+
+
+@pytest.mark.parametrize("name", ["retnet", "mamba2", "gated_deltanet", "based"])
+def test_a_recurrent_model_without_learned_positions_decodes_on_past_its_context(name):
+    """It continues from its state (the same cost per token for ever): past the context its
+    logits are those of the whole sequence at once, which recomputation's window cannot give."""
+    model = language_model(f"attention={name}", "backbone.positions=none")
+    assert model.continues
+    ids = torch.randint(0, 256, (2, 3 * CONTEXT), generator=torch.Generator().manual_seed(2))
+    steps = decode_steps(model, ids[:, :3], CONTEXT)
+    with torch.no_grad():
+        whole = model(ids)  # no window: every position reads all before it
+        logits = next(steps)
+        for t in range(3, 3 * CONTEXT):
+            torch.testing.assert_close(logits, whole[:, t - 1], atol=1e-4, rtol=0)
+            logits = steps.send(ids[:, t : t + 1])
+        assert model.decoded == 3 * CONTEXT  # never started again
+    steps.close()
+
+
+def test_models_that_cannot_continue_slide_and_say_so_when_asked_not_to():
+    for extra in (["attention=gla"], ["attention.rope=true", "backbone.positions=none"],
+                  ["attention=based", "attention.pattern=[window]", "backbone.positions=none"]):  # fmt: skip
+        model = language_model(*extra)  # learned positions; keys and values that grow
+        assert model.decodable and not model.continues
+        with pytest.raises(ValueError, match="slide=false needs a model that continues past its context"):
+            next(decode_steps(model, torch.tensor([[1]]), CONTEXT, slide=False))
 
 
 def test_generate_takes_the_cache_when_it_can_and_samples_the_same_tokens():

@@ -127,6 +127,11 @@ class Based(AttentionModule):
         sums, the window's keys and values."""
         return bool(getattr(self.mixer, "decodable", False))
 
+    @property
+    def bounded_state(self) -> bool:
+        """Whether what the block keeps is bounded (conv and taylor; not a window's keys)."""
+        return bool(getattr(self.mixer, "bounded_state", False))
+
     def empty_cache(self):
         return self.mixer.empty_cache()
 

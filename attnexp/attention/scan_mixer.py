@@ -48,6 +48,7 @@ class ScanMixer(AttentionModule):
 
     kind = Kind.MIXER
     weight_kinds = {"attn": WeightKind.ATTENTION_MAP}
+    bounded_state = True  # what it keeps does not grow with the positions read
 
     def __init__(self, dim: int, grid_ndim: int = 1, causal: bool = False) -> None:
         super().__init__(dim, grid_ndim, causal)

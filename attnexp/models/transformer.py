@@ -194,13 +194,24 @@ class Transformer(Backbone):
             init_gpt(self, self.blocks.residual_projections(), depth)
         self.decoded: int | None = None  # positions read so far while ``decoding``; None: not
 
+    def slot_modules(self) -> list[nn.Module]:
+        """The attention module of every block that has a slot."""
+        return [block.slot.module for block in self.blocks if block.slot is not None]
+
     @property
     def decodable(self) -> bool:
         """Whether this language model generates from a cache: every slot holds a module that
         decodes with one (``decodable``: ``mha`` without qk convolution or key selection, whose
         cache is its keys and values; a causal recurrent mixer, whose cache is its state)."""
-        slots = [block.slot for block in self.blocks if block.slot is not None]
-        return self.shape.is_lm and all(getattr(s.module, "decodable", False) for s in slots)
+        return self.shape.is_lm and all(getattr(m, "decodable", False) for m in self.slot_modules())
+
+    @property
+    def continues(self) -> bool:
+        """Whether cached decoding can go on past the context length at the same cost per token:
+        no learned positions (a position past the table has no embedding) and every slot's
+        state bounded (``bounded_state``: a recurrent state, not keys and values that grow)."""
+        bounded = all(getattr(m, "bounded_state", False) for m in self.slot_modules())
+        return self.decodable and self.pos is None and bounded
 
     @contextmanager
     def decoding(self) -> Iterator[None]:
@@ -210,7 +221,7 @@ class Transformer(Backbone):
         state); learned positions continue from there. Left empty and closed on exit."""
         if not self.decodable:
             raise ValueError("this model cannot decode from a cache (a slot is not decodable)")
-        modules = [block.slot.module for block in self.blocks if block.slot is not None]
+        modules = self.slot_modules()
         for module in modules:
             module.cache = module.empty_cache()
         self.decoded = 0

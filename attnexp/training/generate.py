@@ -65,6 +65,7 @@ def generate(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     cache: bool | None = None,
+    slide: bool | None = None,
 ) -> Tensor:
     """``ids`` ``(B, T)`` followed by ``max_new_tokens`` sampled tokens: ``(B, T + max_new_tokens)``.
 
@@ -72,8 +73,9 @@ def generate(
     ``context_len`` is the ``L`` it was built for (an LM backbone's ``shape.grid``). Each
     step reads the logits at the last real position, divides them by ``temperature``, keeps the
     ``top_k`` largest and draws from their softmax with ``generator`` (on the model's device).
-    ``cache`` (None: whenever the model can, ``decodable``) decodes with a KV cache
-    (``decode_steps``). Runs in eval mode and gives the model back in the mode it came in.
+    ``cache`` (None: whenever the model can, ``decodable``) decodes with a KV cache or a
+    recurrent state, and ``slide`` says what happens past the context (``decode_steps``). Runs
+    in eval mode and gives the model back in the mode it came in.
     """
     check_int("context_len", context_len, 1)
     check_int("max_new_tokens", max_new_tokens, 0)
@@ -87,7 +89,7 @@ def generate(
         return ids
     was_training = model.training
     model.eval()
-    steps = decode_steps(model, ids, context_len, cache)
+    steps = decode_steps(model, ids, context_len, cache, slide)
     try:
         logits = next(steps)
         for step in range(max_new_tokens):
@@ -102,8 +104,9 @@ def generate(
 
 
 def decode_steps(
-    model: nn.Module, ids: Tensor, context_len: int, cache: bool | None = None
-) -> Generator[Tensor, Tensor, None]:
+    model: nn.Module, ids: Tensor, context_len: int, cache: bool | None = None,
+    slide: bool | None = None,
+) -> Generator[Tensor, Tensor, None]:  # fmt: skip
     """The next-token logits ``(B, V)`` after ``ids``, then after each id ``(B, 1)`` sent in.
 
     Without a cache each step recomputes the model over the last ``context_len`` tokens,
@@ -112,16 +115,35 @@ def decode_steps(
     (``cache``; None: whenever ``model.decodable``) the prompt's last ``context_len`` tokens run
     once and each new token alone, every slot reading what it keeps (``model.decoding()``: keys
     and values, or a recurrent state), so a step costs O(context) at most instead of
-    O(context²). Once the cache
-    holds ``context_len`` positions, the next step starts it again over the last
-    ``context_len`` tokens: recomputation's sliding window, so both give the same logits at
-    every step (tests/test_kv_cache.py) up to float rounding."""
+    O(context²). Once the cache holds ``context_len`` positions, the next step starts it
+    again over the last ``context_len`` tokens (``slide``): recomputation's sliding window, so
+    both give the same logits at every step (tests/test_kv_cache.py) up to float rounding. A
+    model that ``continues`` (no learned positions, every slot's state bounded) goes on from its
+    state instead unless ``slide`` is true (``slide=None``: whether it continues), each token
+    at the same cost for ever; past the context its logits are those of the whole sequence,
+    where recomputation's window has forgotten the start."""
     decodable = bool(getattr(model, "decodable", False))
     if cache and not decodable:
-        raise ValueError("cache=true needs a model whose every attention slot decodes from a cache (mha, retnet, gla)")
+        raise ValueError("cache=true needs a model whose every attention slot decodes from a cache (mha, the recurrent mixers)")
     if cache is False or not decodable:
         yield from _recomputed(model, ids, context_len)
         return
+    if slide is False and not model.continues:
+        raise ValueError("slide=false needs a model that continues past its context: no learned "
+                         "positions (backbone.positions=none) and a recurrent state in every slot")  # fmt: skip
+    if not (model.continues if slide is None else not slide):
+        yield from _sliding(model, ids, context_len)
+        return
+    with model.decoding():
+        logits = model(ids[:, -context_len:])[:, -1]
+        while True:
+            next_id = yield logits
+            logits = model(next_id)[:, -1]
+
+
+def _sliding(model: nn.Module, ids: Tensor, context_len: int) -> Generator[Tensor, Tensor, None]:
+    """Cached decoding that starts again over the last ``context_len`` tokens once the cache
+    holds ``context_len`` positions (``decode_steps``)."""
     while True:
         with model.decoding():
             logits = model(ids[:, -context_len:])[:, -1]
