@@ -251,7 +251,7 @@ def _sample_job(cfg: DictConfig) -> list[str]:
     resolve_run(run_cfg)
     start = time.perf_counter()
     try:
-        samples = sample_run(run_cfg, ckpt, settings, cfg.device)
+        samples = sample_run(run_cfg, ckpt, settings, cfg.device, say=lambda line: print(line, file=sys.stderr))
     except ValueError as e:
         log.error("%s", e)
         raise SystemExit(1) from None

@@ -321,6 +321,7 @@ def test_sample_py_prints_the_samples_and_keeps_them(tmp_path):
     (saved,) = (tmp_path / "logs" / "sample").rglob(SAMPLES_FILE)
     assert saved.read_text() == proc.stdout
     assert re.search(r"80 new tokens in [\d.]+ s: [\d.]+ tokens/s", proc.stderr), proc.stderr[-2000:]
+    assert "decoding by recomputing the last context_len tokens" in proc.stderr  # the stand-in keeps no cache
 
 
 # ----------------------------------------------------------------------------- end of a run

@@ -160,3 +160,11 @@ def test_state_size_is_what_a_sequence_keeps_to_continue(extra, per_layer):
     model = language_model("backbone.dim=32", *extra)  # every variant here has 4 heads by default
     assert model.state_floats() == 2 * per_layer  # two layers
     assert language_model("attention=none").state_floats() is None  # no slot: nothing declared
+
+
+def test_the_decoding_mode_says_how_a_model_generates():
+    from attnexp.training.generate import decoding_mode
+
+    assert "on past the context" in decoding_mode(language_model("attention=retnet", "backbone.positions=none"))
+    assert "started again" in decoding_mode(language_model())
+    assert "recomputing" in decoding_mode(language_model("attention=hyena"))

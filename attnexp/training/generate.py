@@ -13,7 +13,7 @@ token cannot change that token's logits), so every variant generates as it was t
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,10 +238,11 @@ def record_samples(
 
 
 def sample_run(run_cfg: DictConfig, ckpt: str | Path, settings: SampleSettings,
-               device: str = "cpu") -> list[str]:  # fmt: skip
+               device: str = "cpu", say: Callable[[str], None] | None = None) -> list[str]:  # fmt: skip
     """Samples from the language model a run trained: its saved config ``run_cfg`` (resolved)
     rebuilds its data (for the vocabulary) and its network, which gets the weights in ``ckpt``.
-    ``settings.seed`` None takes the run's seed. A classification run is refused."""
+    ``settings.seed`` None takes the run's seed. A classification run is refused. ``say`` gets
+    how it decodes (``decoding_mode``)."""
     from hydra.utils import instantiate
 
     from attnexp.data.shape import CLASSIFICATION, LM
@@ -269,7 +270,18 @@ def sample_run(run_cfg: DictConfig, ckpt: str | Path, settings: SampleSettings,
     model = build_model(run_cfg)
     model.load_state_dict(network_weights(load_checkpoint(ckpt), ckpt))
     seed = run_cfg.seed if settings.seed is None else settings.seed
+    if say is not None:
+        say(f"decoding {decoding_mode(model)}")
     return sample_texts(model.to(target), datamodule.vocab, context_len_of(model), settings, seed)
+
+
+def decoding_mode(model: nn.Module) -> str:
+    """How ``generate`` decodes ``model`` by default, in words (``decode_steps``)."""
+    if not getattr(model, "decodable", False):
+        return "by recomputing the last context_len tokens for each new token (a slot keeps no cache)"
+    if model.continues:
+        return "from each slot's state, on past the context at the same cost per token"
+    return "from each slot's cache, started again over the last context_len tokens when full"
 
 
 # The LightningModule holds the network as its attribute ``model``.
