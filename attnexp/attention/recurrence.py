@@ -58,17 +58,32 @@ def gla_scores(q: Tensor, k: Tensor, g: Tensor) -> Tensor:
     return _decayed_scores(q, k, g.cumsum(-2))
 
 
+# Rows per sub-block of a chunk's scores under a decay per key feature (flash-linear-attention's
+# secondary chunking): only the diagonal sub-blocks need the n x n x dk form.
+SUB_CHUNK = 16
+
+
 def _decayed_scores(q: Tensor, k: Tensor, G: Tensor) -> Tensor:
     """``q_i exp(G_i - G_j) . k_j`` for ``j <= i``, else 0, from cumulative log decays ``G``
-    ``(..., n, dk)`` or ``(..., n, 1)``. One per head needs only the ``n x n`` matrix; one per
-    key feature multiplies inside the dot product (``n x n x dk``)."""
+    ``(..., n, dk)`` or ``(..., n, 1)``. One per head needs only the ``n x n`` matrix. One per
+    key feature multiplies inside the dot product: within a sub-block of ``SUB_CHUNK`` rows
+    (``s x s x dk``); across sub-blocks it factors through the sub-block's first row ``a``,
+    ``exp(G_i - G_j) = exp(G_i - G_a) exp(G_a - G_j)`` for ``j < a <= i``, both at most 1, so it
+    is one product of ``q exp(G - G_a)`` and ``k exp(G_a - G)``."""
     n = q.shape[-2]
     lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     if G.shape[-1] == 1:
         gap = (G[..., :, None, 0] - G[..., None, :, 0]).masked_fill(~lower, -torch.inf)
         return (q @ k.transpose(-1, -2)) * torch.exp(gap)
-    gap = (G[..., :, None, :] - G[..., None, :, :]).masked_fill(~lower[..., None], -torch.inf)
-    return torch.einsum("bhik,bhjk,bhijk->bhij", q, k, torch.exp(gap))
+    rows = []
+    for a in range(0, n, SUB_CHUNK):
+        b = min(a + SUB_CHUNK, n)
+        qa, Ga, anchor = q[..., a:b, :], G[..., a:b, :], G[..., a : a + 1, :]
+        inner = (Ga[..., :, None, :] - Ga[..., None, :, :]).masked_fill(~lower[a:b, a:b, None], -torch.inf)
+        within = torch.einsum("bhik,bhjk,bhijk->bhij", qa, k[..., a:b, :], torch.exp(inner))
+        before = (qa * torch.exp(Ga - anchor)) @ (k[..., :a, :] * torch.exp(anchor - G[..., :a, :])).transpose(-1, -2)
+        rows.append(torch.cat([before, within, within.new_zeros(*within.shape[:-1], n - b)], dim=-1))
+    return torch.cat(rows, dim=-2)
 
 
 def gla_quadratic(q: Tensor, k: Tensor, v: Tensor, g: Tensor) -> Tensor:
