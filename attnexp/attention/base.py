@@ -236,6 +236,14 @@ def check_mask(mask: Tensor, shape: Sequence[int]) -> None:
         )
 
 
+def check_heads(dim: int, num_heads: int) -> int:
+    """``dim // num_heads``, refusing a non-positive ``num_heads`` or one that leaves a remainder."""
+    check_positive("num_heads", num_heads)
+    if dim % num_heads:
+        raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+    return dim // num_heads
+
+
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never below ``min_value``
     (default ``divisor``) and never more than 10% below ``value`` (as timm's helper)."""

@@ -24,7 +24,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from attnexp.attention.base import AttentionModule, Kind, WeightKind, flatten_grid, unflatten_grid
+from attnexp.attention.base import (
+    AttentionModule,
+    Kind,
+    WeightKind,
+    check_heads,
+    flatten_grid,
+    unflatten_grid,
+)
 from attnexp.attention.long_conv import BaseConv
 from attnexp.attention.mha import MultiHeadAttention
 from attnexp.attention.recurrence import gla_chunkwise, gla_scores
@@ -50,10 +57,8 @@ class TaylorLinearAttention(ScanMixer):
         feature_dim: int = 16, chunk_size: int = 64, eps: float = 1e-12,
     ) -> None:  # fmt: skip
         super().__init__(dim, grid_ndim, causal)
-        check_positive("num_heads", num_heads)
+        check_heads(dim, num_heads)
         check_positive("feature_dim", feature_dim)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads, self.feature_dim, self.chunk_size, self.eps = num_heads, feature_dim, chunk_size, eps
         self.qk = nn.Linear(dim, 2 * num_heads * feature_dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)

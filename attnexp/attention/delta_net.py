@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnexp.attention.base import flatten_grid, unflatten_grid
+from attnexp.attention.base import check_heads, flatten_grid, unflatten_grid
 from attnexp.attention.mamba2 import step_parameters
 from attnexp.attention.recurrence import delta_chunkwise, delta_scores
 from attnexp.attention.scan_mixer import ScanMixer, implied_map
@@ -43,10 +43,8 @@ class DeltaNet(ScanMixer):
         conv_size: int = 4, chunk_size: int = 64,
     ) -> None:  # fmt: skip
         super().__init__(dim, grid_ndim, causal)
-        check_positive("num_heads", num_heads)
+        check_heads(dim, num_heads)
         check_positive("chunk_size", chunk_size)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
         self.num_heads, self.chunk_size = num_heads, chunk_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.convs = nn.ModuleDict(

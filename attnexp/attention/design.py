@@ -857,11 +857,13 @@ def _fused_softmax(
     for i in range(0, n, b):
         stop = min(i + b, n)
         lo, hi = allowed.key_span(i, stop, m)
-        if allowed.key_padding is not None:  # a row padding leaves without keys sees every key
-            full = allowed.rows(i, stop, m, q.device)  # (masking.nonempty), outside the span too
-            if full[..., :lo].any() or full[..., hi:].any():
+        if allowed.key_padding is None:
+            mask = allowed.rows(i, stop, m, q.device, slice(lo, hi))
+        else:  # a row padding leaves without keys sees every key (masking.nonempty), outside
+            mask = allowed.rows(i, stop, m, q.device)  # the span too: then the block keeps all
+            if mask[..., :lo].any() or mask[..., hi:].any():
                 lo, hi = 0, m
-        mask = allowed.rows(i, stop, m, q.device, slice(lo, hi))
+            mask = mask[..., lo:hi]
         outs.append(F.scaled_dot_product_attention(
             q[..., i:stop, :], k[..., lo:hi, :], v[..., lo:hi, :], attn_mask=mask, dropout_p=p,
             scale=scale,
@@ -922,13 +924,12 @@ def with_sink_key(
     logit (``(h,)``) at ``feature`` (where each query holds ``1 / scale``) and 1 at ``feature +
     1``, where each query gets ``-row_offset`` (``(B or 1, h, rows)``, already over the scale):
     what the kernel's relative key biases left out of its row (``ScoreChanges.row_offset``)."""
-    unit = torch.zeros(k.shape[-1], dtype=k.dtype, device=k.device)
-    unit[feature] = 1
-    key = sink.to(k.dtype).view(-1, 1, 1) * unit + unit.roll(1)  # (h, 1, f)
+    logit, offset = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)[[feature, feature + 1]]
+    key = sink.to(k.dtype).view(-1, 1, 1) * logit + offset  # (h, 1, f)
     k = torch.cat([k, key.expand(k.shape[0], -1, 1, -1)], -2)
     v = torch.cat([v, v.new_zeros((*v.shape[:-2], 1, v.shape[-1]))], -2)
     if row_offset is not None:
-        q = q - row_offset.to(q.dtype).unsqueeze(-1) * unit.roll(1)
+        q = q - row_offset.to(q.dtype).unsqueeze(-1) * offset
     if mask is not None:
         mask = torch.cat([mask, mask.new_ones((*mask.shape[:-1], 1))], -1)
     return q, k, v, mask

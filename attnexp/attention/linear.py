@@ -29,6 +29,7 @@ from attnexp.attention.base import (
     AttentionModule,
     Kind,
     WeightKind,
+    check_heads,
     flatten_grid,
     unflatten_grid,
 )
@@ -58,10 +59,8 @@ class LinearAttention(AttentionModule):
         chunk_size: int = 64,
     ) -> None:
         super().__init__(dim, grid_ndim, causal)
-        check_positive("num_heads", num_heads)
+        check_heads(dim, num_heads)
         check_positive("chunk_size", chunk_size)
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.num_heads, self.head_dim, self.eps = num_heads, dim // num_heads, eps
         self.chunk_size = chunk_size
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)

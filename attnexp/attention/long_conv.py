@@ -130,9 +130,14 @@ class LongConvMixer(ScanMixer):
         self.short: ShortConv | None = None  # a short convolution, if any
 
     @property
+    def bounded_state(self) -> bool:
+        """A long convolution keeps its whole input; a short one its last ``k - 1`` inputs."""
+        return self.long_channels == 0
+
+    @property
     def decodable(self) -> bool:
         """Causal, with no long convolution: the short one continues from its kept inputs."""
-        return self.causal and self.long_channels == 0
+        return self.causal and self.bounded_state
 
     def state_floats(self, grid: tuple[int, ...]) -> int:
         """The long convolution's input so far (``N x channels``) and the short conv's last

@@ -137,19 +137,25 @@ def solve_unit_lower(t: Tensor, rhs: Tensor) -> Tensor:
     return out.to(rhs.dtype)
 
 
-def delta_scores(q: Tensor, k: Tensor, beta: Tensor, g: Tensor | None = None) -> Tensor:
-    """The implied map ``(B, H, N, N)`` of the delta rule from a zero state: ``M = (lower(Q K^T)
-    * D) T^{-1} diag(b)`` with ``T = I + strict_lower(diag(b) (K K^T * D))`` and ``D_ij =
-    exp(G_i - G_j)`` for ``j <= i`` (``N^2`` memory: a reference, and the weights a mixer shows
-    when asked). Lower triangular: ``o_i`` reads ``v_j`` for ``j <= i`` only."""
-    n = q.shape[-2]
-    lower = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
-    G = torch.zeros_like(beta) if g is None else g.cumsum(-1)
+def wy_system(k: Tensor, beta: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
+    """The delta rule within one chunk of ``n`` positions, from cumulative log decays ``G``
+    ``(B, H, n)``: ``D`` with ``D_ij = exp(G_i - G_j)`` for ``j <= i`` (else 0), and the unit
+    lower-triangular ``T = I + strict_lower(diag(b) (K K^T * D))`` whose solve gives the written
+    values."""
+    n = k.shape[-2]
+    lower = torch.ones(n, n, dtype=torch.bool, device=k.device).tril()
     decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf))
     strict = (k @ k.transpose(-1, -2) * decay).tril(-1) * beta[..., :, None]
-    eye = torch.eye(n, dtype=q.dtype, device=q.device)
-    written = solve_unit_lower(eye + strict, torch.diag_embed(beta))
-    return ((q @ k.transpose(-1, -2)) * decay) @ written
+    return decay, torch.eye(n, dtype=k.dtype, device=k.device) + strict
+
+
+def delta_scores(q: Tensor, k: Tensor, beta: Tensor, g: Tensor | None = None) -> Tensor:
+    """The implied map ``(B, H, N, N)`` of the delta rule from a zero state: ``M = (lower(Q K^T)
+    * D) T^{-1} diag(b)`` (``wy_system`` over the whole sequence; ``N^2`` memory: a reference,
+    and the weights a mixer shows when asked). Lower triangular: ``o_i`` reads ``v_j`` for ``j <=
+    i`` only."""
+    decay, system = wy_system(k, beta, torch.zeros_like(beta) if g is None else g.cumsum(-1))
+    return ((q @ k.transpose(-1, -2)) * decay) @ solve_unit_lower(system, torch.diag_embed(beta))
 
 
 def delta_quadratic(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None) -> Tensor:
@@ -169,14 +175,10 @@ def delta_chunkwise(
     for start in range(0, q.shape[-2], chunk_size):
         qc, kc, vc = (t[..., start : start + chunk_size, :] for t in (q, k, v))
         bc = beta[..., start : start + chunk_size]
-        c = qc.shape[-2]
         G = torch.zeros_like(bc) if g is None else g[..., start : start + chunk_size].cumsum(-1)
-        lower = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-        decay = torch.exp((G[..., :, None] - G[..., None, :]).masked_fill(~lower, -torch.inf))
-        strict = (kc @ kc.transpose(-1, -2) * decay).tril(-1) * bc[..., :, None]
-        eye = torch.eye(c, dtype=q.dtype, device=q.device)
+        decay, system = wy_system(kc, bc, G)
         rhs = bc[..., None] * (vc - torch.exp(G)[..., None] * (kc @ s))
-        written = solve_unit_lower(eye + strict, rhs)
+        written = solve_unit_lower(system, rhs)
         outs.append(torch.exp(G)[..., None] * (qc @ s) + ((qc @ kc.transpose(-1, -2)) * decay) @ written)
         to_end = torch.exp(G[..., -1:] - G)  # Gam_C / Gam_i
         s = torch.exp(G[..., -1, None, None]) * s + (kc * to_end[..., None]).transpose(-1, -2) @ written
