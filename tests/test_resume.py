@@ -68,8 +68,10 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, data_dir
     assert proc.returncode == -signal.SIGKILL
     interrupted = read_results(killed)
     assert interrupted["status"] == "running"  # killed before it could finish
-    epoch_at_kill = load_checkpoint(last)["epoch"]
-    assert epoch_at_kill < 4
+    at_kill = load_checkpoint(last)
+    assert at_kill["epoch"] < 4
+    carried = next(v for k, v in at_kill["callbacks"].items() if k.endswith("RunStats"))
+    assert carried["wall_s"] > 0 and carried["samples"] > 0
 
     out = finish(train_cli(f"resume={killed}"))
     resumed, uninterrupted = read_results(killed), read_results(full)
@@ -79,6 +81,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, data_dir
     assert resumed["overrides"] == uninterrupted["overrides"]
     for key in COMPARED:
         assert resumed["metrics"][key] == uninterrupted["metrics"][key], key
+    assert resumed["wall_time_s"] > carried["wall_s"]  # the killed segment's time counts
     a, b = weights(killed), weights(full)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not list((killed / ".hydra").glob("*resume*"))  # the saved config is untouched

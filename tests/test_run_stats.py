@@ -56,3 +56,18 @@ def test_run_stats_counts_loading_but_not_validation(tmp_path):
     assert stats.seconds >= counted_batches * LOAD_S  # the loader's time is in
     assert stats.seconds < counted_batches * LOAD_S + 0.4  # a validation (0.5 s) is not
     assert stats.throughput == pytest.approx(stats.samples / stats.seconds)
+
+
+def test_a_continued_run_counts_its_earlier_segments():
+    earlier = RunStats()
+    earlier.samples, earlier.seconds = 120, 3.0
+    earlier.carried = 100.0  # as if it had itself been continued after 100 s
+    state = earlier.state_dict()  # what a checkpoint takes
+    assert state["wall_s"] >= 100.0
+
+    continued = RunStats()
+    continued.load_state_dict(state)
+    assert continued.wall_time() >= state["wall_s"]
+    assert continued.wall_time() < state["wall_s"] + 5.0  # plus this segment's few moments
+    assert (continued.samples, continued.seconds) == (120, 3.0)
+    assert continued.throughput == pytest.approx(40.0)

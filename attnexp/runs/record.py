@@ -95,7 +95,8 @@ COSTS = (
          "analytic forward FLOPs of all attention slots for one sample", "si", plot=True),
     Cost("throughput", "train samples/s", "training samples per second", ",.1f", plot=True),
     Cost("peak_memory_mb", "peak mem (MB)", "peak process (CPU) or CUDA memory", ",.1f"),
-    Cost("wall_time_s", "wall time (s)", "wall-clock time of the whole run", ",.1f"),
+    Cost("wall_time_s", "wall time (s)",
+         "wall-clock time of the whole run, its segments summed when it was continued", ",.1f"),
     # what one sequence keeps to continue causally (Zoology's state size): mha's keys and values
     # at the run's length, a recurrent mixer's state; null where a slot declares none
     Cost("state_floats", "state (floats)", "floats one sequence keeps across the attention slots",

@@ -27,20 +27,39 @@ log = logging.getLogger(__name__)
 
 
 class RunStats(L.Callback):
-    """Training throughput and peak memory (GPU allocator peak, or process peak RSS on CPU).
+    """Training throughput, wall time and peak memory (GPU allocator peak, or process peak RSS on
+    CPU).
 
     Throughput: samples/s over the training epochs, validation excluded. Each batch is charged
     the time since the previous batch ended (or since its epoch started), so fetching the batch
     and every Lightning hook between batches count, as they would in a hand-written loop's
-    wall time; the first batch of the fit is skipped as warm-up.
+    wall time; the first batch of each fit is skipped as warm-up.
+
+    A continued run counts its earlier segments: the samples, their seconds and the wall time so
+    far travel in every checkpoint, so a run stopped and continued reports the time that made its
+    result (what a stop lost after its last checkpoint is done again, and counted once). Peak
+    memory is the last segment's (a process's peak cannot be carried).
     """
 
     def __init__(self) -> None:
+        self.started = time.perf_counter()  # this segment's start
+        self.carried = 0.0  # wall seconds of the earlier segments, up to the restored checkpoint
         self.samples = 0
         self.seconds = 0.0
         self._seen_first = False
         self._last: float | None = None
         self._cuda = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "seconds": self.seconds, "wall_s": self.wall_time()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples, self.seconds = state_dict["samples"], state_dict["seconds"]
+        self.carried = state_dict["wall_s"]
+
+    def wall_time(self) -> float:
+        """Seconds since the run started, over all its segments."""
+        return self.carried + time.perf_counter() - self.started
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._cuda = pl_module.device.type == "cuda"

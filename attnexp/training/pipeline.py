@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -191,7 +190,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
     """
     if plan.start == SKIP:
         return plan.done
-    start = time.perf_counter()
+    stats = RunStats()  # started now: the run's wall time, its earlier segments added on restore
     cfg, run_dir = plan.cfg, plan.run_dir
     results = RunLog.open(cfg, plan.overrides, run_dir, plan.config_hash, writer=WRITER)
     results.update(matched=None if plan.matched is None else asdict(plan.matched))
@@ -209,7 +208,6 @@ def run(plan: RunPlan) -> dict[str, Any]:
             # In place: parameter names (and so checkpoints) stay those of the plain model.
             model.compile(fullgraph=True, backend=cfg.compile_backend)
         module = build_module(cfg, model, getattr(datamodule, "vocab", None))
-        stats = RunStats()
         loggers = build_loggers(cfg, (plan.previous or {}).get("wandb_id"))
         callbacks = instantiate_each(cfg.get("callbacks"), "callbacks")
         callbacks += [stats, EpochSeed(cfg.seed), TrainingPosition(), FiniteLoss(), ConfigStamp(cfg),
@@ -231,7 +229,7 @@ def run(plan: RunPlan) -> dict[str, Any]:
             metrics={**fit_metrics, **test_metrics},
             throughput=stats.throughput,
             peak_memory_mb=stats.peak_memory_mb(),
-            wall_time_s=time.perf_counter() - start,
+            wall_time_s=stats.wall_time(),
             best_checkpoint=run_dir.relative(best) if best else None,
         )
         diagnostics = _diagnose(model, module, datamodule)
@@ -244,10 +242,10 @@ def run(plan: RunPlan) -> dict[str, Any]:
     except Interrupted as e:
         resume = f"python train.py resume={run_dir.path}"
         results.interrupt(f"{e}; continue with `{resume}` (or re-run the same command)",
-                          wall_time_s=time.perf_counter() - start)  # fmt: skip
+                          wall_time_s=stats.wall_time())  # fmt: skip
         raise
     except BaseException as e:
-        results.fail(e, wall_time_s=time.perf_counter() - start)
+        results.fail(e, wall_time_s=stats.wall_time())
         raise
     finally:
         _finish_wandb()
