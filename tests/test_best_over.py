@@ -277,3 +277,21 @@ def test_select_seeds_needs_best_over_and_integer_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         rp.main([str(tmp_path), "--best-over", LR, "--select-seeds", "zero"])
     assert "comma-separated integer seeds, got 'zero'" in capsys.readouterr().err
+
+
+def test_a_cell_without_fresh_seeds_at_its_chosen_value_is_a_row_of_no_seeds(tmp_path):
+    """Seed 0 picks 1e-2 in both cells; only the first has a seed 1 there (the second's seed 1 ran
+    at the other rate): the second row reports no seed instead of failing the report."""
+    for seq_len, seed, lr, val, test in [(64, 0, 1e-2, 0.9, 0.9), (64, 0, 1e-3, 0.5, 0.5),
+                                         (64, 1, 1e-2, 0.8, 0.7),
+                                         (128, 0, 1e-2, 0.9, 0.9), (128, 0, 1e-3, 0.5, 0.5),
+                                         (128, 1, 1e-3, 0.8, 0.6)]:  # fmt: skip
+        make_run(tmp_path, f"{seq_len}-{seed}-{lr}", seq_len=seq_len, seed=seed, lr=lr, val=val, test=test)
+    runs = [load_record(p) for p in sorted(tmp_path.glob("*/results.json"))]
+    rows = {r.labels[SEQ]: r for r in summarize_by(runs, (SEQ,), LR, select_seeds=[0])}
+    assert rows[64].labels[LR_COL] == 1e-2 and rows[64].n_seeds == 1
+    assert rows[64].stat("test/acc").mean == pytest.approx(0.7)
+    assert rows[128].labels[LR_COL] == 1e-2 and rows[128].n_seeds == 0 and rows[128].n_failed == 0
+    assert math.isnan(rows[128].stat("test/acc").mean)
+    report = build_report([tmp_path], tmp_path / "out", by=[SEQ], best_over=LR, select_seeds=[0])
+    assert [r.n_seeds for r in report.rows] == [1, 0]

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from attnexp.config.cell import CELL_GROUPS
 from attnexp.report import stats
-from attnexp.report.rows import BEST_SUFFIX, ReportError, Row, sort_key, summarize
+from attnexp.report.rows import BEST_SUFFIX, ReportError, Row, cell_row, sort_key, summarize
 from attnexp.runs.layout import CONFIG_FILE
 from attnexp.runs.record import COMPLETED, FAILED, RunRecord
 from attnexp.tasks.spec import MAX
@@ -183,11 +183,12 @@ def summarize_by(
         values = tuple(config_value(r.path, k) for k in by)
         cells.setdefault((r.cell, values), []).append(r)
     rows = []
-    for (*_, values), cell in cells.items():
-        labels = dict(zip(by, values, strict=True))
+    for (identity, values), runs_of_cell in cells.items():
+        labels, kept = dict(zip(by, values, strict=True)), runs_of_cell
         if best_over is not None:
-            labels[best_column(best_over)], cell = select_best(cell, best_over, select_seeds)
-        (row,) = summarize(cell)  # one cell: one identity
+            labels[best_column(best_over)], kept = select_best(runs_of_cell, best_over, select_seeds)
+        # kept may be empty (no fresh seed ran at the chosen value): a row of no seeds says so
+        row = cell_row(identity, runs_of_cell[0].task, kept)
         row.labels = labels
         rows.append(row)
 

@@ -143,31 +143,32 @@ def summarize(runs: Iterable[RunRecord]) -> list[Row]:
     groups: dict[Cell, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault(r.cell, []).append(r)
-    rows = []
-    for cell, members in groups.items():
-        done = [r for r in members if r.status == COMPLETED]
-        task = (done or members)[0].task
-        values = {
-            key: [r.value(key) for r in done]
-            for key in [*map(reported_key, task.test_metrics), *(c.name for c in COSTS)]
-        }
-        rows.append(
-            Row(
-                cell=cell,
-                task=task,
-                n_seeds=len(done),
-                n_failed=sum(r.status == FAILED for r in members),
-                stats={key: Stat.of(values[key]) for key in map(reported_key, task.test_metrics)},
-                costs={c.name: stats.mean(values[c.name]) for c in COSTS},
-                budget=budget_flag([r.matched for r in done if r.matched]),
-                samples={
-                    key: [(r.seed, r.value(key)) for r in done]
-                    for key in map(reported_key, task.test_metrics)
-                },
-                run_dirs=[r.path for r in done],
-            )
-        )
+    rows = [cell_row(cell, members[0].task, members) for cell, members in groups.items()]
     return sorted(rows, key=sort_key)
+
+
+def cell_row(cell: Cell, task: Task, members: Sequence[RunRecord]) -> Row:
+    """One cell's row from its runs: the completed ones' statistics, the failed ones counted (no
+    run at all: a row of no seeds, as a selection that kept nothing leaves)."""
+    done = [r for r in members if r.status == COMPLETED]
+    task = done[0].task if done else task
+    values = {
+        key: [r.value(key) for r in done]
+        for key in [*map(reported_key, task.test_metrics), *(c.name for c in COSTS)]
+    }
+    return Row(
+        cell=cell,
+        task=task,
+        n_seeds=len(done),
+        n_failed=sum(r.status == FAILED for r in members),
+        stats={key: Stat.of(values[key]) for key in map(reported_key, task.test_metrics)},
+        costs={c.name: stats.mean(values[c.name]) for c in COSTS},
+        budget=budget_flag([r.matched for r in done if r.matched]),
+        samples={
+            key: [(r.seed, r.value(key)) for r in done] for key in map(reported_key, task.test_metrics)
+        },
+        run_dirs=[r.path for r in done],
+    )
 
 
 def sort_key(row: Row):
